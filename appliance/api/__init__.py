@@ -1,0 +1,1 @@
+"""HTTP routers, one module per URL prefix (the seed's router layout). Routes stay thin."""

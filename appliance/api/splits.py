@@ -1,0 +1,7 @@
+"""`/api/splits` — not built yet."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/api/splits", tags=["splits"])

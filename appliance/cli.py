@@ -1,0 +1,58 @@
+"""`aistudio` command line (Typer): run the appliance on a local Ray or a cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+cli = typer.Typer(help="AI Studio: a self-hosted appliance for image models on Ray.", no_args_is_help=True)
+app = cli  # the console-script entry point
+
+
+@cli.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Bind address (AISTUDIO_HOST).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="HTTP port (AISTUDIO_PORT).")] = None,
+    workspace: Annotated[Optional[Path], typer.Option(help="Workspace folder (AISTUDIO_WORKSPACE).")] = None,
+) -> None:
+    """Start (or join, with AISTUDIO_RAY_ADDRESS) Ray, deploy the app and serve until Ctrl-C."""
+    for name, value in (("HOST", host), ("PORT", port), ("WORKSPACE", workspace)):
+        if value is not None:
+            os.environ[f"AISTUDIO_{name}"] = str(Path(value).resolve() if name == "WORKSPACE" else value)
+    from appliance.core.config import get_settings
+    from appliance.runtime import start_appliance, stop_appliance
+
+    settings = get_settings()
+    url = start_appliance(settings)
+    typer.echo(f"AI Studio is running at {url}  (workspace {settings.workspace}; Ctrl-C to stop)")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    typer.echo("Shutting down…")
+    stop_appliance(settings)
+
+
+@cli.command("fetch-weights")
+def fetch_weights(
+    dest: Annotated[Optional[Path], typer.Option(help="Weights cache folder (AISTUDIO_WEIGHTS_DIR).")] = None,
+    models: Annotated[Optional[list[str]], typer.Option("--model", help="Only these catalog models.")] = None,
+) -> None:
+    """Download the catalog's pretrained weights into the cache (Docker build time only)."""
+    from appliance.core.config import get_settings
+    from ray_jobs.core.catalog import MODELS, download_weights
+
+    folder = (dest or get_settings().weights_cache).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in models or list(MODELS):
+        path = download_weights(name, folder)
+        typer.echo(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    cli()

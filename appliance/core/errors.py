@@ -1,0 +1,56 @@
+"""The one error hierarchy. Each class maps to an envelope code and an HTTP status (see docs/api.md).
+
+Raise these anywhere (services, importers, routes); the app's exception handlers turn them
+into `{"status":"error","error":{"code":..., "message":...}}`.
+"""
+
+from __future__ import annotations
+
+
+class AppError(Exception):
+    code = "INTERNAL"
+    status_code = 500
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(AppError):
+    code = "NOT_FOUND"
+    status_code = 404
+
+
+class ValidationFailed(AppError):
+    code = "VALIDATION_ERROR"
+    status_code = 422
+
+
+class InvalidDataset(AppError):
+    code = "INVALID_DATASET"
+    status_code = 400
+
+
+class Conflict(AppError):
+    code = "CONFLICT"
+    status_code = 409
+
+
+class PayloadTooLarge(AppError):
+    code = "PAYLOAD_TOO_LARGE"
+    status_code = 413
+
+
+class ForbiddenPath(AppError):
+    code = "FORBIDDEN_PATH"
+    status_code = 403
+
+
+class Unauthorized(AppError):
+    code = "UNAUTHORIZED"
+    status_code = 401
+
+
+class Unavailable(AppError):
+    code = "UNAVAILABLE"
+    status_code = 503

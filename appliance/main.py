@@ -1,0 +1,60 @@
+"""The FastAPI application factory. `serve.py` wraps it in a Ray Serve ingress; tests may use it bare."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.staticfiles import StaticFiles
+
+from appliance import __version__
+from appliance.api import evaluation, export, pages, projects, splits, datasets, system, training
+from appliance.core.auth import TokenAuthMiddleware
+from appliance.core.config import Settings, get_settings
+from appliance.core.db import get_engine, migrate, session_factory
+from appliance.core.envelope import install_error_handlers, request_id
+from appliance.core.jobs import JobRunner
+from appliance.core.paths import Workspace
+from appliance.services import recovery
+from appliance.web import PACKAGE_DIR
+
+log = logging.getLogger("aistudio")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Built here, not at import: Serve pickles the app, and pools/engines don't pickle.
+        app.state.workspace = Workspace(settings.workspace)
+        app.state.workspace.ensure()
+        migrate(get_engine(settings.db_url))
+        app.state.sessions = session_factory(settings.db_url)
+        app.state.runner = JobRunner()
+        recovery.recover_all(app)
+        yield
+        app.state.runner.shutdown()
+
+    app = FastAPI(
+        title="AI Studio",
+        version=__version__,
+        description="Import images, split, train, evaluate and export image models on Ray.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+
+    @app.middleware("http")
+    async def _request_id(request: Request, call_next):
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = request_id(request)
+        return response
+
+    if settings.api_token:
+        app.add_middleware(TokenAuthMiddleware, token=settings.api_token)
+    install_error_handlers(app)
+    app.mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static")
+    for module in (projects, datasets, splits, training, evaluation, export, system, pages):
+        app.include_router(module.router)
+    return app

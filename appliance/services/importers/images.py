@@ -1,0 +1,146 @@
+"""Reading, storing and thumbnailing one image file.
+
+Import speed is dominated by decoding, so each image is read and decoded exactly once:
+`probe_image` hashes the bytes it read and fully decodes them (to catch corrupt files), and
+`store_image` reuses that result and copies the bytes as they are unless EXIF says the image
+must be rotated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from appliance.core.errors import InvalidDataset
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+# Decoders Pillow may use. Content decides the decoder, not the extension, so without this list
+# a file named x.jpg could reach e.g. the EPS plugin (which runs Ghostscript).
+_DECODERS = ("JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF", "GIF")
+_ORIENTATION_TAG = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}  # orientations that rotate by 90 degrees
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int  # after EXIF orientation
+    height: int
+    sha256: str  # of the source bytes: the duplicate-detection key
+    format: str  # Pillow's name: JPEG, PNG, ...
+    needs_transpose: bool  # EXIF orientation is not "upright"
+
+
+class UnreadableImage(InvalidDataset):
+    """A file Pillow cannot fully decode: corrupt, truncated, or not an image."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path.name}: unreadable image ({reason})")
+        self.reason = reason
+
+
+def probe_image(path: Path) -> ImageInfo:
+    """Hash and fully decode `path` (one read), so corrupt files fail here and not in training."""
+    path = Path(path)
+    return _probe_bytes(path, path.read_bytes())
+
+
+def store_image(src: Path, dst: Path, info: ImageInfo | None = None) -> ImageInfo:
+    """Write `src` to `dst` upright, atomically, and return its info.
+
+    Pass the `info` that `parse_source` already probed to skip decoding a second time. Without
+    rotation the bytes are copied unchanged; a rotated image is re-encoded in its own format,
+    without EXIF. The returned sha256 is always that of the source bytes.
+    """
+    src, dst = Path(src), Path(dst)
+    data = None
+    if info is None:
+        data = src.read_bytes()
+        info = _probe_bytes(src, data)
+    with _atomic_target(dst) as tmp:
+        if info.needs_transpose:
+            _save_like(_decode_upright(src), tmp, info.format)
+        elif data is not None:
+            tmp.write_bytes(data)
+        else:
+            shutil.copyfile(src, tmp)
+    return info
+
+
+def make_thumbnail(src: Path, dst: Path, size: int = 256) -> None:
+    """Write a JPEG thumbnail that fits in size x size, atomically (concurrent requests race)."""
+    src, dst = Path(src), Path(dst)
+    thumb = _decode_upright(src, draft=(size, size)).convert("RGB")
+    thumb.thumbnail((size, size))
+    with _atomic_target(dst) as tmp:
+        thumb.save(tmp, format="JPEG", quality=85)
+
+
+def _probe_bytes(path: Path, data: bytes) -> ImageInfo:
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data), formats=_DECODERS) as im:
+            im.verify()  # checksums (PNG); verify() leaves the image unusable, hence the reopen
+        with Image.open(io.BytesIO(data), formats=_DECODERS) as im:
+            fmt = im.format or "unknown"
+            orientation = _orientation(im)
+            im.load()
+            width, height = im.size
+    except Exception as exc:  # Pillow raises many exception types on bad input
+        raise UnreadableImage(path, str(exc) or type(exc).__name__) from exc
+    if orientation in _SWAPS_AXES:
+        width, height = height, width
+    return ImageInfo(width, height, sha256, fmt, needs_transpose=orientation in range(2, 9))
+
+
+def _orientation(im: Image.Image) -> int:
+    """EXIF orientation, 1 (upright) when absent or unreadable: bad EXIF is no reason to reject."""
+    try:
+        value = im.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _decode_upright(path: Path, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Decode `path` with EXIF orientation applied; `draft` lets JPEG decode at reduced scale."""
+    try:
+        with Image.open(path, formats=_DECODERS) as im:
+            if draft:
+                im.draft("RGB", draft)
+            upright = ImageOps.exif_transpose(im)
+            upright.load()
+            return upright
+    except Exception as exc:  # Pillow raises many exception types on bad input
+        raise UnreadableImage(path, str(exc) or type(exc).__name__) from exc
+
+
+def _save_like(im: Image.Image, dst: Path, fmt: str) -> None:
+    if fmt in ("JPEG", "MPO"):
+        if im.mode not in ("RGB", "L", "CMYK"):
+            im = im.convert("RGB")
+        im.save(dst, format="JPEG", quality=95)
+    else:
+        im.save(dst, format=fmt)
+
+
+@contextmanager
+def _atomic_target(dst: Path) -> Iterator[Path]:
+    """Yield a temp path beside `dst`; rename it over `dst` only if the block succeeds."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)

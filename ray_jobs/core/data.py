@@ -1,0 +1,216 @@
+"""Samples, transforms and the Lightning data module.
+
+Samples are plain dicts so they travel through JSON and Ray unchanged:
+classification `{"path": str, "label": int}`; detection `{"path": str, "boxes": [[x1, y1, x2, y2],
+...], "labels": [int, ...]}` with boxes in pixels of the image as stored (EXIF orientation is
+not applied). Labels are class indices into the run's `class_names`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+AUGMENTATIONS = ("hflip", "vflip", "color_jitter", "random_resized_crop", "rotate")
+
+
+def validate_augmentations(names: Sequence[str]) -> list[str]:
+    unknown = [name for name in names if name not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(
+            f"Unknown augmentation(s) {', '.join(map(repr, unknown))}. "
+            f"Valid augmentations: {', '.join(AUGMENTATIONS)}."
+        )
+    return list(names)
+
+
+def preprocess_spec(task: str, image_size: int) -> dict:
+    """Eval preprocessing of an exported model, exactly as `eval_transform` applies it.
+
+    Order: decode to RGB uint8, resize (stretch, bilinear with antialias) on the uint8 pixels,
+    multiply by `scale`, then subtract `mean` and divide by `std` per channel. Detection uses
+    mean 0 / std 1 because torchvision detection models normalize inside the network.
+    """
+    detection = task == "detection"
+    return {
+        "image_size": image_size,
+        "resize": "stretch",
+        "interpolation": "bilinear",
+        "antialias": True,
+        "mean": [0.0, 0.0, 0.0] if detection else IMAGENET_MEAN,
+        "std": [1.0, 1.0, 1.0] if detection else IMAGENET_STD,
+        "scale": 1 / 255,
+        "channel_order": "RGB",
+        "layout": "NCHW",
+    }
+
+
+def _resize(spec: dict) -> v2.Transform:
+    size = spec["image_size"]
+    return v2.Resize((size, size), interpolation=InterpolationMode.BILINEAR, antialias=spec["antialias"])
+
+
+def _to_float(spec: dict) -> list[v2.Transform]:
+    # ToDtype(scale=True) divides uint8 by 255, which is spec["scale"].
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec["mean"], spec["std"])]
+
+
+def _box_cleanup(task: str) -> list[v2.Transform]:
+    # Boxes pushed off the image by crops/rotations, or degenerate in the labels, would make
+    # torchvision's detection losses fail.
+    if task != "detection":
+        return []
+    return [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes()]
+
+
+def eval_transform_from_spec(spec: dict, task: str) -> v2.Compose:
+    return v2.Compose([v2.ToImage(), _resize(spec), *_to_float(spec), *_box_cleanup(task)])
+
+
+def eval_transform(task: str, image_size: int) -> v2.Compose:
+    return eval_transform_from_spec(preprocess_spec(task, image_size), task)
+
+
+def train_transform(task: str, image_size: int, augmentations: Sequence[str]) -> v2.Compose:
+    """Eval preprocessing plus the named augmentations (v2 moves boxes along with pixels)."""
+    augmentations = validate_augmentations(augmentations)
+    spec = preprocess_spec(task, image_size)
+    size = (image_size, image_size)
+    steps: list[v2.Transform] = [v2.ToImage()]
+    if "random_resized_crop" in augmentations:
+        steps.append(v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True))
+    else:
+        steps.append(_resize(spec))
+    optional = {
+        "hflip": v2.RandomHorizontalFlip(),
+        "vflip": v2.RandomVerticalFlip(),
+        "rotate": v2.RandomRotation(15),
+        "color_jitter": v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05),
+    }
+    steps += [transform for name, transform in optional.items() if name in augmentations]
+    return v2.Compose(steps + _to_float(spec) + _box_cleanup(task))
+
+
+def load_rgb(path: str) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+class ClassificationDataset(Dataset):
+    def __init__(self, samples: Sequence[dict], transform: Callable):
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        sample = self.samples[index]
+        image = self.transform(load_rgb(sample["path"]))
+        return image.as_subclass(torch.Tensor), int(sample["label"])
+
+
+def detection_target(sample: dict, canvas_size: tuple[int, int]) -> dict[str, Any]:
+    """A torchvision detection target; labels shift by one because 0 is background."""
+    boxes = torch.tensor(sample["boxes"], dtype=torch.float32).reshape(-1, 4)
+    return {
+        "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=canvas_size),
+        "labels": torch.tensor(sample["labels"], dtype=torch.int64) + 1,
+    }
+
+
+class DetectionDataset(Dataset):
+    def __init__(self, samples: Sequence[dict], transform: Callable):
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sample = self.samples[index]
+        image = load_rgb(sample["path"])
+        target = detection_target(sample, canvas_size=(image.height, image.width))
+        image, target = self.transform(image, target)
+        return image.as_subclass(torch.Tensor), {
+            "boxes": target["boxes"].as_subclass(torch.Tensor),
+            "labels": target["labels"],
+        }
+
+
+def detection_collate(batch: list) -> tuple[list[torch.Tensor], list[dict]]:
+    """torchvision detection models take lists: images and targets may differ per item."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+def class_weights_from_samples(samples: Sequence[dict], num_classes: int) -> list[float]:
+    """Inverse-frequency weights (mean 1 over present classes) for a class-weighted loss."""
+    counts = [0] * num_classes
+    for sample in samples:
+        counts[int(sample["label"])] += 1
+    total = sum(counts)
+    return [total / (num_classes * count) if count else 0.0 for count in counts]
+
+
+class ImageDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        task: str,
+        train_samples: Sequence[dict],
+        val_samples: Sequence[dict],
+        image_size: int,
+        batch_size: int,
+        augmentations: Sequence[str] = (),
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if task not in ("classification", "detection"):
+            raise ValueError(f"Unknown task '{task}'. Valid tasks: classification, detection.")
+        if not train_samples or not val_samples:
+            raise ValueError("Training needs at least one training and one validation sample.")
+        self.task = task
+        self.train_samples = list(train_samples)
+        self.val_samples = list(val_samples)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.augmentations = validate_augmentations(augmentations)
+        self.num_workers = num_workers
+        self.seed = seed
+
+    def _dataset(self, samples: list[dict], transform: Callable) -> Dataset:
+        cls = DetectionDataset if self.task == "detection" else ClassificationDataset
+        return cls(samples, transform)
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            # A final batch of one breaks BatchNorm in training mode.
+            drop_last=train and len(dataset) > 1 and len(dataset) % self.batch_size == 1,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=detection_collate if self.task == "detection" else None,
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        transform = train_transform(self.task, self.image_size, self.augmentations)
+        return self._loader(self._dataset(self.train_samples, transform), train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        transform = eval_transform(self.task, self.image_size)
+        return self._loader(self._dataset(self.val_samples, transform), train=False)

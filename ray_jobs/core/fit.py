@@ -1,0 +1,205 @@
+"""Trainer assembly, epoch events, checkpoints and a Ray-free `fit_local`.
+
+The pieces compose: the Ray launcher builds the same trainer with Ray's strategy, plugins and
+report callback, and adds `EpochEventCallback` / `BestLastCheckpoint` itself.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+
+from .catalog import weights_path
+from .data import ImageDataModule
+from .module import TrainConfig, build_module, resolve_class_weights
+
+EVENT_KEYS = ("epoch", "epochs", "train_loss", "val_loss", "val_metric", "lr", "seconds", "images_per_s")
+
+
+def _metric(trainer: L.Trainer, key: str) -> float | None:
+    value = trainer.callback_metrics.get(key)
+    return None if value is None else float(value)
+
+
+class EpochEventCallback(Callback):
+    """Publishes one plain-float event per validated epoch (rank 0) and honours a stop request.
+
+    `images_per_s` is the training throughput of rank 0 times the world size; `seconds` is the
+    whole epoch, validation included.
+    """
+
+    def __init__(self, publish: Callable[[dict], None], should_stop: Callable[[], bool] | None = None):
+        self.publish = publish
+        self.should_stop = should_stop
+        self._epoch_start = 0.0
+        self._train_end = 0.0
+        self._images = 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = self._train_end = time.perf_counter()
+        self._images = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._images += len(batch[0])
+        self._train_end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if "val_metric" not in trainer.callback_metrics:
+            return  # no validation ran this epoch
+        stop = False
+        if trainer.is_global_zero:
+            train_seconds = max(self._train_end - self._epoch_start, 1e-9)
+            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+            self.publish(
+                {
+                    "epoch": trainer.current_epoch + 1,
+                    "epochs": trainer.max_epochs,
+                    "train_loss": _metric(trainer, "train_loss"),
+                    "val_loss": _metric(trainer, "val_loss"),
+                    "val_metric": _metric(trainer, "val_metric"),
+                    "lr": None if lr is None else float(lr),
+                    "seconds": time.perf_counter() - self._epoch_start,
+                    "images_per_s": self._images * trainer.world_size / train_seconds,
+                }
+            )
+            stop = bool(self.should_stop is not None and self.should_stop())
+        # Every rank must stop together or DDP hangs.
+        if trainer.strategy.broadcast(stop, src=0):
+            trainer.should_stop = True
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+class BestLastCheckpoint(Callback):
+    """Writes `last.ckpt` every epoch and `best.ckpt` when val_metric (higher is better) improves.
+
+    Files are replaced atomically, so a reader never sees half a checkpoint. `best_metric`
+    travels inside the checkpoints and is restored on resume.
+    """
+
+    def __init__(self, weights_dir: Path | str):
+        self.weights_dir = Path(weights_dir)
+        self.best_metric: float | None = None
+
+    @property
+    def last_path(self) -> Path:
+        return self.weights_dir / "last.ckpt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.weights_dir / "best.ckpt"
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        metric = _metric(trainer, "val_metric")
+        if metric is None:
+            return
+        improved = not math.isnan(metric) and (self.best_metric is None or metric > self.best_metric)
+        if improved:
+            self.best_metric = metric
+        if trainer.is_global_zero:
+            self.weights_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.last_path.with_name("last.ckpt.tmp")
+        trainer.save_checkpoint(tmp)  # collective call: every rank enters, rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.last_path)
+            if improved:
+                _atomic_copy(self.last_path, self.best_path)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_metric": self.best_metric}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_metric = state_dict.get("best_metric")
+
+
+def build_trainer(
+    config: TrainConfig,
+    callbacks: Sequence[Callback] = (),
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    strategy: Any = "auto",
+    plugins: Any = None,
+    default_root_dir: Path | str | None = None,
+) -> L.Trainer:
+    """A Lightning Trainer for `config`. Seeds every RNG, so call it before building the module."""
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    callbacks = list(callbacks)
+    if config.early_stopping_patience:
+        callbacks.append(EarlyStopping("val_metric", mode="max", patience=config.early_stopping_patience))
+    use_amp = config.mixed_precision and accelerator != "cpu" and torch.cuda.is_available()
+    return L.Trainer(
+        max_epochs=config.epochs,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        plugins=plugins,
+        precision="16-mixed" if use_amp else "32-true",
+        callbacks=callbacks,
+        logger=False,  # epoch events are the history
+        enable_checkpointing=False,  # BestLastCheckpoint writes the files
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        default_root_dir=None if default_root_dir is None else str(default_root_dir),
+    )
+
+
+def fit_local(
+    config: TrainConfig | dict,
+    train_samples: Sequence[dict],
+    val_samples: Sequence[dict],
+    run_dir: Path | str,
+    publish: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume_ckpt: Path | str | None = None,
+    accelerator: str = "auto",
+) -> dict:
+    """Train in this process with plain Lightning (no Ray).
+
+    Checkpoints go to `run_dir/weights/`. With `resume_ckpt` training continues up to
+    `config.epochs`; a larger `epochs` than the checkpoint was planned with extends the run.
+    `epochs_run` counts all completed epochs, those before a resume included.
+    """
+    config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    config = resolve_class_weights(config, train_samples)
+    if config.pretrained:
+        weights_path(config.model, config.weights_dir)  # fail before any work if missing
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = BestLastCheckpoint(run_dir / "weights")
+    callbacks: list[Callback] = [checkpoints]
+    if publish is not None or should_stop is not None:
+        callbacks.insert(0, EpochEventCallback(publish or (lambda event: None), should_stop))
+    trainer = build_trainer(config, callbacks, accelerator=accelerator, default_root_dir=run_dir)
+    module = build_module(config)
+    datamodule = ImageDataModule(
+        config.task,
+        train_samples,
+        val_samples,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        augmentations=config.augmentations,
+        num_workers=config.num_workers,
+        seed=config.seed,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume_ckpt is None else str(resume_ckpt))
+    return {
+        "best_metric": checkpoints.best_metric,
+        "epochs_run": trainer.current_epoch,
+        "best_ckpt": str(checkpoints.best_path) if checkpoints.best_path.exists() else None,
+        "last_ckpt": str(checkpoints.last_path) if checkpoints.last_path.exists() else None,
+    }

@@ -1,0 +1,74 @@
+"""The event bus: one named, detached Ray actor that training workers publish to and the ingress
+polls to stream SSE. It also holds stop requests and the appliance's storage settings, so a run
+started with `ray job submit` finds the workspace and database of the appliance on that cluster.
+
+Events are kept per experiment with a sequence number; history lives in the database too
+(epochs), so the bus may be lost with a restart without losing curves.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ray
+
+BUS_NAME = "aistudio-events"
+BUS_NAMESPACE = "aistudio"
+MAX_EVENTS_PER_RUN = 5000
+
+
+@ray.remote(num_cpus=0)
+class EventBus:
+    def __init__(self, workspace: str, db_url: str):
+        self._config = {"workspace": workspace, "db_url": db_url}
+        self._events: dict[str, list[dict]] = {}
+        self._stops: set[str] = set()
+
+    def configure(self, workspace: str, db_url: str) -> None:
+        self._config = {"workspace": workspace, "db_url": db_url}
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+    def publish(self, run_id: str, kind: str, data: dict) -> int:
+        events = self._events.setdefault(run_id, [])
+        seq = (events[-1]["seq"] + 1) if events else 1
+        events.append({"seq": seq, "type": kind, "data": data, "ts": time.time()})
+        if len(events) > MAX_EVENTS_PER_RUN:  # keep epochs/complete, drop the oldest logs
+            drop = next((i for i, e in enumerate(events) if e["type"] == "log"), 0)
+            events.pop(drop)
+        return seq
+
+    def events_after(self, run_id: str, seq: int) -> list[dict]:
+        return [e for e in self._events.get(run_id, ()) if e["seq"] > seq]
+
+    def reset(self, run_id: str) -> None:
+        """Forget a run's events (a new attempt of the same experiment starts clean)."""
+        self._events.pop(run_id, None)
+        self._stops.discard(run_id)
+
+    def request_stop(self, run_id: str) -> None:
+        self._stops.add(run_id)
+
+    def stop_requested(self, run_id: str) -> bool:
+        return run_id in self._stops
+
+
+def ensure_event_bus(workspace: str, db_url: str):
+    """Get or create the bus (idempotent across replicas and restarts) and point it at our storage."""
+    bus = EventBus.options(
+        name=BUS_NAME, namespace=BUS_NAMESPACE, lifetime="detached", get_if_exists=True
+    ).remote(workspace, db_url)
+    ray.get(bus.configure.remote(workspace, db_url))
+    return bus
+
+
+def get_event_bus():
+    """The running appliance's bus; a clear error when no appliance runs on this cluster."""
+    try:
+        return ray.get_actor(BUS_NAME, namespace=BUS_NAMESPACE)
+    except ValueError as exc:
+        raise RuntimeError(
+            "No AI Studio appliance is running on this Ray cluster (event bus actor "
+            f"'{BUS_NAME}' not found). Start it with `aistudio serve` first."
+        ) from exc
