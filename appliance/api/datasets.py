@@ -1,7 +1,122 @@
-"""`/api/datasets` — not built yet."""
+"""`/api/datasets` — import (local path or ZIP upload), summary, browse, image files."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import Field
+
+from appliance.api.deps import LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
+from appliance.core.envelope import Envelope, Page, ok
+from appliance.schemas import StrictBody
+from appliance.services import datasets as service
+from appliance.web import render, wants_fragment
 
 router = APIRouter(prefix="/api/datasets", tags=["datasets"])
+ImportFormat = Literal["auto", "folder", "csv", "coco", "yolo"]
+# Content-addressed names (one id per stored file) never change: cache them for good.
+IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
+
+
+class LocalImport(StrictBody):
+    project_id: str
+    source_path: str = Field(min_length=1, max_length=4096)
+    format: ImportFormat = "auto"
+
+
+def _accepted(request: Request, job, status_code: int = 202):
+    data = service.import_public(job)
+    if wants_fragment(request):
+        return render(request, "fragments/import_status.html", status_code=status_code, job=data)
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(ok(data).model_dump(mode="json"), status_code=status_code)
+
+
+@router.post("/import/local", status_code=202, response_model=Envelope[dict])
+def import_local(request: Request, body: LocalImport, session: SessionDep, settings: SettingsDep, runner: RunnerDep):
+    """Import from a folder on the server (under an allowed import root) → 202 import job."""
+    job = service.start_local_import(session, settings, body.project_id, body.source_path, body.format)
+    runner.submit("import", service.run_import, settings, job.id)
+    return _accepted(request, job)
+
+
+@router.post("/import/upload", status_code=202, response_model=Envelope[dict])
+def import_upload(
+    request: Request,
+    project_id: Annotated[str, Form()],
+    file: Annotated[UploadFile, File(description="A ZIP archive of the dataset")],
+    session: SessionDep, settings: SettingsDep, workspace: WorkspaceDep, runner: RunnerDep,
+    format: Annotated[ImportFormat, Form()] = "auto",
+):
+    """Import a ZIP upload (streamed to disk, size-limited, checked before extraction) → 202 import job."""
+    length = request.headers.get("content-length")
+    declared = int(length) if length and length.isdigit() else None
+    job = service.start_upload_import(session, settings, workspace, project_id, format, file, declared)
+    runner.submit("import", service.run_import, settings, job.id)
+    return _accepted(request, job)
+
+
+@router.get("/{project_id}/imports/{import_id}", response_model=Envelope[dict])
+def get_import(request: Request, project_id: ProjectId, import_id: str, session: SessionDep):
+    """Import job: status, progress, counts, warnings."""
+    job = service.get_import(session, project_id, import_id)
+    if wants_fragment(request):
+        return render(request, "fragments/import_status.html", job=service.import_public(job))
+    return ok(service.import_public(job))
+
+
+@router.delete("/{project_id}/imports/{import_id}", response_model=Envelope[dict])
+def cancel_import(project_id: ProjectId, import_id: str, session: SessionDep):
+    """Cancel a queued or running import; the dataset stays as it was."""
+    return ok(service.import_public(service.cancel_import(session, project_id, import_id)))
+
+
+@router.get("/{project_id}", response_model=Envelope[dict])
+def summary(request: Request, project_id: ProjectId, session: SessionDep):
+    """Health report: counts, class histogram, boxes, image sizes, unlabeled images, warnings."""
+    data = service.summary(session, project_id)
+    if wants_fragment(request):
+        return render(request, "fragments/dataset_summary.html", summary=data)
+    return ok(data)
+
+
+@router.get("/{project_id}/images", response_model=Envelope[Page[dict]])
+def list_images(
+    request: Request, project_id: ProjectId, session: SessionDep, offset: OffsetQ = 0, limit: LimitQ = 60,
+    label: str | None = None, split_id: str | None = None, subset: Literal["train", "val", "test"] | None = None,
+):
+    """A page of images with annotations, filtered by label and split subset."""
+    items, total = service.list_images(session, project_id, offset, limit, label, split_id, subset)
+    if wants_fragment(request):
+        return render(request, "fragments/image_grid.html", images=items, total=total, offset=offset, limit=limit,
+                      project_id=project_id, label=label or "", split_id=split_id or "", subset=subset or "")
+    return ok(Page(items=items, total=total, offset=offset, limit=limit))
+
+
+@router.get("/{project_id}/images/{image_id}", response_model=Envelope[dict])
+def get_image(project_id: ProjectId, image_id: str, session: SessionDep):
+    """One image's record and annotations."""
+    return ok(service.image_public(service.get_image(session, project_id, image_id)))
+
+
+@router.delete("/{project_id}/images/{image_id}", response_model=Envelope[dict])
+def delete_image(project_id: ProjectId, image_id: str, session: SessionDep, workspace: WorkspaceDep):
+    """Remove one image (file, thumbnail, annotations, split assignments)."""
+    service.delete_image(session, workspace, project_id, image_id)
+    return ok({"id": image_id, "deleted": True})
+
+
+@router.get("/{project_id}/image/{filename}", response_class=FileResponse)
+def image(project_id: ProjectId, filename: str, session: SessionDep, workspace: WorkspaceDep):
+    """The stored image file."""
+    return FileResponse(service.image_file(session, workspace, project_id, filename), headers=IMMUTABLE)
+
+
+@router.get("/{project_id}/thumbnail/{filename}", response_class=FileResponse)
+def thumbnail(project_id: ProjectId, filename: str, session: SessionDep, workspace: WorkspaceDep):
+    """A ≤256 px JPEG thumbnail, made on first request and cached under `.thumbs/`."""
+    return FileResponse(service.thumbnail_file(session, workspace, project_id, filename), headers=IMMUTABLE,
+                        media_type="image/jpeg")

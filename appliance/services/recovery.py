@@ -9,13 +9,12 @@ from fastapi import FastAPI
 
 log = logging.getLogger("aistudio")
 
-# Filled by capability modules as they are written: callables taking the FastAPI app.
-RECOVERERS: list = []
-
 
 def recover_all(app: FastAPI) -> None:
-    for recover in RECOVERERS:
+    from appliance.services import datasets
+
+    for recover in (datasets.recover_imports,):
         try:
             recover(app)
         except Exception:
-            log.exception("Start-up recovery step %s failed", getattr(recover, "__name__", recover))
+            log.exception("Start-up recovery step %s failed", recover.__name__)

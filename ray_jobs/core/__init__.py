@@ -4,7 +4,15 @@ Nothing here imports Ray, so the same code trains under Ray Train, in a plain pr
 GPU host without Ray.
 """
 
-from .catalog import MODELS, MissingWeightsError, ModelSpec, build_model, list_models, load_pretrained
+from .catalog import (
+    MODELS,
+    MissingWeightsError,
+    ModelSpec,
+    build_model,
+    list_models,
+    load_pretrained,
+    parameter_count,
+)
 from .data import ImageDataModule, eval_transform, preprocess_spec, train_transform
 from .fit import BestLastCheckpoint, EpochEventCallback, build_trainer, fit_local
 from .inference import load_checkpoint, predict_images
@@ -28,6 +36,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "load_pretrained",
+    "parameter_count",
     "predict_images",
     "preprocess_spec",
     "resolve_class_weights",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -35,9 +36,14 @@ class MissingWeightsError(ValueError):
         )
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class ModelSpec:
-    """One trainable model; `params` counts parameters with torchvision's default head."""
+    """One trainable model.
+
+    `params` counts trainable-architecture parameters with torchvision's default head (1000
+    ImageNet / 91 COCO classes); it is measured on first use by `list_models`, None until then.
+    (torchvision's own `num_params` counts FrozenBatchNorm as buffers, so it differs for some.)
+    """
 
     name: str
     task: Task
@@ -62,7 +68,7 @@ def _spec(name, task, size, builder, weights, head_pattern, **extra) -> ModelSpe
         task=task,
         default_image_size=size,
         weights_file=Path(urlparse(weights.url).path).name,
-        params=weights.meta["num_params"],
+        params=None,
         builder=builder,
         weights=weights,
         head_pattern=head_pattern,
@@ -115,15 +121,25 @@ def get_spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
+@cache
+def parameter_count(name: str) -> int:
+    """Exact count for the default head, built on the meta device (no memory, ~0.1 s)."""
+    spec = get_spec(name)
+    with torch.device("meta"):
+        model = spec.builder(weights=None, **_builder_kwargs(spec, num_outputs=None, image_size=None))
+    spec.params = sum(p.numel() for p in model.parameters())
+    return spec.params
+
+
 def list_models(task: Task | None = None) -> list[dict]:
-    """Models for the UI; parameter counts come from torchvision's weights metadata."""
+    """Models for the UI, with parameter counts."""
     if task not in (None, "classification", "detection"):
         raise ValueError(f"Unknown task '{task}'. Valid tasks: classification, detection.")
     return [
         {
             "name": spec.name,
             "task": spec.task,
-            "parameters": spec.params,
+            "parameters": parameter_count(spec.name),
             "default_image_size": spec.default_image_size,
             "weights_file": spec.weights_file,
         }
@@ -154,21 +170,25 @@ def build_model(
     class index `i` of the dataset is model label `i + 1`.
     """
     spec = get_spec(name)
-    kwargs = dict(spec.build_kwargs)
-    if spec.task == "detection":
-        kwargs["num_classes"] = num_classes + 1
-        kwargs["weights_backbone"] = None
-        if spec.rescales_input:
-            size = image_size or spec.default_image_size
-            kwargs.update(min_size=size, max_size=size)
-    else:
-        kwargs["num_classes"] = num_classes
-    model = spec.builder(weights=None, **kwargs)
+    num_outputs = num_classes + 1 if spec.task == "detection" else num_classes
+    model = spec.builder(weights=None, **_builder_kwargs(spec, num_outputs, image_size))
     if pretrained:
         if weights_dir is None:
             raise ValueError("pretrained=True needs weights_dir, the folder holding the weights files.")
         load_pretrained(model, name, weights_dir)
     return model
+
+
+def _builder_kwargs(spec: ModelSpec, num_outputs: int | None, image_size: int | None) -> dict:
+    kwargs = dict(spec.build_kwargs)
+    if num_outputs is not None:
+        kwargs["num_classes"] = num_outputs
+    if spec.task == "detection":
+        kwargs["weights_backbone"] = None  # the builders default to downloading one
+        if spec.rescales_input:
+            size = image_size or spec.default_image_size
+            kwargs.update(min_size=size, max_size=size)
+    return kwargs
 
 
 def load_pretrained(model: nn.Module, name: str, weights_dir: Path | str) -> None:

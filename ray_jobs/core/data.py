@@ -38,9 +38,11 @@ def validate_augmentations(names: Sequence[str]) -> list[str]:
 def preprocess_spec(task: str, image_size: int) -> dict:
     """Eval preprocessing of an exported model, exactly as `eval_transform` applies it.
 
-    Order: decode to RGB uint8, resize (stretch, bilinear with antialias) on the uint8 pixels,
-    multiply by `scale`, then subtract `mean` and divide by `std` per channel. Detection uses
-    mean 0 / std 1 because torchvision detection models normalize inside the network.
+    Steps in `order`: decode to RGB and multiply the uint8 pixels by `scale`; resize the float
+    image (stretch to image_size x image_size, bilinear with antialias, no rounding); subtract
+    `mean` and divide by `std` per channel. Resizing floats keeps the result free of
+    implementation-specific uint8 rounding. Detection uses mean 0 / std 1 because torchvision
+    detection models normalize inside the network.
     """
     detection = task == "detection"
     return {
@@ -53,6 +55,7 @@ def preprocess_spec(task: str, image_size: int) -> dict:
         "scale": 1 / 255,
         "channel_order": "RGB",
         "layout": "NCHW",
+        "order": ["scale", "resize", "normalize"],
     }
 
 
@@ -61,29 +64,28 @@ def _resize(spec: dict) -> v2.Transform:
     return v2.Resize((size, size), interpolation=InterpolationMode.BILINEAR, antialias=spec["antialias"])
 
 
-def _to_float(spec: dict) -> list[v2.Transform]:
+def _scale() -> v2.Transform:
     # ToDtype(scale=True) divides uint8 by 255, which is spec["scale"].
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec["mean"], spec["std"])]
+    return v2.ToDtype(torch.float32, scale=True)
 
 
-def _box_cleanup(task: str) -> list[v2.Transform]:
-    # Boxes pushed off the image by crops/rotations, or degenerate in the labels, would make
-    # torchvision's detection losses fail.
-    if task != "detection":
-        return []
-    return [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes()]
+def _normalize(spec: dict) -> v2.Transform:
+    return v2.Normalize(spec["mean"], spec["std"])
 
 
-def eval_transform_from_spec(spec: dict, task: str) -> v2.Compose:
-    return v2.Compose([v2.ToImage(), _resize(spec), *_to_float(spec), *_box_cleanup(task)])
+def eval_transform_from_spec(spec: dict) -> v2.Compose:
+    return v2.Compose([v2.ToImage(), _scale(), _resize(spec), _normalize(spec)])
 
 
 def eval_transform(task: str, image_size: int) -> v2.Compose:
-    return eval_transform_from_spec(preprocess_spec(task, image_size), task)
+    return eval_transform_from_spec(preprocess_spec(task, image_size))
 
 
 def train_transform(task: str, image_size: int, augmentations: Sequence[str]) -> v2.Compose:
-    """Eval preprocessing plus the named augmentations (v2 moves boxes along with pixels)."""
+    """The named augmentations around the same resize and normalization as eval.
+
+    Geometry runs on uint8 pixels (faster on large photos); v2 moves boxes along with pixels.
+    """
     augmentations = validate_augmentations(augmentations)
     spec = preprocess_spec(task, image_size)
     size = (image_size, image_size)
@@ -99,7 +101,7 @@ def train_transform(task: str, image_size: int, augmentations: Sequence[str]) ->
         "color_jitter": v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05),
     }
     steps += [transform for name, transform in optional.items() if name in augmentations]
-    return v2.Compose(steps + _to_float(spec) + _box_cleanup(task))
+    return v2.Compose([*steps, _scale(), _normalize(spec)])
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -134,6 +136,9 @@ class DetectionDataset(Dataset):
     def __init__(self, samples: Sequence[dict], transform: Callable):
         self.samples = list(samples)
         self.transform = transform
+        # Boxes pushed off the image by crops/rotations, or degenerate in the labels, would
+        # make torchvision's detection losses fail.
+        self.clean_boxes = v2.Compose([v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes()])
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -142,7 +147,7 @@ class DetectionDataset(Dataset):
         sample = self.samples[index]
         image = load_rgb(sample["path"])
         target = detection_target(sample, canvas_size=(image.height, image.width))
-        image, target = self.transform(image, target)
+        image, target = self.clean_boxes(*self.transform(image, target))
         return image.as_subclass(torch.Tensor), {
             "boxes": target["boxes"].as_subclass(torch.Tensor),
             "labels": target["labels"],

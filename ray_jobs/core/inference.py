@@ -55,7 +55,7 @@ def predict_images(
     "class_names": [...]}` with labels as class indices (background removed), sorted by score.
     """
     model = model.to(device).eval()
-    transform = eval_transform_from_spec(meta["preprocess"], meta["task"])
+    transform = eval_transform_from_spec(meta["preprocess"])
     size = meta["preprocess"]["image_size"]
     names = meta["class_names"]
     results: list[dict] = []

@@ -34,7 +34,7 @@ from appliance.services.importers.sources import (
     subset_of,
 )
 
-_LOOKED_FOR = "annotations/instances_*.json, _annotations.coco.json (also in train/ valid/ test/), annotations.json, result.json"
+LOOKED_FOR = "COCO JSON: annotations/instances_*.json, _annotations.coco.json (also in train/ valid/ test/), annotations.json, result.json"
 
 
 def find(root: Path) -> list[str]:
@@ -44,7 +44,7 @@ def find(root: Path) -> list[str]:
 def read(root: Path) -> RawDataset:
     files = _json_files(root)
     if not files:
-        raise InvalidDataset(f"{root.name}: no COCO annotation file (looked for {_LOOKED_FOR})")
+        raise InvalidDataset(f"{root.name}: no COCO annotation file (looked for {LOOKED_FOR})")
     items: list[RawItem] = []
     warnings: list[ImportWarning] = []
     declared: dict[str, None] = {}  # category names in file order (a dict keeps it unique)

@@ -57,6 +57,9 @@ class _Table:
     warnings: list[ImportWarning]
 
 
+LOOKED_FOR = "a *.csv file at the root or in train/ val/ test/"
+
+
 def find(root: Path) -> list[str]:
     return [rel(p, root) for p in _csv_files(root)]
 
@@ -64,7 +67,7 @@ def find(root: Path) -> list[str]:
 def read(root: Path) -> RawDataset:
     files = _csv_files(root)
     if not files:
-        raise InvalidDataset(f"{root.name}: no CSV file (looked for *.csv at the root and in train/, val/, test/)")
+        raise InvalidDataset(f"{root.name}: no CSV file (looked for {LOOKED_FOR})")
     at_root = [p for p in files if p.parent == root]
     if len(at_root) > 1 and not all(subset_of(p.stem) for p in at_root):
         raise InvalidDataset(

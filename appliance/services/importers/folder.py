@@ -25,6 +25,9 @@ from appliance.services.importers.sources import (
 )
 
 
+LOOKED_FOR = "one sub-folder of images per class (optionally inside train/ val/ test/)"
+
+
 def find(root: Path) -> list[str]:
     """Evidence for auto-detection: top-level folders that contain images."""
     return [f"{d.name}/" for d in subdirs(root) if list_images(d)]

@@ -24,8 +24,9 @@ from appliance.core.errors import InvalidDataset
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 # Decoders Pillow may use. Content decides the decoder, not the extension, so without this list
-# a file named x.jpg could reach e.g. the EPS plugin (which runs Ghostscript).
-_DECODERS = ("JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF", "GIF")
+# a file named x.jpg could reach e.g. the EPS plugin (which runs Ghostscript). JPEG also opens
+# multi-picture JPEGs, which report the format "MPO".
+_DECODERS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF")
 _ORIENTATION_TAG = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}  # orientations that rotate by 90 degrees
 

@@ -41,6 +41,9 @@ _YAML_FILES = ("data.yaml", "data.yml", "dataset.yaml")
 _TEXT_FILES = ("classes.txt", "obj.names")
 
 
+LOOKED_FOR = "YOLO labels/ folders, data.yaml or obj.names"
+
+
 def find(root: Path) -> list[str]:
     """Evidence for auto-detection: a names file (other than the generic classes.txt) or a
     `labels/` folder at the root or one level down."""

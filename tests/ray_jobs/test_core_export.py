@@ -1,0 +1,234 @@
+"""Exports checked against PyTorch with onnxruntime / TorchScript on CPU, and the bundle's predict.py."""
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from ray_jobs.core import exporters as ex
+
+CLS_PRE = {"image_size": 64, "resize": "stretch", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+           "scale": 1 / 255, "channel_order": "RGB", "layout": "NCHW"}
+DET_PRE = {**CLS_PRE, "image_size": 320, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+CLASSES = ["cat", "dog", "fox", "owl", "bee", "ant", "elk"]
+DET_CLASSES = ["circle", "square", "triangle"]
+
+
+def _image(path, size=(97, 75), seed=0):
+    """A small structured RGB image (gradients + a block), saved as PNG."""
+    rng = np.random.default_rng(seed)
+    h, w = size[1], size[0]
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), 128.0)], -1)
+    arr[h // 4 : h // 2, w // 3 : w // 2] = rng.uniform(0, 255, 3)
+    Image.fromarray(arr.astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=len(CLASSES)).eval()
+
+
+@pytest.fixture(scope="module")
+def cls_batch():
+    torch.manual_seed(1)
+    return torch.randn(3, 3, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def onnx_cls(classifier, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    return path, ex.export_onnx(classifier, "classification", CLS_PRE, path)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    """SSDLite trained for a few steps: random init gives tied scores, which reorder freely."""
+    torch.manual_seed(0)
+    model = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=len(DET_CLASSES) + 1)
+    images = [torch.rand(3, 160, 160) for _ in range(2)]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 20, 80, 90], [50, 40, 150, 120]]), "labels": torch.tensor([1, 3])},
+        {"boxes": torch.tensor([[30.0, 30, 100, 140]]), "labels": torch.tensor([2])},
+    ]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(4):
+        loss = sum(model(images, targets).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), torch.stack(images)
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def test_onnx_classification_dynamic_batch_parity(classifier, cls_batch, onnx_cls):
+    path, info = onnx_cls
+    assert info["exporter"] == "dynamo" and info["fallback_reason"] is None
+    assert isinstance(info["opset"], int) and info["opset"] >= 17
+    assert info["dynamic_batch"] and not info["batch_fixed"]
+    assert info["inputs"][0]["shape"][1:] == [3, 64, 64] and isinstance(info["inputs"][0]["shape"][0], str)
+    assert info["output_names"] == ["logits"]
+    assert info["file_size_bytes"] == path.stat().st_size > 1_000_000
+    assert not list(path.parent.glob("*.data"))  # single self-contained file
+    parity = ex.parity_check(classifier, "classification", path, "onnx", cls_batch)
+    assert parity["batch_sizes"] == [1, 3]
+    assert parity["max_abs_diff_batch1"] < 1e-4 and parity["max_abs_diff_batchN"] < 1e-4
+    assert parity["passed"] and parity["top1_agreement"] == 1.0
+    json.dumps(info), json.dumps(parity)
+
+
+def test_onnx_falls_back_to_legacy_exporter(classifier, cls_batch, tmp_path, monkeypatch):
+    real_export = torch.onnx.export
+
+    def dynamo_broken(*args, **kwargs):
+        if kwargs.get("dynamo", True):
+            raise RuntimeError("simulated dynamo failure")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_broken)
+    info = ex.export_onnx(classifier, "classification", CLS_PRE, tmp_path / "m.onnx")
+    assert info["exporter"] == "legacy" and info["opset"] == ex.LEGACY_OPSET
+    assert "simulated dynamo failure" in info["fallback_reason"] and info["dynamic_batch"]
+    assert ex.parity_check(classifier, "classification", tmp_path / "m.onnx", "onnx", cls_batch)["passed"]
+
+
+def test_fp16_and_bad_arguments_refused(classifier, tmp_path):
+    with pytest.raises(ex.ExportError, match="tensorrt"):
+        ex.export_onnx(classifier, "classification", CLS_PRE, tmp_path / "m.onnx", precision="fp16")
+    with pytest.raises(ex.ExportError, match="Invalid task"):
+        ex.export_onnx(classifier, "segmentation", CLS_PRE, tmp_path / "m.onnx")
+    with pytest.raises(ex.ExportError, match="Invalid format"):
+        ex.parity_check(classifier, "classification", tmp_path / "m.x", "tflite", torch.zeros(1, 3, 8, 8))
+
+
+def test_torchscript_classification_parity(classifier, cls_batch, tmp_path):
+    info = ex.export_torchscript(classifier, "classification", CLS_PRE, tmp_path / "model.pt")
+    assert info["method"] == "trace" and info["dynamic_batch"]
+    parity = ex.parity_check(classifier, "classification", tmp_path / "model.pt", "torchscript", cls_batch)
+    assert parity["max_abs_diff"] < 1e-4 and parity["passed"]
+
+
+def test_latency_report(classifier, cls_batch, onnx_cls):
+    path, _ = onnx_cls
+    report = ex.latency_report(ex.PyTorchRunner(classifier, "classification"),
+                               ex.OnnxRunner(path, "classification"), cls_batch, batch_n=4, iters=2, warmup=1)
+    assert report["batch_1"]["pytorch"]["batch_size"] == 1 and report["batch_n"]["exported"]["batch_size"] == 4
+    for key in ("p50_ms", "mean_ms", "images_per_s"):
+        assert report["batch_n"]["exported"][key] > 0
+    assert report["batch_1"]["throughput_ratio"] > 0
+    json.dumps(report)
+
+
+def test_tensorrt_unavailable_here(tmp_path):
+    pytest.importorskip("ray_jobs")  # (always present) keeps the skip below the only condition
+    ok, reason = ex.tensorrt_available()
+    if ok:
+        pytest.skip(f"TensorRT is usable on this host: {reason}")
+    assert not ok and "TensorRT" in reason
+    with pytest.raises(ex.ExportError, match="TensorRT"):
+        ex.export_tensorrt(tmp_path / "m.onnx", tmp_path / "m.engine", precision="fp16")
+    with pytest.raises(ex.ExportError):
+        ex.TensorRTRunner(tmp_path / "m.engine", "classification")
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def test_detection_onnx_and_torchscript_parity(detector, tmp_path):
+    model, images = detector
+    info = ex.export_onnx(model, "detection", DET_PRE, tmp_path / "det.onnx")
+    assert info["exporter"] == "legacy" and info["batch_fixed"] and not info["dynamic_batch"]
+    assert info["output_names"] == ["boxes", "scores", "labels"]
+    assert info["inputs"][0]["shape"][:2] == [1, 3] and all(isinstance(d, str) for d in info["inputs"][0]["shape"][2:])
+    assert any("fixed at 1" in n for n in info["notes"])
+    for batch in (images, torch.rand(1, 3, 240, 300)):  # dynamic H/W
+        parity = ex.parity_check(model, "detection", tmp_path / "det.onnx", "onnx", batch)
+        assert parity["num_reference"] == 20 * len(batch)
+        assert parity["match_rate"] == 1.0 and parity["passed"]
+        assert parity["max_score_diff"] < 1e-4 and parity["max_box_diff"] < 1e-2
+    # labels come out 0-based (the model predicts class + 1; background is 0)
+    dets = ex.OnnxRunner(tmp_path / "det.onnx", "detection")(images[:1])[0]
+    assert dets["labels"].min() >= 0 and dets["labels"].max() < len(DET_CLASSES)
+
+    ts = ex.export_torchscript(model, "detection", DET_PRE, tmp_path / "det.pt")
+    assert ts["method"] == "script" and ts["batch_fixed"]
+    parity = ex.parity_check(model, "detection", tmp_path / "det.pt", "torchscript", images)
+    assert parity["match_rate"] == 1.0 and parity["max_score_diff"] < 1e-5
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+def _unzip_and_predict(zip_path, image, tmp_path, *args):
+    out = tmp_path / "bundle"
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(out)
+    proc = subprocess.run([sys.executable, str(out / "predict.py"), str(image), *args],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_onnx_classification_bundle_predicts_like_pytorch(classifier, cls_batch, onnx_cls, tmp_path):
+    path, info = onnx_cls
+    image = _image(tmp_path / "img.png")
+    x, _ = ex.preprocess_image(image, CLS_PRE)
+    with torch.no_grad():
+        probs = torch.softmax(classifier(torch.from_numpy(x)), 1)[0]
+    info = {**info, "parity": ex.parity_check(classifier, "classification", path, "onnx", cls_batch),
+            "latency": ex.latency_report(ex.PyTorchRunner(classifier, "classification"),
+                                         ex.OnnxRunner(path, "classification"), cls_batch, batch_n=2, iters=1)}
+    result = ex.write_bundle(tmp_path / "b.zip", path, CLASSES, CLS_PRE, "classification", info, "onnx")
+    with zipfile.ZipFile(tmp_path / "b.zip") as zf:
+        names = set(zf.namelist())
+        readme = zf.read("README.md").decode()
+        assert json.loads(zf.read("labels.json")) == CLASSES
+        assert json.loads(zf.read("preprocess.json")) == CLS_PRE
+        assert json.loads(zf.read("export.json"))["task"] == "classification"
+    assert names == {"model.onnx", "labels.json", "preprocess.json", "export.json", "predict.py", "README.md"}
+    assert set(result["entries"]) == names
+    assert f"opset: {info['opset']}" in readme and "max abs logit difference" in readme and "| 2 |" in readme
+
+    pred = _unzip_and_predict(tmp_path / "b.zip", image, tmp_path)
+    assert pred["label"] == CLASSES[int(probs.argmax())]
+    assert pred["score"] == pytest.approx(float(probs.max()), abs=1e-4)
+
+
+def test_torchscript_classification_bundle(classifier, tmp_path):
+    info = ex.export_torchscript(classifier, "classification", CLS_PRE, tmp_path / "m.pt")
+    ex.write_bundle(tmp_path / "b.zip", tmp_path / "m.pt", CLASSES, CLS_PRE, "classification", info, "torchscript")
+    image = _image(tmp_path / "img.jpg", seed=3)
+    x, _ = ex.preprocess_image(image, CLS_PRE)
+    with torch.no_grad():
+        top = int(classifier(torch.from_numpy(x)).argmax())
+    assert _unzip_and_predict(tmp_path / "b.zip", image, tmp_path)["label"] == CLASSES[top]
+
+
+def test_onnx_detection_bundle_boxes_in_original_pixels(detector, tmp_path):
+    model, _ = detector
+    info = ex.export_onnx(model, "detection", DET_PRE, tmp_path / "det.onnx")
+    ex.write_bundle(tmp_path / "d.zip", tmp_path / "det.onnx", DET_CLASSES, DET_PRE, "detection", info, "onnx")
+    with zipfile.ZipFile(tmp_path / "d.zip") as zf:
+        assert "batch: fixed at 1" in zf.read("README.md").decode()
+    image = _image(tmp_path / "img.png", size=(200, 150))
+    x, (w, h) = ex.preprocess_image(image, DET_PRE)
+    ref = ex.PyTorchRunner(model, "detection")(x)[0]
+    pred = _unzip_and_predict(tmp_path / "d.zip", image, tmp_path, "--score-threshold", "0")
+    assert len(pred["scores"]) == len(ref["scores"])
+    scale = np.array([w / 320, h / 320, w / 320, h / 320])
+    top = int(np.argmax(ref["scores"]))
+    assert pred["scores"][0] == pytest.approx(float(ref["scores"][top]), abs=1e-5)
+    assert pred["labels"][0] == int(ref["labels"][top]) and pred["label_names"][0] == DET_CLASSES[pred["labels"][0]]
+    assert np.allclose(pred["boxes"][0], ref["boxes"][top] * scale, atol=0.05)
