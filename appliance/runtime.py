@@ -27,6 +27,8 @@ def start_appliance(settings: Settings, wait_healthy_s: float = 120.0) -> str:
                 namespace=APP_NAME,
                 include_dashboard=True,
                 dashboard_port=settings.ray_dashboard_port,
+                # Reachable from outside only when the UI is (e.g. in Docker); Ray's token auth guards it.
+                dashboard_host="0.0.0.0" if settings.host in ("0.0.0.0", "::") else "127.0.0.1",
                 runtime_env={"env_vars": settings_env(settings)},
             )
     serve.start(http_options={"host": settings.host, "port": settings.port})

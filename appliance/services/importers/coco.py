@@ -26,6 +26,7 @@ from appliance.services.importers.sources import (
     RawBox,
     RawDataset,
     RawItem,
+    count,
     find_file,
     number,
     preview,
@@ -54,8 +55,8 @@ def read(root: Path) -> RawDataset:
     used = {box.label for item in items for box in item.boxes}
     classes = [name for name in declared if name in used]
     detected = (
-        f"COCO: {', '.join(rel(p, root) for p in files)} with {len(items)} images and "
-        f"{len(classes)} categories in use ({preview(classes)})"
+        f"COCO: {', '.join(rel(p, root) for p in files)} with {count(len(items), 'image')} and "
+        f"{count(len(classes), 'category', 'categories')} in use ({preview(classes)})"
     )
     return RawDataset("coco", "detection", classes, items, warnings, detected)
 
@@ -97,7 +98,7 @@ def _read_file(path: Path, root: Path, items: list[RawItem], warnings: list[Impo
         label = categories[ann["category_id"]]
         boxes[ann["image_id"]].append(RawBox(x, y, x + w, y + h, label, f"{name} annotation {ann_id}"))
     if crowd:
-        warnings.append(ImportWarning(name, f"{crowd} crowd annotations (iscrowd=1) skipped"))
+        warnings.append(ImportWarning(name, f"{count(crowd, 'crowd annotation')} (iscrowd=1) skipped"))
 
     hint, bases = _subset_and_bases(path, root)
     for image_id, image in images.items():

@@ -23,6 +23,7 @@ from appliance.services.importers.sources import (
     RawBox,
     RawDataset,
     RawItem,
+    count,
     find_file,
     is_ignored,
     number,
@@ -85,8 +86,8 @@ def read(root: Path) -> RawDataset:
     classes = sorted(labels - {None})
     spec = _DETECTION if task == "detection" else _CLASSIFICATION
     detected = (
-        f"CSV: {', '.join(t.name for t in tables)} with {sum(t.rows for t in tables)} rows of {spec} "
-        f"({task}, {len(classes)} classes: {preview(classes)})"
+        f"CSV: {', '.join(t.name for t in tables)} with {count(sum(t.rows for t in tables), 'row')} of {spec} "
+        f"({task}, {count(len(classes), 'class', 'classes')}: {preview(classes)})"
     )
     return RawDataset("csv", task, classes, items, warnings, detected)
 

@@ -15,6 +15,7 @@ from appliance.services.importers.model import ImportWarning
 from appliance.services.importers.sources import (
     RawDataset,
     RawItem,
+    count,
     is_ignored,
     is_image,
     list_images,
@@ -55,7 +56,7 @@ def read(root: Path) -> RawDataset:
             "optionally inside train/, val/, test/)"
         )
     where = f" in {' + '.join(subsets)}" if subsets else ""
-    detected = f"Folder layout: {len(classes)} class folders{where} ({preview(classes)})"
+    detected = f"Folder layout: {count(len(classes), 'class folder')}{where} ({preview(classes)})"
     return RawDataset("folder", "classification", classes, items, warnings, detected)
 
 

@@ -16,7 +16,7 @@ from appliance.core.errors import InvalidDataset, ValidationFailed
 from appliance.services.importers import coco, csvfile, folder, yolo
 from appliance.services.importers.images import UnreadableImage, probe_image
 from appliance.services.importers.model import ImportWarning, ParsedBox, ParsedDataset, ParsedItem
-from appliance.services.importers.sources import RawBox, RawDataset, RawItem, preview, rel
+from appliance.services.importers.sources import RawBox, RawDataset, RawItem, count, preview, rel
 
 FORMATS = ("folder", "csv", "coco", "yolo")
 TASKS = ("classification", "detection")
@@ -82,7 +82,7 @@ def _validate(root: Path, raw: RawDataset, progress: Progress | None) -> ParsedD
         if progress:
             progress(done, len(raw.items))
     if not items:
-        problems = f"{len(warnings)} problems, first: {warnings[0].file}: {warnings[0].reason}" if warnings else "none found"
+        problems = f"{count(len(warnings), 'problem')}, first: {warnings[0].file}: {warnings[0].reason}" if warnings else "none found"
         raise InvalidDataset(f"{raw.detected}: no usable image ({problems})")
     return ParsedDataset(raw.format, raw.task, raw.classes, items, warnings, raw.detected)
 

@@ -105,6 +105,11 @@ def find_file(name: str, bases: list[Path]) -> Path | None:
     return next((p for p in tries if p.is_file()), None)
 
 
+def count(n: int, singular: str, plural: str | None = None) -> str:
+    """'1 image', '3 images': messages are read by people."""
+    return f"{n} {singular if n == 1 else plural or singular + 's'}"
+
+
 def preview(names: list[str], limit: int = 5) -> str:
     """'a, b, c, … 4 more': keeps `detected` sentences short."""
     shown = ", ".join(names[:limit])

@@ -29,6 +29,7 @@ from appliance.services.importers.sources import (
     RawBox,
     RawDataset,
     RawItem,
+    count,
     list_images,
     number,
     preview,
@@ -68,7 +69,7 @@ def read(root: Path) -> RawDataset:
         folders[rel(image.parent, root) + "/"] = None
     classes = list(dict.fromkeys(names[i] for i in sorted(names)))
     where = " + ".join(folders) if len(folders) <= 4 else preview(list(folders), 4)
-    detected = f"YOLO layout: {names_file} with {len(classes)} classes, {where or 'no labelled image'}"
+    detected = f"YOLO layout: {names_file} with {count(len(classes), 'class', 'classes')}, {where or 'no labelled image'}"
     return RawDataset("yolo", "detection", classes, items, warnings, detected)
 
 
