@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -33,8 +34,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         migrate(get_engine(settings.db_url))
         app.state.sessions = session_factory(settings.db_url)
         app.state.runner = JobRunner()
+        app.state.stopping = threading.Event()
         recovery.recover_all(app)
         yield
+        app.state.stopping.set()
         app.state.runner.shutdown()
 
     app = FastAPI(

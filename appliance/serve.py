@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ray import serve
 
-from appliance.core.config import get_settings
+from appliance.core.config import get_settings, job_config
 from appliance.main import create_app
 
 DEPLOYMENT_NAME = "AIStudioIngress"
@@ -32,9 +32,8 @@ class AIStudioIngress:
     def __init__(self):
         from ray_jobs.events import ensure_event_bus
 
-        settings = get_settings()
         # The bus hands the workspace and database to `ray job submit` runs too.
-        ensure_event_bus(str(settings.workspace), settings.db_url)
+        ensure_event_bus(job_config(get_settings()))
 
 
 def app_builder(args: dict | None = None):

@@ -19,25 +19,26 @@ MAX_EVENTS_PER_RUN = 5000
 
 @ray.remote(num_cpus=0)
 class EventBus:
-    def __init__(self, workspace: str, db_url: str):
-        self._config = {"workspace": workspace, "db_url": db_url}
+    def __init__(self, config: dict):
+        self._config = dict(config)
         self._events: dict[str, list[dict]] = {}
         self._stops: set[str] = set()
+        self._seq = 0  # global, so a run's reset never reuses numbers a subscriber has seen
 
-    def configure(self, workspace: str, db_url: str) -> None:
-        self._config = {"workspace": workspace, "db_url": db_url}
+    def configure(self, config: dict) -> None:
+        self._config = dict(config)
 
     def config(self) -> dict:
         return dict(self._config)
 
     def publish(self, run_id: str, kind: str, data: dict) -> int:
         events = self._events.setdefault(run_id, [])
-        seq = (events[-1]["seq"] + 1) if events else 1
-        events.append({"seq": seq, "type": kind, "data": data, "ts": time.time()})
+        self._seq += 1
+        events.append({"seq": self._seq, "type": kind, "data": data, "ts": time.time()})
         if len(events) > MAX_EVENTS_PER_RUN:  # keep epochs/complete, drop the oldest logs
             drop = next((i for i, e in enumerate(events) if e["type"] == "log"), 0)
             events.pop(drop)
-        return seq
+        return self._seq
 
     def events_after(self, run_id: str, seq: int) -> list[dict]:
         return [e for e in self._events.get(run_id, ()) if e["seq"] > seq]
@@ -54,12 +55,13 @@ class EventBus:
         return run_id in self._stops
 
 
-def ensure_event_bus(workspace: str, db_url: str):
-    """Get or create the bus (idempotent across replicas and restarts) and point it at our storage."""
+def ensure_event_bus(config: dict):
+    """Get or create the bus (idempotent across replicas and restarts) and give it the appliance's
+    storage settings (`workspace`, `db_url`, GPU fractions, weights dir) for job entrypoints."""
     bus = EventBus.options(
         name=BUS_NAME, namespace=BUS_NAMESPACE, lifetime="detached", get_if_exists=True
-    ).remote(workspace, db_url)
-    ray.get(bus.configure.remote(workspace, db_url))
+    ).remote(config)
+    ray.get(bus.configure.remote(config))
     return bus
 
 

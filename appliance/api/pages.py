@@ -9,7 +9,9 @@ from fastapi.responses import RedirectResponse
 
 from appliance.api.deps import ProjectId, SessionDep, SettingsDep
 from appliance.core.auth import COOKIE_NAME
+from appliance.services import datasets as dataset_service
 from appliance.services import projects as project_service
+from appliance.services import splits as split_service
 from appliance.web import render
 
 router = APIRouter(include_in_schema=False)
@@ -20,7 +22,26 @@ SECTIONS = [
     ("evaluation", "Evaluation"), ("export", "Export"),
 ]
 # Sections whose page is written; the others say plainly that they are not built yet.
-BUILT: set[str] = set()
+BUILT: set[str] = {"dataset", "split"}
+GRID_PAGE = 48  # thumbnails per grid page (a multiple of the 4, 6 and 8 column layouts)
+
+
+def _dataset_context(session, project_id: str) -> dict:
+    summary = dataset_service.summary(session, project_id)
+    images, total = dataset_service.list_images(session, project_id, 0, GRID_PAGE)
+    return {
+        "summary": summary, "splits": split_service.list_splits(session, project_id),
+        "images": images, "total": total, "offset": 0, "limit": GRID_PAGE,
+        "label": "", "split_id": "", "subset": "", "job": summary["last_import"],
+    }
+
+
+def _split_context(session, project_id: str) -> dict:
+    return {"splits": split_service.list_splits(session, project_id),
+            "summary": dataset_service.summary(session, project_id)}
+
+
+CONTEXT = {"dataset": _dataset_context, "split": _split_context}
 
 
 @router.get("/")
@@ -38,7 +59,9 @@ def projects_page(request: Request, session: SessionDep):
 def project_section(request: Request, project_id: ProjectId, section: Section, session: SessionDep):
     project = project_service.get_project(session, project_id)
     template = f"pages/{section}.html" if section in BUILT else "pages/not_built.html"
-    return render(request, template, project=project, section=section, sections=SECTIONS)
+    extra = CONTEXT[section](session, project_id) if section in BUILT and section in CONTEXT else {}
+    return render(request, template, project=project, section=section, sections=SECTIONS, project_id=project_id,
+                  **extra)
 
 
 @router.get("/login")

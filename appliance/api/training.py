@@ -1,7 +1,167 @@
-"""`/api/training` — not built yet."""
+"""`/api/training` — model catalog, experiments, run/stop, live SSE stream, logs."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import json
+import time
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from appliance.api.deps import ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
+from appliance.core.envelope import Envelope, ok
+from appliance.core.errors import Unavailable
+from appliance.core.ray_runtime import ray_is_up
+from appliance.services import training as service
+from appliance.services.training import ExperimentCreate, RunRequest
+from appliance.web import render, wants_fragment
 
 router = APIRouter(prefix="/api/training", tags=["training"])
+POLL_S = 0.1
+HEARTBEAT_S = 10.0
+DB_CHECK_S = 2.0
+
+
+@router.get("/models", response_model=Envelope[list[dict]])
+def models(task: Literal["classification", "detection"] | None = None):
+    """Model catalog: name, task, parameter count, default image size."""
+    return ok(service.catalog(task))
+
+
+@router.get("/{project_id}/experiments", response_model=Envelope[list[dict]])
+def list_experiments(request: Request, project_id: ProjectId, session: SessionDep):
+    """Experiments with status and best metric."""
+    items = service.list_experiments(session, project_id)
+    if wants_fragment(request):
+        return render(request, "fragments/experiment_list.html", experiments=items, project_id=project_id)
+    return ok(items)
+
+
+@router.post("/{project_id}/experiments", status_code=201, response_model=Envelope[dict])
+def create_experiment(request: Request, project_id: ProjectId, body: ExperimentCreate, session: SessionDep,
+                      settings: SettingsDep):
+    """Create an experiment (hyperparameters checked against the model, split and dataset)."""
+    exp = service.create_experiment(session, settings.weights_cache, project_id, body)
+    if wants_fragment(request):
+        return render(request, "fragments/experiment_list.html", status_code=201,
+                      experiments=service.list_experiments(session, project_id), project_id=project_id)
+    return ok(exp)
+
+
+@router.get("/{project_id}/experiments/{experiment_id}", response_model=Envelope[dict])
+def get_experiment(project_id: ProjectId, experiment_id: str, session: SessionDep):
+    """Record and per-epoch history."""
+    return ok(service.experiment_public(session, service.get_experiment(session, project_id, experiment_id), True))
+
+
+@router.delete("/{project_id}/experiments/{experiment_id}", response_model=Envelope[dict])
+def delete_experiment(project_id: ProjectId, experiment_id: str, session: SessionDep, workspace: WorkspaceDep):
+    """Delete an experiment and its checkpoints; 409 while it trains."""
+    service.delete_experiment(session, workspace, project_id, experiment_id)
+    return ok({"id": experiment_id, "deleted": True})
+
+
+@router.post("/run", status_code=202, response_model=Envelope[dict])
+def run(body: RunRequest, session: SessionDep, settings: SettingsDep, runner: RunnerDep):
+    """Start (or resume / extend) a run → 202; 409 while another experiment trains."""
+    if not ray_is_up():
+        raise Unavailable("Ray is not reachable; training needs the Ray cluster")
+    import ray
+
+    from ray_jobs.events import get_event_bus
+
+    exp = service.request_run(session, body)
+    ray.get(get_event_bus().reset.remote(exp.id))
+    runner.submit("training", service.launch, settings.db_url, body.project_id, exp.id, body.resume)
+    return JSONResponse(ok(service.experiment_public(session, exp)).model_dump(mode="json"), status_code=202)
+
+
+@router.post("/{project_id}/experiments/{experiment_id}/stop", response_model=Envelope[dict])
+def stop(project_id: ProjectId, experiment_id: str, session: SessionDep):
+    """Ask the run to stop after the current epoch; it keeps its last checkpoint (status `stopped`)."""
+    exp = service.request_stop(session, project_id, experiment_id)
+    return ok({"id": exp.id, "stop_requested": True})
+
+
+@router.get("/{project_id}/experiments/{experiment_id}/logs", response_class=PlainTextResponse)
+def logs(project_id: ProjectId, experiment_id: str, session: SessionDep, workspace: WorkspaceDep):
+    """The run's log (its last 64 kB) as text."""
+    exp = service.get_experiment(session, project_id, experiment_id)
+    return PlainTextResponse(service.read_log(workspace, exp))
+
+
+def _sse(kind: str, data: dict, event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+
+@router.get("/{project_id}/experiments/{experiment_id}/stream")
+async def stream(
+    request: Request, project_id: ProjectId, experiment_id: str,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+):
+    """SSE: `status`, `epoch_end` (id = epoch), `log`, `complete`. History first; honours Last-Event-ID."""
+    sessions = request.app.state.sessions
+    with sessions() as session:  # validate before the first yield: errors are envelopes, not empty 200s
+        service.get_experiment(session, project_id, experiment_id)
+    if not ray_is_up():
+        raise Unavailable("Ray is not reachable; live events need the Ray cluster")
+    from ray_jobs.events import get_event_bus
+
+    bus = get_event_bus()
+    sent = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+
+    def snapshot() -> tuple[str, list[dict], dict]:
+        with sessions() as session:
+            exp = service.get_experiment(session, project_id, experiment_id)
+            return exp.status, service.history(session, exp.id), {"status": exp.status, "best_metric": exp.best_metric,
+                                                                 "error": exp.error}
+
+    async def events():
+        nonlocal sent
+        status, epochs, outcome = await asyncio.to_thread(snapshot)
+        yield _sse("status", {"status": status})
+        for ev in epochs:
+            if ev["epoch"] > sent:
+                sent = ev["epoch"]
+                yield _sse("epoch_end", ev, ev["epoch"])
+        if status not in service.ACTIVE:
+            yield _sse("complete", outcome)
+            return
+        cursor, last_beat, last_db = 0, time.monotonic(), time.monotonic()
+        while not await request.is_disconnected():
+            for ev in await bus.events_after.remote(experiment_id, cursor):
+                cursor = ev["seq"]
+                data = ev["data"]
+                if ev["type"] == "epoch_end":
+                    if data["epoch"] <= sent:
+                        continue
+                    sent = data["epoch"]
+                    yield _sse("epoch_end", data, data["epoch"])
+                elif ev["type"] == "complete":
+                    break
+                else:
+                    yield _sse(ev["type"], data)
+            else:
+                now = time.monotonic()
+                if now - last_beat > HEARTBEAT_S:
+                    last_beat = now
+                    yield ": keep-alive\n\n"
+                if now - last_db <= DB_CHECK_S:
+                    await asyncio.sleep(POLL_S)
+                    continue
+                last_db = now  # the bus may miss a run that died: the database knows
+            status, epochs, outcome = await asyncio.to_thread(snapshot)
+            if status in service.ACTIVE:
+                continue
+            for ev in epochs:  # epochs are in the database before they are on the bus
+                if ev["epoch"] > sent:
+                    sent = ev["epoch"]
+                    yield _sse("epoch_end", ev, ev["epoch"])
+            yield _sse("complete", outcome)
+            return
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

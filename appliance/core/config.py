@@ -86,3 +86,14 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def job_config(settings: Settings) -> dict:
+    """The settings Ray-side jobs need, as plain values (they travel through the event bus)."""
+    return {
+        "workspace": str(settings.workspace),
+        "db_url": settings.db_url,
+        "weights_dir": str(settings.weights_cache),
+        "train_gpu_fraction": settings.train_gpu_fraction,
+        "eval_gpu_fraction": settings.eval_gpu_fraction,
+    }

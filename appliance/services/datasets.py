@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from appliance.core.config import Settings
@@ -37,6 +37,7 @@ MAX_WARNINGS_KEPT = 1000
 _EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif", "GIF": ".gif"}
 _PROGRESS_EVERY_S = 0.5
 IMBALANCE_RATIO = 10
+CANCELLED_MESSAGE = "Cancelled by the user; the dataset is unchanged"
 
 
 class ImportCancelled(Exception):
@@ -118,11 +119,21 @@ def get_import(session: Session, project_id: str, import_id: str) -> ImportJob:
 
 
 def cancel_import(session: Session, project_id: str, import_id: str) -> ImportJob:
+    """A queued import is cancelled at once; a running one is asked to stop (`cancelling`) and
+    becomes `cancelled` when the job notices. Conditional updates: the job may start meanwhile."""
     job = get_import(session, project_id, import_id)
     if job.status not in ("queued", "running"):
         raise Conflict(f"Import {import_id} is {job.status}; only a queued or running import can be cancelled")
-    job.status = "cancelling"
+    queued = session.execute(
+        update(ImportJob).where(ImportJob.id == import_id, ImportJob.status == "queued")
+        .values(status="cancelled", error=CANCELLED_MESSAGE, finished_at=utcnow())
+    ).rowcount
+    if not queued:
+        session.execute(
+            update(ImportJob).where(ImportJob.id == import_id, ImportJob.status == "running").values(status="cancelling")
+        )
     session.commit()
+    session.refresh(job)
     return job
 
 
@@ -145,10 +156,13 @@ def run_import(settings: Settings, import_id: str) -> None:
     url = settings.db_url
     try:
         with session_scope(url) as s:
-            job = s.get(ImportJob, import_id)
-            if job is None or job.status not in ("queued",):
+            # queued → running only if nobody cancelled it meanwhile (a conditional update, not a read-then-write)
+            started = s.execute(
+                update(ImportJob).where(ImportJob.id == import_id, ImportJob.status == "queued").values(status="running")
+            ).rowcount
+            if not started:
                 return
-            job.status = "running"
+            job = s.get(ImportJob, import_id)
             project = s.get(Project, job.project_id)
             project_id, task, fmt, source = project.id, project.task, job.format, job.source
         root = _source_root(settings, stage, source)
@@ -166,7 +180,7 @@ def run_import(settings: Settings, import_id: str) -> None:
             job.done = job.total = max(job.total, len(parsed.items))
             job.finished_at = utcnow()
     except ImportCancelled:
-        _finish(url, import_id, "cancelled", "Cancelled by the user; the dataset is unchanged")
+        _finish(url, import_id, "cancelled", CANCELLED_MESSAGE)
     except AppError as exc:
         _finish(url, import_id, "failed", exc.message)
     except Exception as exc:  # a bug or an OS error: fail the job, never leave it running

@@ -11,9 +11,9 @@ log = logging.getLogger("aistudio")
 
 
 def recover_all(app: FastAPI) -> None:
-    from appliance.services import datasets
+    from appliance.services import datasets, training
 
-    for recover in (datasets.recover_imports,):
+    for recover in (datasets.recover_imports, training.recover_runs):
         try:
             recover(app)
         except Exception:

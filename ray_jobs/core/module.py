@@ -208,6 +208,8 @@ class DetectionModule(_StudioModule):
         self.val_map = MeanAveragePrecision(
             box_format="xyxy", iou_type="bbox", iou_thresholds=[0.5], backend="pycocotools"
         )
+        # COCO scoring keeps each image's top 100 boxes; SSDLite proposes up to 300, by design.
+        self.val_map.warn_on_many_detections = False
 
     def forward(self, images: list[torch.Tensor]) -> list[dict]:
         return self.model(images)

@@ -233,7 +233,7 @@ def test_coco_boxes_unused_categories_and_crowd(tmp_path):
     parsed = parse_source(tmp_path, "coco", "detection")
     assert parsed.classes == ["person", "car"]  # "unused" (id 12) has no annotation
     assert boxes_of(parsed, "images/sub/a.jpg") == [(2, 3, 12, 8, "car"), (0, 0, 4, 4, "person")]
-    assert warned(parsed, "annotations/instances_default.json", "1 crowd annotations")
+    assert warned(parsed, "annotations/instances_default.json", "1 crowd annotation (iscrowd=1) skipped")
 
 
 def test_coco_roboflow_super_category_is_not_a_class(tmp_path):
@@ -337,11 +337,13 @@ def test_yolo_missing_and_empty_label_files(tmp_path):
 
 def test_image_whose_boxes_all_fail_is_skipped(tmp_path):
     _yolo_pair(tmp_path, "images/a.jpg", "labels/a.txt")
-    _yolo_pair(tmp_path, "images/b.jpg", "labels/b.txt", "0 2 2 0.1 0.1\n")
+    _yolo_pair(tmp_path, "images/b.jpg", "labels/b.txt", "0 2 2 0.1 0.1\n")  # outside
+    _yolo_pair(tmp_path, "images/c.jpg", "labels/c.txt", "5 0.5 0.5 0.1 0.1\n")  # unknown class
     write(tmp_path / "classes.txt", "cat\n")
     parsed = parse_source(tmp_path, "yolo", "detection")
     assert [i.relpath for i in parsed.items] == ["images/a.jpg"]
     assert warned(parsed, "images/b.jpg", "no valid box left")
+    assert warned(parsed, "images/c.jpg", "no valid box left")
 
 
 def test_corrupt_images_warn(tmp_path):
@@ -587,3 +589,25 @@ def test_zip_with_several_top_entries_returns_dest(tmp_path):
     archive = make_zip(tmp_path / "upload.zip", {"data.yaml": "names: [a]\n", "images/a.jpg": b"x"})
     assert extract_zip(archive, tmp_path / "dest", max_total_bytes=1 << 20) == tmp_path / "dest"
     assert [i.filename for i in check_zip(archive, max_total_bytes=1 << 20)] == ["data.yaml", "images/a.jpg"]
+
+
+def test_csv_row_warnings(tmp_path):
+    csv_detection(tmp_path)
+    write(tmp_path / "boxes.csv", "a.jpg,1,2,11,12,cat\nb.jpg,1,2,11,12,\n,1,2,3,4,cat\n")
+    parsed = parse_source(tmp_path, "csv", "detection")
+    assert [i.relpath for i in parsed.items] == ["a.jpg"]
+    assert warned(parsed, "boxes.csv", "line 2: box without a label")
+    assert warned(parsed, "b.jpg", "no valid box left")
+    assert warned(parsed, "boxes.csv", "line 3: no file name")
+    csv_classification(tmp_path / "c")
+    write(tmp_path / "c" / "labels.csv", "a.jpg,cat\na.jpg,dog\nb.jpg,\nb.jpg,dog\n")
+    parsed = parse_source(tmp_path / "c", "csv", "classification")
+    assert {i.relpath: i.label for i in parsed.items} == {"images/a.jpg": "cat", "b.jpg": "dog"}
+    assert warned(parsed, "labels.csv", "line 2: a.jpg is already labelled 'cat'")
+    assert warned(parsed, "labels.csv", "line 3: no label")
+
+
+def test_non_image_decoders_are_refused(tmp_path):
+    eps = write(tmp_path / "x.jpg", "%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n")
+    with pytest.raises(UnreadableImage, match="x.jpg"):
+        probe_image(eps)  # Pillow would otherwise pick its EPS plugin, which runs Ghostscript

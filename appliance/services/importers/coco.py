@@ -35,7 +35,10 @@ from appliance.services.importers.sources import (
     subset_of,
 )
 
-LOOKED_FOR = "COCO JSON: annotations/instances_*.json, _annotations.coco.json (also in train/ valid/ test/), annotations.json, result.json"
+LOOKED_FOR = (
+    "COCO JSON: annotations/instances_*.json, _annotations.coco.json (also in train/ valid/ test/), "
+    "annotations.json, result.json"
+)
 
 
 def find(root: Path) -> list[str]:
@@ -72,20 +75,24 @@ def _read_file(path: Path, root: Path, items: list[RawItem], warnings: list[Impo
     """Append this file's images to `items`; return its category names."""
     name = rel(path, root)
     doc = _load(path, name)
-    categories = {_field(c, "id", name, "category"): str(_field(c, "name", name, "category")).strip()
-                  for c in doc["categories"]}  # fmt: skip
+    categories = {
+        _field(c, "id", name, "category"): str(_field(c, "name", name, "category")).strip()
+        for c in doc["categories"]
+    }
     images = {_field(i, "id", name, "image"): i for i in doc["images"]}
-    boxes: dict[object, list[RawBox]] = {image_id: [] for image_id in images}
+    items_by_id = {image_id: RawItem(Path()) for image_id in images}  # source filled in below
     crowd = 0
     for index, ann in enumerate(doc["annotations"]):
         if not isinstance(ann, dict):
             raise InvalidDataset(f"{name}: annotation #{index} is not an object")
         ann_id = ann.get("id", f"#{index}")
-        if ann.get("iscrowd"):
+        item = items_by_id.get(ann.get("image_id"))
+        if ann.get("iscrowd") and item is not None:
             crowd += 1
+            item.dropped += 1
             continue
         problem = None
-        if ann.get("image_id") not in images:
+        if item is None:
             problem = f"unknown image id {ann.get('image_id')!r}"
         elif ann.get("category_id") not in categories:
             problem = f"unknown category id {ann.get('category_id')!r}"
@@ -93,10 +100,12 @@ def _read_file(path: Path, root: Path, items: list[RawItem], warnings: list[Impo
             problem = f"bbox {ann.get('bbox')!r} is not [x, y, width, height]"
         if problem:
             warnings.append(ImportWarning(name, f"annotation {ann_id}: {problem}; skipped"))
+            if item is not None:
+                item.dropped += 1
             continue
         x, y, w, h = xywh
         label = categories[ann["category_id"]]
-        boxes[ann["image_id"]].append(RawBox(x, y, x + w, y + h, label, f"{name} annotation {ann_id}"))
+        item.boxes.append(RawBox(x, y, x + w, y + h, label, f"{name} annotation {ann_id}"))
     if crowd:
         warnings.append(ImportWarning(name, f"{count(crowd, 'crowd annotation')} (iscrowd=1) skipped"))
 
@@ -105,8 +114,10 @@ def _read_file(path: Path, root: Path, items: list[RawItem], warnings: list[Impo
         source = find_file(str(_field(image, "file_name", name, "image")), bases)
         if source is None:
             warnings.append(ImportWarning(name, f"image {image_id}: missing image file {image['file_name']}"))
-        else:
-            items.append(RawItem(source, boxes=boxes[image_id], subset_hint=hint))
+            continue
+        item = items_by_id[image_id]
+        item.source, item.subset_hint = source, hint
+        items.append(item)
     return list(categories.values())
 
 
@@ -114,11 +125,13 @@ def _load(path: Path, name: str) -> dict:
     try:
         doc = json.loads(path.read_bytes())
     except json.JSONDecodeError as exc:
-        raise InvalidDataset(f"{name} line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg})") from exc
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise InvalidDataset(f"{name} {where}: invalid JSON ({exc.msg})") from exc
     except UnicodeDecodeError as exc:
         raise InvalidDataset(f"{name}: not UTF-8 text ({exc.reason})") from exc
-    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in ("images", "annotations", "categories")):
-        raise InvalidDataset(f"{name}: not a COCO instances file (needs 'images', 'annotations' and 'categories' lists)")
+    keys = ("images", "annotations", "categories")
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in keys):
+        raise InvalidDataset(f"{name}: not a COCO instances file (needs {', '.join(keys)} lists)")
     return doc
 
 

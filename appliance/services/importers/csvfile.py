@@ -78,15 +78,17 @@ def read(root: Path) -> RawDataset:
     tables = [_read_table(p, root) for p in files]
     tasks = {t.task for t in tables}
     if len(tasks) > 1:
-        raise InvalidDataset(f"{', '.join(t.name for t in tables)}: mix {_CLASSIFICATION} and {_DETECTION} files")
+        names = ", ".join(t.name for t in tables)
+        raise InvalidDataset(f"{names}: mix {_CLASSIFICATION} and {_DETECTION} files")
     task = tasks.pop()
     items = [item for t in tables for item in t.items]
     warnings = [w for t in tables for w in t.warnings]
     labels = {item.label for item in items} | {box.label for item in items for box in item.boxes}
     classes = sorted(labels - {None})
     spec = _DETECTION if task == "detection" else _CLASSIFICATION
+    rows = count(sum(t.rows for t in tables), "row")
     detected = (
-        f"CSV: {', '.join(t.name for t in tables)} with {count(sum(t.rows for t in tables), 'row')} of {spec} "
+        f"CSV: {', '.join(t.name for t in tables)} with {rows} of {spec} "
         f"({task}, {count(len(classes), 'class', 'classes')}: {preview(classes)})"
     )
     return RawDataset("csv", task, classes, items, warnings, detected)
@@ -112,6 +114,7 @@ def _read_table(path: Path, root: Path) -> _Table:
     columns = _header_columns(first, name, first_line)
     if columns:
         rows = rows[1:]
+        layout = f"as in the header on line {first_line}"
     else:
         columns = _POSITIONAL.get(width)
         if columns is None:
@@ -119,19 +122,20 @@ def _read_table(path: Path, root: Path) -> _Table:
                 f"{name} line {first_line}: expected 2 columns ({_CLASSIFICATION}) "
                 f"or 6 ({_DETECTION}), got {width}"
             )
+        layout = _DETECTION if width == 6 else _CLASSIFICATION
     task = "detection" if "xmin" in columns else "classification"
-    spec = _DETECTION if task == "detection" else _CLASSIFICATION
     hint = subset_of(path.stem) or (subset_of(path.parent.name) if path.parent != root else None)
     bases = [path.parent, path.parent / "images"]
     by_file: dict[str, RawItem | None] = {}  # None: the image is missing (warned once)
     warnings: list[ImportWarning] = []
     for line, cells in rows:
         if len(cells) != width:
-            raise InvalidDataset(f"{name} line {line}: expected {width} columns ({spec}), got {len(cells)}")
+            raise InvalidDataset(f"{name} line {line}: expected {width} columns ({layout}), got {len(cells)}")
         filename, label = cells[columns["filename"]].strip(), cells[columns["label"]].strip()
         box = _box(cells, columns, name, line) if task == "detection" else None
-        if not filename or (not label and (task == "classification" or box)):
-            warnings.append(ImportWarning(name, f"line {line}: no {'label' if filename else 'file name'}; skipped"))
+        if not filename or (task == "classification" and not label):
+            missing = "label" if filename else "file name"
+            warnings.append(ImportWarning(name, f"line {line}: no {missing}; skipped"))
             continue
         if filename not in by_file:
             source = find_file(filename, bases)
@@ -141,14 +145,18 @@ def _read_table(path: Path, root: Path) -> _Table:
         item = by_file[filename]
         if item is None:
             continue
-        if box:
-            item.boxes.append(RawBox(*box, label=label, where=f"{name} line {line}"))
-        elif task == "classification" and item.label is None:
+        if task == "detection":
+            if box and label:
+                item.boxes.append(RawBox(*box, label=label, where=f"{name} line {line}"))
+            elif box:
+                warnings.append(ImportWarning(name, f"line {line}: box without a label; skipped"))
+                item.dropped += 1
+            # no box: a background image, nothing to add
+        elif item.label is None:
             item.label = label
-        elif task == "classification" and item.label != label:
-            warnings.append(
-                ImportWarning(name, f"line {line}: {filename} is already labelled {item.label!r}; kept that")
-            )
+        elif item.label != label:
+            reason = f"line {line}: {filename} is already labelled {item.label!r}; kept that"
+            warnings.append(ImportWarning(name, reason))
     items = [item for item in by_file.values() if item is not None]
     return _Table(name, task, len(rows), items, warnings)
 
@@ -162,7 +170,9 @@ def _header_columns(cells: list[str], name: str, line: int) -> dict[str, int] | 
     box = {key: _index(header, aliases) for key, aliases in _BOX.items()}
     found = [key for key, index in box.items() if index is not None]
     if 0 < len(found) < len(_BOX):
-        raise InvalidDataset(f"{name} line {line}: the header has {', '.join(found)} but needs all of xmin, ymin, xmax, ymax")
+        raise InvalidDataset(
+            f"{name} line {line}: the header has {', '.join(found)} but needs all of xmin, ymin, xmax, ymax"
+        )
     return {"filename": filename, "label": label, **(box if found else {})}
 
 

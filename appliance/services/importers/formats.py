@@ -82,7 +82,9 @@ def _validate(root: Path, raw: RawDataset, progress: Progress | None) -> ParsedD
         if progress:
             progress(done, len(raw.items))
     if not items:
-        problems = f"{count(len(warnings), 'problem')}, first: {warnings[0].file}: {warnings[0].reason}" if warnings else "none found"
+        problems = "none found"
+        if warnings:
+            problems = f"{count(len(warnings), 'problem')}, first: {warnings[0].file}: {warnings[0].reason}"
         raise InvalidDataset(f"{raw.detected}: no usable image ({problems})")
     return ParsedDataset(raw.format, raw.task, raw.classes, items, warnings, raw.detected)
 
@@ -107,8 +109,9 @@ def _validate_item(
         warnings.append(ImportWarning(relpath, f"cannot read the file ({exc.strerror}); skipped"))
         return None
     scale = (info.width, info.height) if raw.normalized else (1, 1)
-    boxes = [box for b in raw.boxes if (box := _fit_box(b, scale, info.width, info.height, relpath, warnings))]
-    if raw.boxes and not boxes:
+    fitted = (_fit_box(b, scale, info.width, info.height, relpath, warnings) for b in raw.boxes)
+    boxes = [box for box in fitted if box is not None]
+    if (raw.boxes or raw.dropped) and not boxes:
         # Keeping it as a background image would teach the model that its objects are background.
         warnings.append(ImportWarning(relpath, "no valid box left; image skipped"))
         return None

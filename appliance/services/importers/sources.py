@@ -40,6 +40,7 @@ class RawItem:
     boxes: list[RawBox] = field(default_factory=list)
     subset_hint: str | None = None
     normalized: bool = False  # box coordinates are fractions of width / height (YOLO)
+    dropped: int = 0  # annotations of this image rejected while reading (unknown class, ...)
 
 
 @dataclass

@@ -40,8 +40,6 @@ from appliance.services.importers.sources import (
 
 _YAML_FILES = ("data.yaml", "data.yml", "dataset.yaml")
 _TEXT_FILES = ("classes.txt", "obj.names")
-
-
 LOOKED_FOR = "YOLO labels/ folders, data.yaml or obj.names"
 
 
@@ -61,15 +59,17 @@ def read(root: Path) -> RawDataset:
     for image in list_images(root):
         label_file = _label_path(image, root)
         if not label_file.is_file():
-            warnings.append(ImportWarning(rel(image, root), f"missing label file {rel(label_file, root)}; skipped"))
+            reason = f"missing label file {rel(label_file, root)}; skipped"
+            warnings.append(ImportWarning(rel(image, root), reason))
             continue
-        boxes = _read_labels(label_file, rel(label_file, root), names, warnings)
-        hint = next(filter(None, map(subset_of, image.relative_to(root).parts[:-1])), None)
-        items.append(RawItem(image, boxes=boxes, subset_hint=hint, normalized=True))
+        item = _read_labels(image, label_file, rel(label_file, root), names, warnings)
+        item.subset_hint = next(filter(None, map(subset_of, image.relative_to(root).parts[:-1])), None)
+        items.append(item)
         folders[rel(image.parent, root) + "/"] = None
     classes = list(dict.fromkeys(names[i] for i in sorted(names)))
     where = " + ".join(folders) if len(folders) <= 4 else preview(list(folders), 4)
-    detected = f"YOLO layout: {names_file} with {count(len(classes), 'class', 'classes')}, {where or 'no labelled image'}"
+    n_classes = count(len(classes), "class", "classes")
+    detected = f"YOLO layout: {names_file} with {n_classes}, {where or 'no labelled image'}"
     return RawDataset("yolo", "detection", classes, items, warnings, detected)
 
 
@@ -111,7 +111,7 @@ def _yaml_names(path: Path, name: str) -> dict[int, str]:
     for key, value in pairs:
         # Scalars only: str() of a nested (alias-expanded) structure could be enormous.
         if not str(key).isdigit() or not isinstance(value, (str, int, float)) or not str(value).strip():
-            raise InvalidDataset(f"{name}: names entry {key!r}: {str(value)[:40]!r} is not an id and a class name")
+            raise InvalidDataset(f"{name}: names entry {key!r}: {str(value)[:40]!r} is not an id and a name")
         result[int(key)] = str(value).strip()
     if not result:
         raise InvalidDataset(f"{name}: 'names' is empty")
@@ -126,12 +126,14 @@ def _text_names(path: Path, name: str) -> dict[int, str]:
         raise InvalidDataset(f"{name}: no class names")
     for line_no, line in enumerate(lines, 1):
         if not line.strip():
-            raise InvalidDataset(f"{name} line {line_no}: empty class name (it would shift every class id after it)")
+            raise InvalidDataset(f"{name} line {line_no}: empty class name (it would shift the ids after it)")
     return {i: line.strip() for i, line in enumerate(lines)}
 
 
-def _read_labels(path: Path, name: str, names: dict[int, str], warnings: list[ImportWarning]) -> list[RawBox]:
-    boxes = []
+def _read_labels(
+    image: Path, path: Path, name: str, names: dict[int, str], warnings: list[ImportWarning]
+) -> RawItem:
+    item = RawItem(image, normalized=True)
     for line_no, line in enumerate(_text(path, name).splitlines(), 1):
         values = line.split()
         if not values:
@@ -139,7 +141,8 @@ def _read_labels(path: Path, name: str, names: dict[int, str], warnings: list[Im
         try:
             class_id, coords = _class_id(values[0]), [number(v) for v in values[1:]]
         except ValueError:
-            raise InvalidDataset(f"{name} line {line_no}: expected 'class cx cy w h' numbers, got {line.strip()[:80]!r}") from None
+            got = line.strip()[:80]
+            raise InvalidDataset(f"{name} line {line_no}: expected 'class cx cy w h' numbers, got {got!r}") from None
         if len(coords) == 4:
             cx, cy, w, h = coords
             corners = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
@@ -153,9 +156,10 @@ def _read_labels(path: Path, name: str, names: dict[int, str], warnings: list[Im
             )
         if class_id not in names:
             warnings.append(ImportWarning(name, f"line {line_no}: unknown class id {class_id}; box skipped"))
+            item.dropped += 1
             continue
-        boxes.append(RawBox(*corners, label=names[class_id], where=f"{name} line {line_no}"))
-    return boxes
+        item.boxes.append(RawBox(*corners, label=names[class_id], where=f"{name} line {line_no}"))
+    return item
 
 
 def _class_id(text: str) -> int:

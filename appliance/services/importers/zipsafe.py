@@ -56,10 +56,11 @@ def extract_zip(
         try:
             for info in members:
                 _extract_member(zf, info, dest, name)
-        except BaseException as exc:
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:  # e.g. a bad CRC
             _empty(dest)
-            if isinstance(exc, (zipfile.BadZipFile, zlib.error, EOFError, OSError)):
-                raise InvalidDataset(f"{name}: cannot extract {info.filename} ({exc})") from exc
+            raise InvalidDataset(f"{name}: cannot extract {info.filename} ({exc})") from exc
+        except BaseException:
+            _empty(dest)
             raise
     return _dataset_root(dest, members)
 
@@ -103,7 +104,8 @@ def _check(
             f"{name}: uncompressed content is {total} bytes, over the {max_total_bytes}-byte limit"
         )
     if total >= _RATIO_FLOOR and total > max_ratio * max(packed, 1):
-        raise InvalidDataset(f"{name}: content expands {total // max(packed, 1)}x; refusing a likely ZIP bomb")
+        ratio = total // max(packed, 1)
+        raise InvalidDataset(f"{name}: content expands {ratio}x; refusing a likely ZIP bomb")
     return members
 
 

@@ -1,0 +1,230 @@
+"""Training on Ray Train (V2 API): one `TorchTrainer` worker — pinned to one GPU on GPU hosts,
+CPU otherwise — running the Ray-free Lightning core with Ray's DDP strategy and environment.
+
+The same entrypoint runs from the UI (launched as a zero-CPU Ray task) and from
+`ray job submit -- python -m ray_jobs.train --project P --experiment E [--resume]`:
+it takes the appliance's storage settings from the event-bus actor, so both kinds of run land
+in the same database and stream to the same page.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import ray
+import typer
+
+from ray_jobs.events import get_event_bus
+
+CHECKPOINTS_KEPT = 2
+
+
+class RunReporter:
+    """Worker side: persist each epoch, publish it on the bus, log a line, answer stop requests."""
+
+    def __init__(self, db_url: str, experiment_id: str, log_file: str):
+        self.db_url, self.experiment_id, self.log_file = db_url, experiment_id, log_file
+        self.bus = get_event_bus()
+
+    def epoch_end(self, event: dict) -> None:
+        from appliance.services.training import record_epoch
+
+        record_epoch(self.db_url, self.experiment_id, event)
+        self.bus.publish.remote(self.experiment_id, "epoch_end", event)
+        self.log(
+            f"epoch {event['epoch']}/{event['epochs']}  train_loss {_fmt(event['train_loss'])}  "
+            f"val_loss {_fmt(event['val_loss'])}  val_metric {_fmt(event['val_metric'])}  "
+            f"lr {_fmt(event['lr'])}  {event['seconds']:.1f}s  {event['images_per_s']:.1f} img/s"
+        )
+
+    def log(self, line: str) -> None:
+        write_log(self.log_file, line)
+        self.bus.publish.remote(self.experiment_id, "log", {"line": line})
+
+    def should_stop(self) -> bool:
+        return bool(ray.get(self.bus.stop_requested.remote(self.experiment_id)))
+
+
+def write_log(path: str, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {line}\n")
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.4g}"
+
+
+def train_loop_per_worker(cfg: dict) -> None:
+    """Runs on the Train worker. Resumes from Ray's latest checkpoint of this run when present."""
+    import ray.train
+    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
+
+    from ray_jobs.core.data import ImageDataModule
+    from ray_jobs.core.fit import BestLastCheckpoint, EpochEventCallback, build_trainer
+    from ray_jobs.core.module import TrainConfig, build_module, resolve_class_weights
+
+    config = resolve_class_weights(TrainConfig.from_dict(cfg["config"]), cfg["train_samples"])
+    reporter = RunReporter(cfg["db_url"], cfg["experiment_id"], cfg["log_file"])
+    callbacks = [
+        EpochEventCallback(reporter.epoch_end, reporter.should_stop),
+        BestLastCheckpoint(cfg["weights_dir"]),
+        RayTrainReportCallback(),
+    ]
+    trainer = build_trainer(
+        config, callbacks, accelerator="gpu" if cfg["use_gpu"] else "cpu", devices="auto",
+        strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], default_root_dir=cfg["run_dir"],
+    )
+    trainer = prepare_trainer(trainer)
+    module = build_module(config)
+    datamodule = ImageDataModule(
+        config.task, cfg["train_samples"], cfg["val_samples"], image_size=config.image_size,
+        batch_size=config.batch_size, augmentations=config.augmentations, num_workers=config.num_workers,
+        seed=config.seed,
+    )
+    checkpoint = ray.train.get_checkpoint() if cfg["resume"] else None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            reporter.log(f"resuming from Ray checkpoint {checkpoint.path}")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=os.path.join(folder, RayTrainReportCallback.CHECKPOINT_NAME))
+    elif cfg["resume"] and cfg.get("fallback_ckpt"):
+        reporter.log(f"resuming from {cfg['fallback_ckpt']}")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg["fallback_ckpt"])
+    else:
+        trainer.fit(module, datamodule=datamodule)
+
+
+def _connect() -> None:
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), namespace="aistudio", log_to_driver=True)
+
+
+def run_training(project_id: str, experiment_id: str, resume: bool = False) -> dict:
+    """Drive one run to its end and return `{"status", "best_metric", "error"}`. Never leaves the
+    experiment `running`: every exit path goes through `finish_run`."""
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from appliance.core.db import session_scope
+    from appliance.core.models import Experiment
+    from appliance.core.paths import Workspace
+    from appliance.services import training as svc
+
+    _connect()
+    bus = get_event_bus()
+    settings = ray.get(bus.config.remote())
+    db_url, workspace = settings["db_url"], Workspace(Path(settings["workspace"]))
+    with session_scope(db_url) as s:
+        exp = s.get(Experiment, experiment_id)
+        if exp is None or exp.project_id != project_id:
+            raise SystemExit(f"Experiment {experiment_id} of project {project_id} not found")
+        train_samples, val_samples = svc.load_run_inputs(s, workspace, exp)
+        params, class_names, model = dict(exp.params), list(exp.class_names), exp.model
+        run_dir = svc.run_dir(workspace, exp)
+        log_file = svc.log_path(workspace, exp)
+    svc.mark_running(db_url, experiment_id, os.environ.get("RAY_JOB_SUBMISSION_ID") or "ui", resume)
+    ray.get(bus.reset.remote(experiment_id))
+    bus.publish.remote(experiment_id, "status", {"status": "running"})
+
+    beating = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(db_url, experiment_id, beating), daemon=True)
+    beat.start()
+    status, error = "failed", None
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        storage = workspace.ray_results_dir
+        if not resume:
+            shutil.rmtree(storage / experiment_id, ignore_errors=True)
+            shutil.rmtree(run_dir / "weights", ignore_errors=True)
+            log_file.unlink(missing_ok=True)
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= settings["train_gpu_fraction"]
+        write_log(str(log_file), f"{'resuming' if resume else 'starting'} {model} for {params['epochs']} epochs on "
+                  f"{'1 GPU' if use_gpu else 'CPU'}: {len(train_samples)} train / {len(val_samples)} val images")
+        config = {
+            k: v for k, v in params.items()
+            if k in ("epochs", "batch_size", "learning_rate", "optimizer", "scheduler", "image_size", "augmentations",
+                     "pretrained", "seed", "early_stopping_patience", "mixed_precision", "class_weighted_loss", "task")
+        }
+        config.update(model=model, num_classes=len(class_names), class_names=class_names,
+                      weights_dir=settings["weights_dir"])
+        last = run_dir / "weights" / "last.ckpt"
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "config": config, "train_samples": train_samples, "val_samples": val_samples,
+                "experiment_id": experiment_id, "db_url": db_url, "run_dir": str(run_dir),
+                "weights_dir": str(run_dir / "weights"), "log_file": str(log_file), "use_gpu": use_gpu,
+                "resume": resume, "fallback_ckpt": str(last) if last.is_file() else None,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=1, use_gpu=use_gpu,
+                resources_per_worker={"GPU": settings["train_gpu_fraction"]} if use_gpu else None,
+            ),
+            run_config=RunConfig(
+                name=experiment_id, storage_path=str(storage),
+                checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+            ),
+        )
+        trainer.fit()
+        status = "stopped" if ray.get(bus.stop_requested.remote(experiment_id)) else "completed"
+    except BaseException as exc:  # includes KeyboardInterrupt from `ray job stop`
+        error = _reason(exc)
+        status = "stopped" if isinstance(exc, KeyboardInterrupt) else "failed"
+        write_log(str(log_file), f"{status}: {error}")
+        if not isinstance(exc, Exception):
+            raise
+    finally:
+        beating.set()
+        outcome = svc.finish_run(db_url, experiment_id, status, error)
+        bus.publish.remote(experiment_id, "complete", {k: outcome.get(k) for k in ("status", "best_metric", "error")})
+    return outcome
+
+
+def _heartbeat(db_url: str, experiment_id: str, done: threading.Event) -> None:
+    from appliance.services.training import HEARTBEAT_EVERY_S, heartbeat
+
+    while not done.wait(HEARTBEAT_EVERY_S):
+        try:
+            heartbeat(db_url, experiment_id)
+        except Exception:
+            pass
+
+
+def _reason(exc: BaseException) -> str:
+    """The user-facing reason: the innermost worker error, with CUDA OOM spelled out."""
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    cause = exc
+    while getattr(cause, "__cause__", None) is not None:
+        cause = cause.__cause__
+    inner = "".join(traceback.format_exception_only(type(cause), cause)).strip()
+    if "CUDA out of memory" in text or "OutOfMemoryError" in inner:
+        return "CUDA out of memory: lower batch_size or image_size, or turn on mixed precision"
+    return (inner if cause is not exc else text)[-2000:]
+
+
+# The UI's launcher: zero CPUs (the Train worker takes the CPU/GPU), never retried — a crashed
+# driver leaves the run `interrupted`, resumable, rather than silently starting over.
+run_training_task = ray.remote(num_cpus=0, max_retries=0)(run_training)
+
+cli = typer.Typer(add_completion=False)
+
+
+@cli.command()
+def main(
+    project: Annotated[str, typer.Option(help="Project id (proj-…)")],
+    experiment: Annotated[str, typer.Option(help="Experiment id (exp-…)")],
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint")] = False,
+) -> None:
+    """Train an experiment of a running AI Studio on this Ray cluster."""
+    outcome = run_training(project, experiment, resume)
+    typer.echo(f"{experiment}: {outcome['status']} (best metric {outcome.get('best_metric')})")
+    raise typer.Exit(0 if outcome["status"] in ("completed", "stopped") else 1)
+
+
+if __name__ == "__main__":
+    cli()
