@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     torch.manual_seed(0)
     pre = {**PRE, "image_size": args.image_size}
     model = torchvision.models.resnet18(weights=None).eval()
@@ -52,6 +53,8 @@ def main() -> None:
 
     print(f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {ort.__version__}")
+    print(f"load average before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f} "
+          "(figures are only comparable when this stays below the CPU count)")
     print(f"export: {info['exporter']} exporter, opset {info['opset']}, {info['export_seconds']:.1f} s, "
           f"{info['file_size_bytes'] / 1e6:.1f} MB; parity max abs diff {parity['max_abs_diff']:.2e}")
     print(f"resnet18 {args.image_size}px, CPU")
@@ -64,6 +67,7 @@ def main() -> None:
         print(f"{n:>5} | onnxruntime / eager throughput: {ratio:.2f}x (target >= 1.0x)")
     if args.json:
         args.json.write_text(json.dumps({"export": info, "parity": parity, "results": results,
+                                         "load_average": [load_before[0], os.getloadavg()[0]],
                                          "measured_at": time.strftime("%Y-%m-%d %H:%M")}, indent=2))
 
 

@@ -295,3 +295,63 @@ def zip_dir(folder: Path, zip_path: Path, *, top: str | None = None) -> Path:
                 arc = path.relative_to(folder).as_posix()
                 zf.write(path, f"{top}/{arc}" if top else arc)
     return zip_path
+
+
+# ----------------------------------------------------------------------------- API helpers
+# `http` is anything with httpx's request API: the in-process TestClient or `server.http`.
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def create_project(http, task: str = "classification", name: str | None = None) -> str:
+    r = http.post("/api/projects", json={"name": name or f"{task} test", "task": task})
+    assert r.status_code == 201, r.text
+    return r.json()["data"]["id"]
+
+
+def start_path_import(http, project_id: str, path: Path | str, fmt: str = "auto"):
+    return http.post("/api/datasets/import/local",
+                     json={"project_id": project_id, "source_path": str(path), "format": fmt})
+
+
+def start_zip_import(http, project_id: str, zip_path: Path, fmt: str = "auto", filename: str | None = None):
+    with open(zip_path, "rb") as f:
+        return http.post("/api/datasets/import/upload", data={"project_id": project_id, "format": fmt},
+                         files={"file": (filename or Path(zip_path).name, f, "application/zip")})
+
+
+def wait_import(http, project_id: str, import_id: str, timeout: float = 30.0) -> dict:
+    """Poll the import job until it is completed, failed or cancelled; return its record."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        r = http.get(f"/api/datasets/{project_id}/imports/{import_id}")
+        assert r.status_code == 200, r.text
+        job = r.json()["data"]
+        if job["status"] in TERMINAL:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"import {import_id} still {job['status']} after {timeout}s: {job}")
+        time.sleep(0.05)
+
+
+def import_and_wait(http, project_id: str, source: Path, fmt: str = "auto", timeout: float = 30.0) -> dict:
+    """Import a folder (by server path) or a `.zip` (by upload) and wait for the job to end."""
+    source = Path(source)
+    r = start_zip_import(http, project_id, source, fmt) if source.suffix == ".zip" else start_path_import(http, project_id, source, fmt)
+    assert r.status_code == 202, r.text
+    return wait_import(http, project_id, r.json()["data"]["id"], timeout)
+
+
+def list_all_images(http, project_id: str, **filters) -> list[dict]:
+    """Every image of the project matching `filters` (label, split_id, subset), all pages."""
+    items, offset = [], 0
+    while True:
+        r = http.get(f"/api/datasets/{project_id}/images", params={"offset": offset, "limit": 500, **filters})
+        assert r.status_code == 200, r.text
+        page = r.json()["data"]
+        items += page["items"]
+        offset += 500
+        if offset >= page["total"]:
+            return items

@@ -12,6 +12,7 @@ from appliance.core.auth import COOKIE_NAME
 from appliance.services import datasets as dataset_service
 from appliance.services import projects as project_service
 from appliance.services import splits as split_service
+from appliance.services import training as training_service
 from appliance.web import render
 
 router = APIRouter(include_in_schema=False)
@@ -22,7 +23,7 @@ SECTIONS = [
     ("evaluation", "Evaluation"), ("export", "Export"),
 ]
 # Sections whose page is written; the others say plainly that they are not built yet.
-BUILT: set[str] = {"dataset", "split"}
+BUILT: set[str] = {"dataset", "split", "training"}
 GRID_PAGE = 48  # thumbnails per grid page (a multiple of the 4, 6 and 8 column layouts)
 
 
@@ -41,6 +42,14 @@ def _split_context(session, project_id: str) -> dict:
             "summary": dataset_service.summary(session, project_id)}
 
 
+def _training_context(session, project_id: str, settings) -> dict:
+    project = project_service.get_project(session, project_id)
+    models = [{**m, "weights_available": (settings.weights_cache / m["weights_file"]).is_file()}
+              for m in training_service.catalog(project.task)]
+    return {"models": models, "splits": split_service.list_splits(session, project_id),
+            "experiments": training_service.list_experiments(session, project_id)}
+
+
 CONTEXT = {"dataset": _dataset_context, "split": _split_context}
 
 
@@ -56,10 +65,13 @@ def projects_page(request: Request, session: SessionDep):
 
 
 @router.get("/projects/{project_id}/{section}")
-def project_section(request: Request, project_id: ProjectId, section: Section, session: SessionDep):
+def project_section(request: Request, project_id: ProjectId, section: Section, session: SessionDep,
+                    settings: SettingsDep):
     project = project_service.get_project(session, project_id)
     template = f"pages/{section}.html" if section in BUILT else "pages/not_built.html"
     extra = CONTEXT[section](session, project_id) if section in BUILT and section in CONTEXT else {}
+    if section == "training":
+        extra = _training_context(session, project_id, settings)
     return render(request, template, project=project, section=section, sections=SECTIONS, project_id=project_id,
                   **extra)
 

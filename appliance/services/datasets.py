@@ -38,6 +38,7 @@ _EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEB
 _PROGRESS_EVERY_S = 0.5
 IMBALANCE_RATIO = 10
 CANCELLED_MESSAGE = "Cancelled by the user; the dataset is unchanged"
+_STAGED_ZIP = "upload.zip"  # an upload's name in its staging folder
 
 
 class ImportCancelled(Exception):
@@ -79,9 +80,10 @@ def start_upload_import(
     if declared_size is not None and declared_size > limit + 1024 * 1024:
         raise _too_large(limit)
     import_id = new_id("import")
+    name = Path(getattr(upload, "filename", None) or _STAGED_ZIP).name
     stage = workspace.staging_dir / import_id
     stage.mkdir(parents=True)
-    archive = stage / "upload.zip"
+    archive = stage / _STAGED_ZIP
     try:
         written = 0
         with archive.open("wb") as out:
@@ -91,11 +93,18 @@ def start_upload_import(
                     raise _too_large(limit)
                 out.write(chunk)
         check_zip(archive, max_total_bytes=limit)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(stage, ignore_errors=True)
+        if isinstance(exc, AppError):
+            _name_upload(exc, name)
         raise
-    name = getattr(upload, "filename", None) or "upload.zip"
     return _queue(session, project_id, fmt, f"upload:{name}", import_id=import_id)
+
+
+def _name_upload(exc: AppError, name: str) -> None:
+    """Messages about the staged archive name the file the user uploaded, not `upload.zip`."""
+    if exc.message.startswith(_STAGED_ZIP + ":"):
+        exc.message = name + exc.message[len(_STAGED_ZIP):]
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -192,7 +201,11 @@ def run_import(settings: Settings, import_id: str) -> None:
 
 def _source_root(settings: Settings, stage: Path, source: str) -> Path:
     if source.startswith("upload:"):
-        return extract_zip(stage / "upload.zip", stage / "src", max_total_bytes=settings.max_upload_bytes)
+        try:
+            return extract_zip(stage / _STAGED_ZIP, stage / "src", max_total_bytes=settings.max_upload_bytes)
+        except AppError as exc:
+            _name_upload(exc, source.removeprefix("upload:"))
+            raise
     root = Path(source)
     if not is_within(root, settings.allowed_import_roots):  # roots may have changed since the request
         raise ForbiddenPath(f"source_path {source} is outside the allowed import roots")

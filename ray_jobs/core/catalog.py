@@ -1,6 +1,7 @@
 """Which torchvision models the studio trains, and how to build them without any download.
 
-Pretrained weights are read only from a local folder (the appliance runs offline). They load
+Pretrained weights are read only from a local folder (the appliance runs offline; the image
+build fills it with `download_weights`). They load
 into the same architecture that random init builds, so a checkpoint can always be rebuilt from
 its hyperparameters alone, on a host that never had the weights file.
 """
@@ -154,6 +155,19 @@ def weights_path(name: str, weights_dir: Path | str) -> Path:
     path = Path(weights_dir) / spec.weights_file
     if not path.is_file():
         raise MissingWeightsError(name, path, spec.weights.url)
+    return path
+
+
+def download_weights(name: str, weights_dir: Path | str) -> Path:
+    """Fetch one model's pretrained weights into `weights_dir` (image build time only).
+
+    The only function here that uses the network; training never calls it.
+    """
+    spec = get_spec(name)
+    path = Path(weights_dir) / spec.weights_file
+    if not path.is_file():
+        match = torch.hub.HASH_REGEX.search(spec.weights_file)
+        torch.hub.download_url_to_file(spec.weights.url, str(path), hash_prefix=match.group(1) if match else None)
     return path
 
 

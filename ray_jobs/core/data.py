@@ -38,11 +38,10 @@ def validate_augmentations(names: Sequence[str]) -> list[str]:
 def preprocess_spec(task: str, image_size: int) -> dict:
     """Eval preprocessing of an exported model, exactly as `eval_transform` applies it.
 
-    Steps in `order`: decode to RGB and multiply the uint8 pixels by `scale`; resize the float
-    image (stretch to image_size x image_size, bilinear with antialias, no rounding); subtract
-    `mean` and divide by `std` per channel. Resizing floats keeps the result free of
-    implementation-specific uint8 rounding. Detection uses mean 0 / std 1 because torchvision
-    detection models normalize inside the network.
+    Steps in `order`: decode to 8-bit RGB and stretch it to image_size x image_size with
+    PIL's `Image.resize(..., Image.BILINEAR)` (antialiased); multiply by `scale`; subtract `mean`
+    and divide by `std` per channel. Detection uses mean 0 / std 1 because torchvision detection
+    models normalize inside the network.
     """
     detection = task == "detection"
     return {
@@ -55,7 +54,7 @@ def preprocess_spec(task: str, image_size: int) -> dict:
         "scale": 1 / 255,
         "channel_order": "RGB",
         "layout": "NCHW",
-        "order": ["scale", "resize", "normalize"],
+        "order": ["resize", "scale", "normalize"],
     }
 
 
@@ -74,7 +73,8 @@ def _normalize(spec: dict) -> v2.Transform:
 
 
 def eval_transform_from_spec(spec: dict) -> v2.Compose:
-    return v2.Compose([v2.ToImage(), _scale(), _resize(spec), _normalize(spec)])
+    """Expects a PIL image: v2 then resizes with PIL itself, exactly as the spec says."""
+    return v2.Compose([_resize(spec), v2.ToImage(), _scale(), _normalize(spec)])
 
 
 def eval_transform(task: str, image_size: int) -> v2.Compose:
@@ -82,18 +82,17 @@ def eval_transform(task: str, image_size: int) -> v2.Compose:
 
 
 def train_transform(task: str, image_size: int, augmentations: Sequence[str]) -> v2.Compose:
-    """The named augmentations around the same resize and normalization as eval.
+    """The named augmentations around the same resize and normalization as eval (PIL input).
 
-    Geometry runs on uint8 pixels (faster on large photos); v2 moves boxes along with pixels.
+    v2 moves boxes along with pixels.
     """
     augmentations = validate_augmentations(augmentations)
     spec = preprocess_spec(task, image_size)
     size = (image_size, image_size)
-    steps: list[v2.Transform] = [v2.ToImage()]
     if "random_resized_crop" in augmentations:
-        steps.append(v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True))
+        steps: list[v2.Transform] = [v2.RandomResizedCrop(size, scale=(0.5, 1.0))]
     else:
-        steps.append(_resize(spec))
+        steps = [_resize(spec)]
     optional = {
         "hflip": v2.RandomHorizontalFlip(),
         "vflip": v2.RandomVerticalFlip(),
@@ -101,7 +100,7 @@ def train_transform(task: str, image_size: int, augmentations: Sequence[str]) ->
         "color_jitter": v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05),
     }
     steps += [transform for name, transform in optional.items() if name in augmentations]
-    return v2.Compose([*steps, _scale(), _normalize(spec)])
+    return v2.Compose([*steps, v2.ToImage(), _scale(), _normalize(spec)])
 
 
 def load_rgb(path: str) -> Image.Image:

@@ -390,7 +390,7 @@ def export_tensorrt(
     trt = _import_tensorrt()
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    opt_batch = opt_batch or max_batch
+    opt_batch = min(opt_batch or max_batch, max_batch)
     t0 = time.perf_counter()
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -407,7 +407,7 @@ def export_tensorrt(
         if not hasattr(trt.BuilderFlag, "FP16"):
             raise ExportError(
                 f"TensorRT {trt.__version__} has no FP16 builder flag (removed in TensorRT 11); "
-                "install tensorrt 10.x (the [gpu] extra pins it) or build fp32."
+                "install TensorRT 10.x (tensorrt-cu12>=10,<11) for fp16, or build fp32."
             )
         config.set_flag(trt.BuilderFlag.FP16)
 
@@ -418,7 +418,7 @@ def export_tensorrt(
     else:
         hw = (int(image_size), int(image_size))
     profile = builder.create_optimization_profile()
-    profile_shapes = {}
+    profile_shapes, dynamic = {}, False
     for i in range(network.num_inputs):
         inp = network.get_input(i)
         dims = list(inp.shape)
@@ -426,6 +426,7 @@ def export_tensorrt(
         for axis, d in enumerate(dims):
             if d >= 0:
                 continue
+            dynamic = True
             if axis == 0:
                 lo[axis], mid[axis], hi[axis] = min_batch, opt_batch, max_batch
             elif hw is not None and axis in (2, 3):
@@ -434,7 +435,8 @@ def export_tensorrt(
                 raise ExportError(f"input {inp.name} axis {axis} is dynamic; pass image_size to pin it")
         profile.set_shape(inp.name, lo, mid, hi)
         profile_shapes[inp.name] = {"min": lo, "opt": mid, "max": hi}
-    config.add_optimization_profile(profile)
+    if dynamic:  # static networks need no profile
+        config.add_optimization_profile(profile)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -613,8 +615,12 @@ class TensorRTRunner:
         self.input_name = next(n for n in names if is_input(n))
         self.output_names = [n for n in names if not is_input(n)]
         self.dtypes = {n: _trt_torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
-        self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
+        if self.engine.num_optimization_profiles:
+            self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
+        else:
+            self.max_batch = int(self.engine.get_tensor_shape(self.input_name)[0])
         self.allocator = _output_allocator(trt, self.device)
+        self.stream = torch.cuda.Stream(self.device)  # TensorRT warns about the default stream
 
     def infer(self, x: Tensor) -> dict[str, Tensor]:
         """One execution; returns CUDA tensors keyed by output name."""
@@ -632,10 +638,10 @@ class TensorRTRunner:
                 out = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
                 ctx.set_tensor_address(name, out.data_ptr())
                 outputs[name] = out
-        stream = torch.cuda.current_stream(self.device)
-        if not ctx.execute_async_v3(stream.cuda_stream):
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))  # x and outputs are ready
+        if not ctx.execute_async_v3(self.stream.cuda_stream):
             raise ExportError("TensorRT execution failed")
-        stream.synchronize()
+        self.stream.synchronize()
         for name in dynamic:
             shape = self.allocator.shapes[name]
             dtype = self.dtypes[name]

@@ -43,10 +43,13 @@ class EpochEventCallback(Callback):
         self._epoch_start = 0.0
         self._train_end = 0.0
         self._images = 0
+        self._lr: float | None = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = self._train_end = time.perf_counter()
         self._images = 0
+        # Read now: epoch-interval schedulers step before on_train_epoch_end.
+        self._lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._images += len(batch[0])
@@ -58,7 +61,6 @@ class EpochEventCallback(Callback):
         stop = False
         if trainer.is_global_zero:
             train_seconds = max(self._train_end - self._epoch_start, 1e-9)
-            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
             self.publish(
                 {
                     "epoch": trainer.current_epoch + 1,
@@ -66,7 +68,7 @@ class EpochEventCallback(Callback):
                     "train_loss": _metric(trainer, "train_loss"),
                     "val_loss": _metric(trainer, "val_loss"),
                     "val_metric": _metric(trainer, "val_metric"),
-                    "lr": None if lr is None else float(lr),
+                    "lr": self._lr,
                     "seconds": time.perf_counter() - self._epoch_start,
                     "images_per_s": self._images * trainer.world_size / train_seconds,
                 }
@@ -112,7 +114,8 @@ class BestLastCheckpoint(Callback):
         if trainer.is_global_zero:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.last_path.with_name("last.ckpt.tmp")
-        trainer.save_checkpoint(tmp)  # collective call: every rank enters, rank 0 writes
+        # Collective call: every rank enters, rank 0 writes. Full state, so a run can resume.
+        trainer.save_checkpoint(tmp, weights_only=False)
         if trainer.is_global_zero:
             os.replace(tmp, self.last_path)
             if improved:
@@ -196,7 +199,12 @@ def fit_local(
         num_workers=config.num_workers,
         seed=config.seed,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume_ckpt is None else str(resume_ckpt))
+    trainer.fit(
+        module,
+        datamodule=datamodule,
+        ckpt_path=None if resume_ckpt is None else str(resume_ckpt),
+        weights_only=True,  # our checkpoints hold tensors and plain values only
+    )
     return {
         "best_metric": checkpoints.best_metric,
         "epochs_run": trainer.current_epoch,

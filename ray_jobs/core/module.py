@@ -7,6 +7,7 @@ preprocess_spec(...)}`, enough to rebuild the model without the pretrained weigh
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -135,9 +136,18 @@ class _StudioModule(L.LightningModule):
             load_pretrained(self.model, self.config.model, self.config.weights_dir)
             self._pretrained_loaded = True
 
-    def _schedule_horizon(self) -> dict:
-        # The scheduler fields that depend on the planned epochs; an extended run updates them.
-        return {"T_max": self.config.epochs, "step_size": max(1, self.config.epochs // 3)}
+    def lr_factor(self, epoch: int) -> float:
+        """Multiplier of the base learning rate in (0-based) `epoch`.
+
+        Computed from the planned epochs at call time, so a run resumed with more epochs
+        (an extension) simply continues the longer schedule.
+        """
+        epochs = self.config.epochs
+        if self.config.scheduler == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs))
+        if self.config.scheduler == "step":
+            return 0.1 ** (epoch // max(1, epochs // 3))
+        return 1.0
 
     def configure_optimizers(self):
         cfg = self.config
@@ -148,25 +158,21 @@ class _StudioModule(L.LightningModule):
             optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
         else:
             optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
-        horizon = self._schedule_horizon()
-        if cfg.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=horizon["T_max"])
-        elif cfg.scheduler == "step":
-            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=horizon["step_size"], gamma=0.1)
-        else:
+        if cfg.scheduler == "none":
             return optimizer
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        horizon = self._schedule_horizon()
-        for state in checkpoint.get("lr_schedulers", []):
-            state.update({key: value for key, value in horizon.items() if key in state})
-
-    @property
-    def lr(self) -> float | None:
-        """Learning rate of the current epoch (None before the optimizer exists)."""
-        optimizers = self.trainer.optimizers if self._trainer is not None else []
-        return float(optimizers[0].param_groups[0]["lr"]) if optimizers else None
+        # The optimizer state holds the learning rate of the old plan; recompute it for this
+        # plan (they differ when the run is extended).
+        schedulers = checkpoint.get("lr_schedulers") or []
+        if not schedulers:
+            return
+        factor = self.lr_factor(schedulers[0]["last_epoch"])
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state["param_groups"]:
+                group["lr"] = group["initial_lr"] * factor
 
 
 class ClassificationModule(_StudioModule):

@@ -1,0 +1,122 @@
+"""Experiments API in-process (real SQLite, no Ray): validation, catalog, restart reconciliation."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from appliance.core.db import session_scope
+from appliance.core.models import Experiment, Lock, utcnow
+from appliance.main import create_app
+from tests.workflows import create_experiment, project_with_split
+
+
+@pytest.fixture
+def ready(client, settings):
+    return project_with_split(client, settings.allowed_import_roots[0], per_class=6)
+
+
+def test_catalog(client):
+    cls = client.get("/api/training/models?task=classification").json()["data"]
+    names = {m["name"] for m in cls}
+    assert {"resnet18", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny"} <= names
+    det = {m["name"] for m in client.get("/api/training/models?task=detection").json()["data"]}
+    assert {"fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnet50_fpn_v2", "retinanet_resnet50_fpn_v2",
+            "ssdlite320_mobilenet_v3_large", "fcos_resnet50_fpn"} <= det
+    resnet18 = next(m for m in cls if m["name"] == "resnet18")
+    assert resnet18["parameters"] == 11689512 and resnet18["default_image_size"] == 224
+    assert client.get("/api/training/models?task=segmentation").status_code == 422
+
+
+def test_create_and_list(client, ready):
+    pid, sid = ready
+    eid = create_experiment(client, pid, sid)
+    listed = client.get(f"/api/training/{pid}/experiments").json()["data"]
+    assert [e["id"] for e in listed] == [eid] and listed[0]["status"] == "created"
+    detail = client.get(f"/api/training/{pid}/experiments/{eid}").json()["data"]
+    assert detail["class_names"] == ["blue", "red"] and detail["history"] == [] and detail["params"]["epochs"] == 2
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"model": "nonexistent"}, "model"),
+        ({"model": "ssdlite320_mobilenet_v3_large"}, "detection model"),
+        ({"batch_size": 500}, "batch_size"),
+        ({"optimizer": "lion"}, "optimizer"),
+        ({"epochs": 0}, "epochs"),
+        ({"learning_rate": -1}, "learning_rate"),
+        ({"augmentations": ["mixup"]}, "mixup"),
+        ({"pretrained": True}, "resnet18-f37072fd.pth"),
+        ({"split_id": "split-000000000000"}, "split-000000000000"),
+        ({"split_id": "../../etc"}, "../../etc"),
+        ({"unknown_field": 1}, "unknown_field"),
+    ],
+)
+def test_bad_experiments_are_refused_with_a_message_that_says_what_to_change(client, ready, overrides, fragment):
+    pid, sid = ready
+    body = {"name": "e", "split_id": sid, "model": "resnet18", "epochs": 2, "batch_size": 2, **overrides}
+    r = client.post(f"/api/training/{pid}/experiments", json=body)
+    assert r.status_code in (404, 422), r.text
+    assert fragment in r.json()["error"]["message"]
+    assert client.get(f"/api/training/{pid}/experiments").json()["data"] == []
+
+
+def test_split_without_val_is_refused(client, ready):
+    pid, _ = ready
+    sid = client.post(f"/api/splits/{pid}", json={"name": "noval", "train": 0.8, "val": 0, "test": 0.2}).json()["data"]["id"]
+    r = client.post(f"/api/training/{pid}/experiments", json={"name": "e", "split_id": sid, "model": "resnet18", "batch_size": 2})
+    assert r.status_code == 422 and "val" in r.json()["error"]["message"]
+
+
+def test_run_requests_are_checked(client, ready):
+    pid, sid = ready
+    eid = create_experiment(client, pid, sid)
+    r = client.post("/api/training/run", json={"project_id": pid, "experiment_id": eid})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "UNAVAILABLE"  # no Ray in-process
+    r = client.post("/api/training/run", json={"project_id": pid, "experiment_id": "exp-000000000000"})
+    assert r.status_code in (404, 503)
+    r = client.post(f"/api/training/{pid}/experiments/{eid}/stop")
+    assert r.status_code == 409 and "not training" in r.json()["error"]["message"]
+    r = client.get(f"/api/training/{pid}/experiments/{eid}/stream")
+    assert r.status_code == 503 and r.json()["status"] == "error"
+    assert client.get(f"/api/training/{pid}/experiments/exp-000000000000/stream").status_code == 404
+
+
+def test_running_experiment_of_a_dead_server_becomes_interrupted_on_start(settings, ready, client):
+    pid, sid = ready
+    eid = create_experiment(client, pid, sid)
+    with session_scope(settings.db_url) as s:
+        exp = s.get(Experiment, eid)
+        exp.status, exp.heartbeat_at = "running", utcnow() - timedelta(minutes=5)
+        s.add(Lock(name="training", holder=eid))
+    with TestClient(create_app(settings)) as fresh:
+        exp = fresh.get(f"/api/training/{pid}/experiments/{eid}").json()["data"]
+        assert exp["status"] == "interrupted" and "resume" in exp["error"]
+    with session_scope(settings.db_url) as s:
+        assert s.get(Lock, "training") is None
+
+
+def test_a_live_run_is_left_alone_on_start(settings, ready, client):
+    pid, sid = ready
+    eid = create_experiment(client, pid, sid)
+    with session_scope(settings.db_url) as s:
+        exp = s.get(Experiment, eid)
+        exp.status, exp.heartbeat_at = "running", utcnow()
+    with TestClient(create_app(settings)) as fresh:
+        assert fresh.get(f"/api/training/{pid}/experiments/{eid}").json()["data"]["status"] == "running"
+
+
+def test_slot_is_atomic(settings, ready, client):
+    from appliance.core.errors import Conflict
+    from appliance.services.training import acquire_slot
+
+    pid, sid = ready
+    a, b = create_experiment(client, pid, sid, name="a"), create_experiment(client, pid, sid, name="b")
+    with session_scope(settings.db_url) as s1, session_scope(settings.db_url) as s2:
+        acquire_slot(s1, a)
+        acquire_slot(s1, a)  # re-entrant for the holder
+        with pytest.raises(Conflict, match="An experiment is already training"):
+            acquire_slot(s2, b)
