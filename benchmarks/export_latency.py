@@ -29,10 +29,14 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20, help="timed runs at batch 1 (batch N gets a quarter)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads for both runtimes (default: each runtime's own default)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
     load_before = os.getloadavg()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     pre = {**PRE, "image_size": args.image_size}
     model = torchvision.models.resnet18(weights=None).eval()
@@ -42,7 +46,7 @@ def main() -> None:
         x = torch.randn(args.batch, 3, args.image_size, args.image_size)
         parity = ex.parity_check(model, "classification", onnx_path, "onnx", x[:4])
         eager = ex.PyTorchRunner(model, "classification")
-        onnx_runner = ex.OnnxRunner(onnx_path, "classification")
+        onnx_runner = ex.OnnxRunner(onnx_path, "classification", threads=args.threads)
         results = {}
         for n, iters in ((1, args.iters), (args.batch, max(3, args.iters // 4))):
             xb = x[:n]
@@ -52,7 +56,8 @@ def main() -> None:
             }
 
     print(f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {ort.__version__}")
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {ort.__version__} "
+          f"({args.threads or 'default'} threads)")
     print(f"load average before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f} "
           "(figures are only comparable when this stays below the CPU count)")
     print(f"export: {info['exporter']} exporter, opset {info['opset']}, {info['export_seconds']:.1f} s, "

@@ -1,7 +1,120 @@
-"""`/api/evaluation` — not built yet."""
+"""`/api/evaluation` — run evaluations (fractional-GPU Ray tasks), metrics, per-sample results,
+and "try one image"."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import shutil
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.responses import JSONResponse
+
+from appliance.api.deps import LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
+from appliance.core.envelope import Envelope, Page, ok
+from appliance.core.errors import InvalidDataset, PayloadTooLarge, Unavailable, ValidationFailed
+from appliance.core.ray_runtime import ray_is_up
+from appliance.services import evaluation as service
+from appliance.services.datasets import get_image
+from appliance.services.evaluation import EvaluationRun
+from appliance.web import render, wants_fragment
 
 router = APIRouter(prefix="/api/evaluation", tags=["evaluation"])
+MAX_TRY_IMAGE_BYTES = 25 * 1024 * 1024
+
+
+@router.get("/{project_id}", response_model=Envelope[list[dict]])
+def list_evaluations(request: Request, project_id: ProjectId, session: SessionDep):
+    """Evaluations with status, progress and headline metrics."""
+    items = service.list_evaluations(session, project_id)
+    if wants_fragment(request):
+        return render(request, "fragments/evaluation_list.html", evaluations=items, project_id=project_id)
+    return ok(items)
+
+
+@router.post("/run", status_code=202, response_model=Envelope[dict])
+def run(body: EvaluationRun, session: SessionDep, settings: SettingsDep, workspace: WorkspaceDep, runner: RunnerDep):
+    """Evaluate an experiment's checkpoint on a subset → 202; several may run at once."""
+    service.check_request(session, workspace, body)
+    if not ray_is_up():
+        raise Unavailable("Ray is not reachable; evaluation runs on the Ray cluster")
+    evaluation = service.request_evaluation(session, workspace, body)
+    runner.submit("evaluation", service.launch, settings.db_url, str(settings.workspace), evaluation.id,
+                  settings.eval_gpu_fraction)
+    return JSONResponse(ok(service.evaluation_public(session, evaluation)).model_dump(mode="json"), status_code=202)
+
+
+@router.post("/{project_id}/predict", response_model=Envelope[dict])
+def predict(
+    project_id: ProjectId, session: SessionDep, settings: SettingsDep, workspace: WorkspaceDep,
+    experiment_id: Annotated[str, Form()],
+    checkpoint: Annotated[Literal["best", "last"], Form()] = "best",
+    image_id: Annotated[str | None, Form()] = None,
+    file: Annotated[UploadFile | None, File(description="An image to classify / detect")] = None,
+):
+    """Try one image (an upload or a dataset image) with an experiment, through the evaluation's inference code."""
+    import ray
+
+    from appliance.services.importers import UnreadableImage, probe_image
+    from ray_jobs.evaluate import predict_task, task_resources
+
+    _, ckpt = service.trained_checkpoint(session, workspace, project_id, experiment_id, checkpoint)
+    if (file is None) == (image_id is None):
+        raise ValidationFailed("file: send exactly one of file (an upload) or image_id (a dataset image)")
+    if not ray_is_up():
+        raise Unavailable("Ray is not reachable; prediction runs on the Ray cluster")
+    scratch = workspace.staging_dir / f"try-{uuid.uuid4().hex}"
+    scratch.mkdir(parents=True)
+    try:
+        if image_id is not None:
+            image = get_image(session, project_id, image_id)
+            path = workspace.images_dir(project_id) / image.filename
+        else:
+            path = scratch / "image"
+            with path.open("wb") as out:
+                written = 0
+                while chunk := file.file.read(1 << 20):
+                    written += len(chunk)
+                    if written > MAX_TRY_IMAGE_BYTES:
+                        raise PayloadTooLarge(f"file: larger than {MAX_TRY_IMAGE_BYTES} bytes")
+                    out.write(chunk)
+            try:
+                info = probe_image(path)
+            except UnreadableImage as exc:
+                raise InvalidDataset(f"file {file.filename}: unreadable image ({exc.reason})") from None
+        fraction = settings.eval_gpu_fraction
+        result = ray.get(predict_task.options(**task_resources(fraction)).remote(str(ckpt), [str(path)], fraction))[0]
+        width, height = (info.width, info.height) if image_id is None else (image.width, image.height)
+        return ok({"experiment_id": experiment_id, "checkpoint": checkpoint, "image_id": image_id,
+                   "width": width, "height": height, **result})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@router.get("/{project_id}/{evaluation_id}", response_model=Envelope[dict])
+def get_evaluation(project_id: ProjectId, evaluation_id: str, session: SessionDep):
+    """Status and metrics: classification (accuracy, top-5, P/R/F1, confusion) or detection (COCO mAPs, PR curves…)."""
+    return ok(service.evaluation_public(session, service.get_evaluation(session, project_id, evaluation_id)))
+
+
+@router.get("/{project_id}/{evaluation_id}/samples", response_model=Envelope[Page[dict]])
+def samples(
+    request: Request, project_id: ProjectId, evaluation_id: str, session: SessionDep,
+    kind: Literal["errors", "all"] = "errors", label: str | None = None,
+    cell: Annotated[str | None, Query(pattern=r"^\d+,\d+$", description="confusion cell 'truth,prediction'")] = None,
+    offset: OffsetQ = 0, limit: LimitQ = 48,
+):
+    """Per-image predictions, worst first."""
+    parsed = tuple(int(v) for v in cell.split(",")) if cell else None
+    items, total = service.list_samples(session, project_id, evaluation_id, kind, label, parsed, offset, limit)
+    if wants_fragment(request):
+        return render(request, "fragments/error_gallery.html", samples=items, total=total, offset=offset, limit=limit,
+                      project_id=project_id, evaluation_id=evaluation_id, kind=kind, label=label or "", cell=cell or "")
+    return ok(Page(items=items, total=total, offset=offset, limit=limit))
+
+
+@router.delete("/{project_id}/{evaluation_id}", response_model=Envelope[dict])
+def delete_evaluation(project_id: ProjectId, evaluation_id: str, session: SessionDep, workspace: WorkspaceDep):
+    """Remove an evaluation and its per-sample results."""
+    service.delete_evaluation(session, workspace, project_id, evaluation_id)
+    return ok({"id": evaluation_id, "deleted": True})

@@ -11,9 +11,9 @@ log = logging.getLogger("aistudio")
 
 
 def recover_all(app: FastAPI) -> None:
-    from appliance.services import datasets, training
+    from appliance.services import datasets, evaluation, training
 
-    for recover in (datasets.recover_imports, training.recover_runs):
+    for recover in (datasets.recover_imports, training.recover_runs, evaluation.recover_evaluations):
         try:
             recover(app)
         except Exception:

@@ -114,7 +114,7 @@
     }
     const metrics = rows.map((r) => r.val_metric).filter((v) => v !== null && v !== undefined);
     const best = exp.best_metric ?? (metrics.length ? Math.max(...metrics) : null);
-    $("live-best").textContent = fmtNum(best);
+    $("live-best").textContent = best === null || best === undefined ? "—" : Number(best).toFixed(4);
     $("live-metric-name").textContent = `Best ${exp.metric_name}`;
     $("live-val-loss").textContent = last ? fmtNum(last.val_loss) : "—";
     $("live-error").textContent = exp.error && ["failed", "interrupted"].includes(status) ? exp.error : "";

@@ -555,12 +555,18 @@ class PyTorchRunner:
 class OnnxRunner:
     """onnxruntime session; loops image by image when the file's batch is fixed at 1."""
 
-    def __init__(self, path: str | os.PathLike, task: str, providers: Sequence[str] | None = None):
+    def __init__(self, path: str | os.PathLike, task: str, providers: Sequence[str] | None = None,
+                 threads: int | None = None):
         import onnxruntime as ort
 
         _check(task)
         self.task = task
-        self.session = ort.InferenceSession(str(path), providers=list(providers or ["CPUExecutionProvider"]))
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            str(path), options, providers=list(providers or ["CPUExecutionProvider"])
+        )
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.batch_fixed = isinstance(inp.shape[0], int)
@@ -905,7 +911,7 @@ def _readme(task, fmt, class_names, preprocess, info) -> str:
         num_classes=len(class_names),
         classes=", ".join(map(str, class_names[:20])) + (" ..." if len(class_names) > 20 else ""),
         requirements=_REQUIREMENTS[fmt],
-        image_size=preprocess.get("image_size"),
+        image_size="{} x {}".format(*_image_hw(preprocess)),
         details="\n".join(details),
         parity=parity_text,
         latency=latency_table,

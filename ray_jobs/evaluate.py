@@ -1,0 +1,125 @@
+"""Evaluation as a fractional-GPU Ray task: predict a split subset with a checkpoint, compute the
+metrics (ray_jobs.core.metrics: pycocotools for detection), store per-sample results.
+
+On a GPU cluster each task asks for `eval_gpu_fraction` of a GPU (0.25 → four share a card) and
+caps its CUDA memory to that fraction; on a cluster without GPUs it asks for none (a
+fractional-GPU request there would wait forever). Also a CLI for `ray job submit`:
+`python -m ray_jobs.evaluate --project P --experiment E --subset test --checkpoint best`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import ray
+import typer
+
+BATCH = 16
+PROGRESS_EVERY_S = 0.5
+
+
+def task_resources(gpu_fraction: float) -> dict:
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    return {"num_gpus": gpu_fraction if has_gpu else 0, "num_cpus": 1}
+
+
+def predict_samples(checkpoint: str, samples: list[dict], gpu_fraction: float, on_progress=None) -> tuple[dict, list[dict]]:
+    """Load the checkpoint and predict every sample (in order) with the training core's inference."""
+    import torch
+
+    from ray_jobs.core.inference import load_checkpoint, predict_images
+
+    device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+    if device == "cuda":
+        torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_fraction))
+    model, meta = load_checkpoint(checkpoint, map_location=device)
+    predictions: list[dict] = []
+    for start in range(0, len(samples), BATCH):
+        chunk = samples[start:start + BATCH]
+        predictions += predict_images(model, meta, [s["path"] for s in chunk], batch_size=BATCH, device=device)
+        if on_progress:
+            on_progress(len(predictions), len(samples))
+    return meta, predictions
+
+
+def compute_results(task: str, class_names: list[str], samples: list[dict], predictions: list[dict]) -> tuple[dict, list[dict]]:
+    import numpy as np
+
+    from ray_jobs.core.metrics import classification_metrics, detection_metrics, rank_samples
+
+    if task == "classification":
+        truth = [s["label"] for s in samples]
+        probs = np.array([p["probs"] for p in predictions])
+        return classification_metrics(truth, probs, class_names), rank_samples(task, truth, probs, class_names)
+    gts = [{"boxes": s["boxes"], "labels": s["labels"]} for s in samples]
+    preds = [{"boxes": p["boxes"], "labels": p["labels"], "scores": p["scores"]} for p in predictions]
+    return detection_metrics(gts, preds, class_names), rank_samples(task, gts, preds, class_names)
+
+
+@ray.remote(max_retries=0)
+def evaluation_task(db_url: str, workspace_root: str, evaluation_id: str, gpu_fraction: float) -> str:
+    from appliance.core.paths import Workspace
+    from appliance.services import evaluation as svc
+
+    try:
+        inputs = svc.evaluation_inputs(db_url, Workspace(Path(workspace_root)), evaluation_id)
+        samples = inputs["samples"]
+        svc.set_progress(db_url, evaluation_id, 0, len(samples))
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            if time.monotonic() - last[0] > PROGRESS_EVERY_S:
+                last[0] = time.monotonic()
+                svc.set_progress(db_url, evaluation_id, done, total)
+
+        _, predictions = predict_samples(inputs["checkpoint"], samples, gpu_fraction, progress)
+        metrics, records = compute_results(inputs["task"], inputs["class_names"], samples, predictions)
+        svc.save_results(db_url, evaluation_id, metrics, records, samples)
+        return "completed"
+    except Exception as exc:
+        svc.fail(db_url, evaluation_id, "".join(traceback.format_exception_only(type(exc), exc)).strip())
+        return "failed"
+
+
+@ray.remote(max_retries=0)
+def predict_task(checkpoint: str, paths: list[str], gpu_fraction: float) -> list[dict]:
+    """"Try one image": the same inference code the evaluation uses."""
+    _, predictions = predict_samples(checkpoint, [{"path": p} for p in paths], gpu_fraction)
+    return predictions
+
+
+cli = typer.Typer(add_completion=False)
+
+
+@cli.command()
+def main(
+    project: Annotated[str, typer.Option(help="Project id (proj-…)")],
+    experiment: Annotated[str, typer.Option(help="Experiment id (exp-…)")],
+    subset: Annotated[str, typer.Option(help="test or val")] = "test",
+    checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
+) -> None:
+    """Evaluate an experiment of a running AI Studio on this Ray cluster."""
+    from appliance.core.db import session_factory
+    from appliance.core.paths import Workspace
+    from appliance.services import evaluation as svc
+    from ray_jobs.events import get_event_bus
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), namespace="aistudio")
+    settings = ray.get(get_event_bus().config.remote())
+    workspace = Workspace(Path(settings["workspace"]))
+    with session_factory(settings["db_url"])() as session:
+        ev = svc.request_evaluation(session, workspace, svc.EvaluationRun(
+            project_id=project, experiment_id=experiment, subset=subset, checkpoint=checkpoint))
+    fraction = settings["eval_gpu_fraction"]
+    status = ray.get(evaluation_task.options(**task_resources(fraction)).remote(settings["db_url"], settings["workspace"], ev.id, fraction))
+    typer.echo(f"{ev.id}: {status}")
+    raise typer.Exit(0 if status == "completed" else 1)
+
+
+if __name__ == "__main__":
+    cli()
