@@ -7,7 +7,9 @@ how the cost grows:
 
     python benchmarks/train_epoch.py --images 128 256 --image-size 32 64 --epochs 3
 
-Prints one line per size and a JSON line (`{"benchmark": "train_epoch", ...}`).
+Prints one line per size and a JSON line (`{"benchmark": "train_epoch", ...}`). Wall times
+suffer when other processes share the CPUs; `*_cpu_s` (process CPU time of the whole run,
+warm-up included) is the steadier comparison there.
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ def make_config(model: str, image_size: int, batch_size: int, epochs: int, num_w
         augmentations=["hflip"],
         num_workers=num_workers,
     )
+
+
+def cpu_timed(function, *args) -> tuple[list[dict], float]:
+    start = time.process_time()
+    return function(*args), time.process_time() - start
 
 
 def run_core(config: TrainConfig, train: list[dict], val: list[dict], run_dir: Path, accelerator: str) -> list[dict]:
@@ -139,8 +146,9 @@ def main(argv: list[str] | None = None) -> None:
                 train = make_images(folder / "train", count, size, seed=1)
                 val = make_images(folder / "val", max(count // 4, 4), size, seed=2)
                 config = make_config(args.model, size, args.batch_size, args.epochs, args.num_workers)
-                core = run_core(config, train, val, folder / "run", "gpu" if args.device == "cuda" else "cpu")
-                bare = run_bare(config, train, val, args.device)
+                accelerator = "gpu" if args.device == "cuda" else "cpu"
+                core, core_cpu = cpu_timed(run_core, config, train, val, folder / "run", accelerator)
+                bare, bare_cpu = cpu_timed(run_bare, config, train, val, args.device)
                 row = {
                     "images": count, "image_size": size, "batch_size": args.batch_size, "model": args.model,
                     "device": args.device,
@@ -148,12 +156,16 @@ def main(argv: list[str] | None = None) -> None:
                     "bare_epoch_s": round(after_warmup(bare, "seconds"), 3),
                     "core_train_images_per_s": round(after_warmup(core, "images_per_s"), 1),
                     "bare_train_images_per_s": round(after_warmup(bare, "images_per_s"), 1),
+                    "core_cpu_s": round(core_cpu, 2),
+                    "bare_cpu_s": round(bare_cpu, 2),
                 }
                 row["epoch_time_ratio"] = round(row["core_epoch_s"] / row["bare_epoch_s"], 3)
+                row["cpu_time_ratio"] = round(core_cpu / bare_cpu, 3)
                 rows.append(row)
                 print(
                     f"{count:>6} images {size:>4}px  core {row['core_epoch_s']:.2f} s/epoch  "
                     f"bare {row['bare_epoch_s']:.2f} s/epoch  ratio {row['epoch_time_ratio']:.2f}  "
+                    f"cpu-time ratio {row['cpu_time_ratio']:.2f}  "
                     f"(train img/s core {row['core_train_images_per_s']} / bare {row['bare_train_images_per_s']})",
                     flush=True,
                 )

@@ -43,9 +43,14 @@ class EventBus:
     def events_after(self, run_id: str, seq: int) -> list[dict]:
         return [e for e in self._events.get(run_id, ()) if e["seq"] > seq]
 
-    def reset(self, run_id: str) -> None:
-        """Forget a run's events (a new attempt of the same experiment starts clean)."""
+    def reset(self, run_id: str, keep_stop: bool = False) -> None:
+        """Forget a run's events (a new attempt starts clean); `keep_stop` keeps a stop that was
+        requested while the run was queued."""
         self._events.pop(run_id, None)
+        if not keep_stop:
+            self._stops.discard(run_id)
+
+    def clear_stop(self, run_id: str) -> None:
         self._stops.discard(run_id)
 
     def request_stop(self, run_id: str) -> None:

@@ -123,12 +123,12 @@ def run_training(project_id: str, experiment_id: str, resume: bool = False) -> d
         exp = s.get(Experiment, experiment_id)
         if exp is None or exp.project_id != project_id:
             raise SystemExit(f"Experiment {experiment_id} of project {project_id} not found")
-        train_samples, val_samples = svc.load_run_inputs(s, workspace, exp)
         params, class_names, model = dict(exp.params), list(exp.class_names), exp.model
         run_dir = svc.run_dir(workspace, exp)
         log_file = svc.log_path(workspace, exp)
+    # Takes the training slot: a Conflict here (another run trains) leaves this experiment as it was.
     svc.mark_running(db_url, experiment_id, os.environ.get("RAY_JOB_SUBMISSION_ID") or "ui", resume)
-    ray.get(bus.reset.remote(experiment_id))
+    ray.get(bus.reset.remote(experiment_id, keep_stop=True))
     bus.publish.remote(experiment_id, "status", {"status": "running"})
 
     beating = threading.Event()
@@ -136,6 +136,8 @@ def run_training(project_id: str, experiment_id: str, resume: bool = False) -> d
     beat.start()
     status, error = "failed", None
     try:
+        with session_scope(db_url) as s:
+            train_samples, val_samples = svc.load_run_inputs(s, workspace, s.get(Experiment, experiment_id))
         run_dir.mkdir(parents=True, exist_ok=True)
         storage = workspace.ray_results_dir
         if not resume:
@@ -171,7 +173,11 @@ def run_training(project_id: str, experiment_id: str, resume: bool = False) -> d
             ),
         )
         trainer.fit()
-        status = "stopped" if ray.get(bus.stop_requested.remote(experiment_id)) else "completed"
+        stopped = ray.get(bus.stop_requested.remote(experiment_id))
+        with session_scope(db_url) as s:
+            finished_all = s.get(Experiment, experiment_id).epochs_done >= params["epochs"]
+        # Early stopping also ends short of the plan: that is a completed run, not a stopped one.
+        status = "stopped" if stopped and not finished_all else "completed"
     except BaseException as exc:  # includes KeyboardInterrupt from `ray job stop`
         error = _reason(exc)
         status = "stopped" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -180,6 +186,7 @@ def run_training(project_id: str, experiment_id: str, resume: bool = False) -> d
             raise
     finally:
         beating.set()
+        bus.clear_stop.remote(experiment_id)
         outcome = svc.finish_run(db_url, experiment_id, status, error)
         bus.publish.remote(experiment_id, "complete", {k: outcome.get(k) for k in ("status", "best_metric", "error")})
     return outcome

@@ -10,6 +10,7 @@ from fastapi.responses import RedirectResponse
 from appliance.api.deps import ProjectId, SessionDep, SettingsDep
 from appliance.core.auth import COOKIE_NAME
 from appliance.services import datasets as dataset_service
+from appliance.services import evaluation as evaluation_service
 from appliance.services import projects as project_service
 from appliance.services import splits as split_service
 from appliance.services import training as training_service
@@ -23,7 +24,7 @@ SECTIONS = [
     ("evaluation", "Evaluation"), ("export", "Export"),
 ]
 # Sections whose page is written; the others say plainly that they are not built yet.
-BUILT: set[str] = {"dataset", "split", "training"}
+BUILT: set[str] = {"dataset", "split", "training", "evaluation"}
 GRID_PAGE = 48  # thumbnails per grid page (a multiple of the 4, 6 and 8 column layouts)
 
 
@@ -50,7 +51,18 @@ def _training_context(session, project_id: str, settings) -> dict:
             "experiments": training_service.list_experiments(session, project_id)}
 
 
-CONTEXT = {"dataset": _dataset_context, "split": _split_context}
+# Experiments whose checkpoints an evaluation (or "try one image") can use.
+EVALUABLE = ("completed", "stopped", "interrupted")
+
+
+def _evaluation_context(session, project_id: str) -> dict:
+    experiments = training_service.list_experiments(session, project_id)
+    return {"experiments": experiments,
+            "trained": [e for e in experiments if e["status"] in EVALUABLE and (e["epochs_done"] or 0) > 0],
+            "evaluations": evaluation_service.list_evaluations(session, project_id)}
+
+
+CONTEXT = {"dataset": _dataset_context, "split": _split_context, "evaluation": _evaluation_context}
 
 
 @router.get("/")

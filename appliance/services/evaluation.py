@@ -18,7 +18,7 @@ from appliance.core.paths import Workspace
 from appliance.schemas import StrictBody
 from appliance.services.projects import get_project
 from appliance.services.splits import subset_images
-from appliance.services.training import get_experiment, run_dir
+from appliance.services.training import get_experiment, run_dir, subset_samples
 
 log = logging.getLogger("aistudio.evaluation")
 ACTIVE = ("queued", "running")
@@ -144,23 +144,10 @@ def evaluation_inputs(db_url: str, workspace: Workspace, evaluation_id: str) -> 
     with session_scope(db_url) as s:
         ev = s.get(Evaluation, evaluation_id)
         exp = s.get(Experiment, ev.experiment_id)
-        index = {name: i for i, name in enumerate(exp.class_names)}
-        images_dir = workspace.images_dir(exp.project_id)
-        samples = []
-        for image in subset_images(s, exp.split_id, ev.subset):
-            item = {"image_id": image.id, "filename": image.filename, "path": str(images_dir / image.filename)}
-            if exp.params.get("task") == "classification":
-                if image.label not in index:
-                    continue
-                item["label"] = index[image.label]
-            else:
-                boxes = [b for b in image.boxes if b.label in index]
-                item["boxes"] = [[b.x1, b.y1, b.x2, b.y2] for b in boxes]
-                item["labels"] = [index[b.label] for b in boxes]
-            samples.append(item)
         return {
             "task": exp.params.get("task"), "class_names": list(exp.class_names),
-            "checkpoint": str(checkpoint_path(workspace, exp, ev.checkpoint)), "samples": samples,
+            "checkpoint": str(checkpoint_path(workspace, exp, ev.checkpoint)),
+            "samples": subset_samples(s, workspace, exp, ev.subset),
         }
 
 

@@ -11,9 +11,10 @@ log = logging.getLogger("aistudio")
 
 
 def recover_all(app: FastAPI) -> None:
-    from appliance.services import datasets, evaluation, training
+    from appliance.services import datasets, evaluation, export, training
 
-    for recover in (datasets.recover_imports, training.recover_runs, evaluation.recover_evaluations):
+    recoverers = (datasets.recover_imports, training.recover_runs, evaluation.recover_evaluations, export.recover_exports)
+    for recover in recoverers:
         try:
             recover(app)
         except Exception:

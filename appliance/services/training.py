@@ -214,20 +214,31 @@ def request_run(session: Session, body: RunRequest) -> Experiment:
 
 # ---------------------------------------------------------------- bookkeeping used by the run driver
 
-def load_run_inputs(session: Session, workspace: Workspace, exp: Experiment) -> tuple[list[dict], list[dict]]:
-    """Train and val samples as plain dicts for the Ray-free core (paths absolute)."""
+def subset_samples(session: Session, workspace: Workspace, exp: Experiment, subset: str) -> list[dict]:
+    """One subset's images as plain dicts for the Ray-free core, with truth as class indices of the
+    experiment (images of classes it was not trained on are left out). The one place that turns
+    dataset rows into training / evaluation / export samples."""
     index = {name: i for i, name in enumerate(exp.class_names)}
     images_dir = workspace.images_dir(exp.project_id)
-
-    def sample(image) -> dict | None:
-        path = str(images_dir / image.filename)
+    samples = []
+    for image in subset_images(session, exp.split_id, subset):
+        item = {"image_id": image.id, "filename": image.filename, "path": str(images_dir / image.filename)}
         if exp.params.get("task") == "classification":
-            return {"path": path, "label": index[image.label]} if image.label in index else None
-        boxes = [b for b in image.boxes if b.label in index]
-        return {"path": path, "boxes": [[b.x1, b.y1, b.x2, b.y2] for b in boxes], "labels": [index[b.label] for b in boxes]}
+            if image.label not in index:
+                continue
+            item["label"] = index[image.label]
+        else:
+            boxes = [b for b in image.boxes if b.label in index]
+            item["boxes"] = [[b.x1, b.y1, b.x2, b.y2] for b in boxes]
+            item["labels"] = [index[b.label] for b in boxes]
+        samples.append(item)
+    return samples
 
-    train = [s for s in map(sample, subset_images(session, exp.split_id, "train")) if s]
-    val = [s for s in map(sample, subset_images(session, exp.split_id, "val")) if s]
+
+def load_run_inputs(session: Session, workspace: Workspace, exp: Experiment) -> tuple[list[dict], list[dict]]:
+    """Train and val samples of a run."""
+    train = subset_samples(session, workspace, exp, "train")
+    val = subset_samples(session, workspace, exp, "val")
     if not train or not val:
         raise ValidationFailed(f"split {exp.split_id} has no usable train or val images any more")
     return train, val
@@ -280,8 +291,6 @@ def reap_stale_runs(db_url: str, now=None) -> list[str]:
     with session_scope(db_url) as s:
         for exp in s.scalars(select(Experiment).where(Experiment.status.in_(ACTIVE))):
             beat = exp.heartbeat_at
-            if beat is not None and beat.tzinfo is None:
-                beat = beat.replace(tzinfo=now.tzinfo)
             if beat is None or now - beat > STALE_AFTER:
                 exp.status, exp.finished_at = "interrupted", now
                 exp.error = "The training process stopped responding (server or job died); resume to continue"

@@ -207,6 +207,7 @@ class ImageDataModule(L.LightningDataModule):
             drop_last=train and len(dataset) > 1 and len(dataset) % self.batch_size == 1,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
             collate_fn=detection_collate if self.task == "detection" else None,
             generator=torch.Generator().manual_seed(self.seed) if train else None,
         )

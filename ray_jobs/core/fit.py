@@ -138,7 +138,7 @@ def build_trainer(
     default_root_dir: Path | str | None = None,
 ) -> L.Trainer:
     """A Lightning Trainer for `config`. Seeds every RNG, so call it before building the module."""
-    L.seed_everything(config.seed, workers=True, verbose=False)
+    L.seed_everything(config.seed, workers=True)
     callbacks = list(callbacks)
     if config.early_stopping_patience:
         callbacks.append(EarlyStopping("val_metric", mode="max", patience=config.early_stopping_patience))
@@ -199,12 +199,7 @@ def fit_local(
         num_workers=config.num_workers,
         seed=config.seed,
     )
-    trainer.fit(
-        module,
-        datamodule=datamodule,
-        ckpt_path=None if resume_ckpt is None else str(resume_ckpt),
-        weights_only=True,  # our checkpoints hold tensors and plain values only
-    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume_ckpt is None else str(resume_ckpt))
     return {
         "best_metric": checkpoints.best_metric,
         "epochs_run": trainer.current_epoch,

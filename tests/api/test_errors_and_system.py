@@ -32,7 +32,9 @@ def test_unhandled_exception_is_500_with_request_id_and_no_trace(settings):
     assert r.headers["x-request-id"] in body["error"]["message"]
 
 
-def test_health_without_ray_is_503_naming_ray(client):
+def test_health_without_ray_is_503_naming_ray(client, monkeypatch):
+    # Another test of this session may have started Ray in this process: take it away here.
+    monkeypatch.setattr("appliance.services.system.ray_is_up", lambda: False)
     r = client.get("/api/system/health")
     assert r.status_code == 503
     body = r.json()

@@ -71,7 +71,8 @@ def test_split_without_val_is_refused(client, ready):
     assert r.status_code == 422 and "val" in r.json()["error"]["message"]
 
 
-def test_run_requests_are_checked(client, ready):
+def test_run_requests_are_checked(client, ready, monkeypatch):
+    monkeypatch.setattr("appliance.api.training.ray_is_up", lambda: False)  # Ray may be up in this process
     pid, sid = ready
     eid = create_experiment(client, pid, sid)
     r = client.post("/api/training/run", json={"project_id": pid, "experiment_id": eid})
