@@ -28,22 +28,13 @@ def task_resources(gpu_fraction: float) -> dict:
 
 
 def predict_samples(checkpoint: str, samples: list[dict], gpu_fraction: float, on_progress=None) -> tuple[dict, list[dict]]:
-    """Load the checkpoint and predict every sample (in order) with the training core's inference."""
+    """Predict every sample (in order) on this task's GPU share, or the CPU."""
     import torch
 
-    from ray_jobs.core.inference import load_checkpoint, predict_images
+    from ray_jobs.core.inference import predict_checkpoint
 
     device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-    if device == "cuda":
-        torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_fraction))
-    model, meta = load_checkpoint(checkpoint, map_location=device)
-    predictions: list[dict] = []
-    for start in range(0, len(samples), BATCH):
-        chunk = samples[start:start + BATCH]
-        predictions += predict_images(model, meta, [s["path"] for s in chunk], batch_size=BATCH, device=device)
-        if on_progress:
-            on_progress(len(predictions), len(samples))
-    return meta, predictions
+    return predict_checkpoint(checkpoint, [s["path"] for s in samples], device, gpu_fraction, BATCH, on_progress)
 
 
 def compute_results(task: str, class_names: list[str], samples: list[dict], predictions: list[dict]) -> tuple[dict, list[dict]]:

@@ -84,3 +84,26 @@ def predict_images(
                 }
             )
     return results
+
+
+def predict_checkpoint(
+    checkpoint: Path | str,
+    paths: Sequence[Path | str],
+    device: str = "cpu",
+    memory_fraction: float | None = None,
+    batch_size: int = 16,
+    on_progress=None,
+) -> tuple[dict, list[dict]]:
+    """Load a checkpoint and predict `paths` in order: what an evaluation task runs.
+
+    `memory_fraction` caps this process's CUDA memory, so several evaluations can share a GPU.
+    """
+    if str(device).startswith("cuda") and memory_fraction is not None:
+        torch.cuda.set_per_process_memory_fraction(min(1.0, memory_fraction))
+    model, meta = load_checkpoint(checkpoint, map_location=device)
+    predictions: list[dict] = []
+    for start in range(0, len(paths), batch_size):
+        predictions += predict_images(model, meta, paths[start : start + batch_size], batch_size, device)
+        if on_progress:
+            on_progress(len(predictions), len(paths))
+    return meta, predictions

@@ -157,6 +157,23 @@ def test_pretrained_loads_local_file_except_head(tmp_path):
     assert model.fc.out_features == 3
 
 
+def test_pretrained_detection_loads_in_setup_and_freezes_backbone_batchnorm(tmp_path):
+    from ray_jobs.core import DetectionModule
+
+    name = "ssdlite320_mobilenet_v3_large"
+    coco = build_model(name, 90, pretrained=False)  # the COCO layout: 91 outputs
+    torch.save(coco.state_dict(), tmp_path / MODELS[name].weights_file)
+    config = TrainConfig(model=name, num_classes=2, class_names=["a", "b"], pretrained=True, weights_dir=tmp_path)
+    module = DetectionModule(config)
+    module.setup("fit")
+    first = "backbone.features.0.0.0.weight"
+    assert torch.equal(module.model.state_dict()[first], coco.state_dict()[first])
+    module.train()
+    norms = [m for m in module.model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms)
+    assert module.model.training and module.model.head.training
+
+
 def test_missing_weights_error_names_file_and_folder(tmp_path):
     with pytest.raises(MissingWeightsError) as error:
         build_model("ssdlite320_mobilenet_v3_large", 2, pretrained=True, weights_dir=tmp_path)
@@ -277,6 +294,7 @@ def test_checkpoint_round_trip_predicts_with_the_same_preprocessing(cls_run, cls
 
 
 def test_detection_fit_and_predict_ssdlite(tmp_path):
+    pytest.importorskip("pycocotools")  # the mAP backend; absent on some GPU hosts
     train = make_detection(tmp_path / "train", 8, seed=4)
     val = make_detection(tmp_path / "val", 4, seed=5)
     config = TrainConfig(
