@@ -61,6 +61,19 @@ def wait_http(url: str, timeout_s: float = 120.0, every_s: float = 0.1) -> float
         time.sleep(every_s)
 
 
+def ray_init(dashboard_port: int, namespace: str, env_vars: dict | None = None, log_to_driver: bool = False) -> float:
+    """ray.init as `appliance.runtime.start_appliance` does it (local Ray, dashboard on); returns
+    the seconds it took. Workers' logs stay in the session's log files unless `log_to_driver`."""
+    import ray
+
+    start = time.monotonic()
+    ray.init(
+        namespace=namespace, include_dashboard=True, dashboard_port=dashboard_port, dashboard_host="127.0.0.1",
+        runtime_env={"env_vars": env_vars} if env_vars else None, log_to_driver=log_to_driver,
+    )
+    return time.monotonic() - start
+
+
 def ray_session_dir() -> str | None:
     try:
         import ray

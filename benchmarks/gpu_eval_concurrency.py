@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 import sys
 import tempfile
 import time
@@ -54,11 +55,13 @@ def make_images(folder: Path, n: int, size: int) -> list[str]:
     return paths
 
 
-def evaluate(checkpoint: str, paths: list[str], batch: int) -> float:
+def evaluate(checkpoint: str, paths: list[str], batch: int, workers: int = 3) -> float:
+    """One evaluation as a task runs it: load the checkpoint, predict every path (timed whole)."""
     from ray_jobs.core.inference import predict_checkpoint
 
+    torch.set_num_threads(2)  # four evaluations share the host's cores as well as the GPU
     t0 = time.perf_counter()
-    predict_checkpoint(checkpoint, paths, "cuda", FRACTION, batch)
+    predict_checkpoint(checkpoint, paths, "cuda", FRACTION, batch, num_workers=workers)
     torch.cuda.synchronize()
     return time.perf_counter() - t0
 
@@ -67,16 +70,18 @@ def _worker(args):
     return evaluate(*args)
 
 
-def run_concurrent(n: int, checkpoint: str, paths: list[str], batch: int, use_ray: bool) -> float:
+def run_concurrent(n: int, checkpoint: str, paths: list[str], batch: int, workers: int, use_ray: bool) -> float:
+    """Wall time of n evaluations started together, each in its own process (start-up included)."""
     t0 = time.perf_counter()
     if use_ray:
         import ray
 
         task = ray.remote(num_gpus=FRACTION, num_cpus=1)(evaluate)
-        ray.get([task.remote(checkpoint, paths, batch) for _ in range(n)])
+        ray.get([task.remote(checkpoint, paths, batch, workers) for _ in range(n)])
     else:
-        with mp.get_context("spawn").Pool(n) as pool:
-            pool.map(_worker, [(checkpoint, paths, batch)] * n)
+        # Not multiprocessing.Pool: its daemonic workers may not start DataLoader workers.
+        with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
+            list(pool.map(_worker, [(checkpoint, paths, batch, workers)] * n))
     return time.perf_counter() - t0
 
 
@@ -86,6 +91,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=3, help="decode workers per evaluation")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print(json.dumps({"benchmark": "gpu_eval_concurrency", "error": "CUDA is not available"}))
@@ -101,12 +107,12 @@ def main() -> int:
         folder = Path(tmp)
         checkpoint = str(make_checkpoint(folder, args.model, args.size))
         paths = make_images(folder, args.images, args.size)
-        run_concurrent(1, checkpoint, paths[: args.batch], args.batch, use_ray)  # warm-up (cuDNN, page cache)
-        one = run_concurrent(1, checkpoint, paths, args.batch, use_ray)
-        four = run_concurrent(4, checkpoint, paths, args.batch, use_ray)
+        run_concurrent(1, checkpoint, paths[: args.batch], args.batch, args.workers, use_ray)  # warm-up
+        one = run_concurrent(1, checkpoint, paths, args.batch, args.workers, use_ray)
+        four = run_concurrent(4, checkpoint, paths, args.batch, args.workers, use_ray)
     result = {
         "benchmark": "gpu_eval_concurrency", "gpu": torch.cuda.get_device_name(0), "runner": "ray" if use_ray else "processes",
-        "model": args.model, "images_per_evaluation": args.images, "image_size": args.size, "gpu_fraction": FRACTION,
+        "model": args.model, "decode_workers": args.workers, "images_per_evaluation": args.images, "image_size": args.size, "gpu_fraction": FRACTION,
         "one_s": round(one, 2), "four_concurrent_s": round(four, 2), "ratio_four_vs_one": round(four / one, 3),
         "images_per_s_one": round(args.images / one, 1), "images_per_s_four": round(4 * args.images / four, 1),
         "target": "< 1.5",

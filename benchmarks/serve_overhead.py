@@ -8,7 +8,8 @@ Part A: cold start and idle memory. In one process, one after the other (Ray shu
             also creates the event-bus actor).
 
 Each is timed from ray.init to the first 200 of its health route (polled every 0.5 s, as
-start_appliance does); after `--settle` s idle, RSS and PSS are summed over that Ray session's
+start_appliance does; Ray's worker logs are not forwarded to this driver on either side);
+after `--settle` s idle, RSS and PSS are summed over that Ray session's
 processes (descendants of this process or command lines naming the session directory, so other
 Ray clusters on the host are left out; the driver is reported apart).
 
@@ -16,7 +17,8 @@ Part B: API latency. With AI Studio still up and a few projects in its workspace
 FastAPI app (`appliance.main:create_app`, same settings via AISTUDIO_* env vars, same SQLite)
 is also started under plain uvicorn in a subprocess. Locust (headless, FastHttpUser, `--users`
 users, no wait) GETs /api/projects on each for `--duration` s, alternating targets for
-`--rounds` rounds; p50/p99/rps come from locust's `--csv` output.
+`--rounds` rounds; p50/p99/rps come from locust's `--csv` output. Before that, one client sends
+`--serial` requests at a time to each (interleaved, twice): the unloaded latency.
 
     python benchmarks/serve_overhead.py                 # ~2.5-3 min on 2 cores
     python benchmarks/serve_overhead.py --duration 30 --rounds 1 --users 10
@@ -39,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    REPO, emit_json, free_port, gib, machine, ray_processes_memory, ray_session_dir, wait_http,
+    REPO, emit_json, free_port, gib, machine, percentile, ray_init, ray_processes_memory, ray_session_dir, wait_http,
 )
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -79,22 +81,11 @@ def _empty_app():
     return EmptyIngress.bind()
 
 
-def _ray_init(dashboard_port: int, namespace: str, env_vars: dict | None = None) -> float:
-    import ray
-
-    start = time.monotonic()
-    ray.init(
-        namespace=namespace, include_dashboard=True, dashboard_port=dashboard_port, dashboard_host="127.0.0.1",
-        runtime_env={"env_vars": env_vars} if env_vars else None, log_to_driver=False,
-    )
-    return time.monotonic() - start
-
-
 def start_bare() -> tuple[dict, callable]:
     from ray import serve
 
     port = free_port()
-    init_s = _ray_init(free_port(), "bench-bare")
+    init_s = ray_init(free_port(), "bench-bare")
     start = time.monotonic()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(_empty_app(), name="empty", route_prefix="/", blocking=False)
@@ -113,7 +104,7 @@ def start_bare() -> tuple[dict, callable]:
 def start_aistudio(settings) -> tuple[dict, callable, str]:
     from appliance.runtime import APP_NAME, settings_env, start_appliance, stop_appliance
 
-    init_s = _ray_init(settings.ray_dashboard_port, APP_NAME, settings_env(settings))
+    init_s = ray_init(settings.ray_dashboard_port, APP_NAME, settings_env(settings))
     start = time.monotonic()
     url = start_appliance(settings, wait_healthy_s=180)
     serve_s = time.monotonic() - start
@@ -159,12 +150,19 @@ def run_locust(host: str, users: int, duration_s: int, wait_s: float, workdir: P
     }
 
 
-def warm(url: str, n: int = 30) -> None:
+def serial_latency(url: str, n: int) -> dict:
+    """One client, one request at a time (also warms the target up): the unloaded latency."""
     import httpx
 
+    times = []
     with httpx.Client(timeout=30) as http:
-        for _ in range(n):
+        for _ in range(5):
             http.get(f"{url}/api/projects").raise_for_status()
+        for _ in range(n):
+            start = time.perf_counter()
+            http.get(f"{url}/api/projects").raise_for_status()
+            times.append((time.perf_counter() - start) * 1000)
+    return {"n": n, "p50_ms": round(percentile(times, 50), 2), "p99_ms": round(percentile(times, 99), 2)}
 
 
 def start_uvicorn(settings, port: int) -> subprocess.Popen:
@@ -195,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=int, default=15, help="seconds per locust run")
     parser.add_argument("--rounds", type=int, default=2, help="locust rounds (each: uvicorn and Serve, alternating)")
     parser.add_argument("--wait", type=float, default=0.0, help="seconds each locust user waits between requests")
+    parser.add_argument("--serial", type=int, default=100, help="sequential requests per target (x2, interleaved)")
     parser.add_argument("--projects", type=int, default=5, help="projects created before the latency runs")
     parser.add_argument("--skip-latency", action="store_true", help="only part A")
     args = parser.parse_args(argv)
@@ -256,8 +255,18 @@ def main(argv: list[str] | None = None) -> None:
                 uv_port = free_port()
                 uvicorn = start_uvicorn(settings, uv_port)
                 targets = {"serve": url, "uvicorn": f"http://127.0.0.1:{uv_port}"}
-                for target in targets.values():
-                    warm(target)
+                serial: dict[str, list[dict]] = {"serve": [], "uvicorn": []}
+                for _ in range(2):  # interleaved
+                    for name, target in targets.items():
+                        serial[name].append(serial_latency(target, args.serial))
+                serial = {name: {"p50_ms": _mean(rows, "p50_ms"), "p99_ms": _mean(rows, "p99_ms")}
+                          for name, rows in serial.items()}
+                serial["ratio_serve_over_uvicorn_p50"] = round(serial["serve"]["p50_ms"] / serial["uvicorn"]["p50_ms"], 3)
+                result["serial_latency"] = serial
+                print(f"{'one client, serial':>24}: p50 uvicorn {serial['uvicorn']['p50_ms']:.1f} ms, serve "
+                      f"{serial['serve']['p50_ms']:.1f} ms ({serial['ratio_serve_over_uvicorn_p50']:.2f}x); p99 "
+                      f"uvicorn {serial['uvicorn']['p99_ms']:.1f} ms, serve {serial['serve']['p99_ms']:.1f} ms",
+                      flush=True)
                 runs: dict[str, list[dict]] = {"serve": [], "uvicorn": []}
                 for r in range(args.rounds):
                     order = ("uvicorn", "serve") if r % 2 == 0 else ("serve", "uvicorn")

@@ -19,6 +19,7 @@ import ray
 import typer
 
 BATCH = 16
+GPU_DECODE_WORKERS = 3
 PROGRESS_EVERY_S = 0.5
 
 
@@ -34,7 +35,9 @@ def predict_samples(checkpoint: str, samples: list[dict], gpu_fraction: float, o
     from ray_jobs.core.inference import predict_checkpoint
 
     device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-    return predict_checkpoint(checkpoint, [s["path"] for s in samples], device, gpu_fraction, BATCH, on_progress)
+    # On a GPU, decoding in worker processes keeps the card busy; on a CPU host it would only compete.
+    workers = GPU_DECODE_WORKERS if device == "cuda" else 0
+    return predict_checkpoint(checkpoint, [s["path"] for s in samples], device, gpu_fraction, BATCH, on_progress, workers)
 
 
 def compute_results(task: str, class_names: list[str], samples: list[dict], predictions: list[dict]) -> tuple[dict, list[dict]]:

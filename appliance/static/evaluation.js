@@ -353,7 +353,7 @@
       const v = c[k];
       const w = v === null || v === undefined ? 0 : Math.max(0, Math.min(1, v)) * 100;
       return el("td", { class: `num bar-cell ${v === 0 ? "zero" : ""}`, "data-key": k, text: f3(v),
-        style: `background: linear-gradient(90deg, rgba(58,91,217,.14) ${w.toFixed(1)}%, transparent ${w.toFixed(1)}%)` });
+        style: `background-size: ${w.toFixed(1)}% 3px` });
     })));
     $("per-class").replaceChildren(el("thead", {}, head), el("tbody", {}, ...body));
   }

@@ -160,7 +160,7 @@ def detection_collate(batch: list) -> tuple[list[torch.Tensor], list[dict]]:
 
 
 def class_weights_from_samples(samples: Sequence[dict], num_classes: int) -> list[float]:
-    """Inverse-frequency weights (mean 1 over present classes) for a class-weighted loss."""
+    """Inverse-frequency weights, total / (num_classes * count), so every class weighs the same."""
     counts = [0] * num_classes
     for sample in samples:
         counts[int(sample["label"])] += 1

@@ -39,6 +39,26 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     return model, meta
 
 
+class _ImageFiles(torch.utils.data.Dataset):
+    """Decode + eval transform per file, so a DataLoader can spread decoding over workers."""
+
+    def __init__(self, paths: Sequence[Path | str], spec: dict):
+        self.paths, self.spec = list(paths), spec
+        self.transform = eval_transform_from_spec(spec)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        image = load_rgb(str(self.paths[index]))
+        return self.transform(image).as_subclass(torch.Tensor), image.size
+
+
+def _collate(batch):
+    images, sizes = zip(*batch)
+    return list(images), list(sizes)
+
+
 @torch.inference_mode()
 def predict_images(
     model: nn.Module,
@@ -47,24 +67,25 @@ def predict_images(
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     score_threshold: float = 0.0,
+    num_workers: int = 0,
 ) -> list[dict]:
     """One result per path, in order.
 
     Classification: `{"probs": [...], "label": int, "class_name": str}`. Detection: `{"boxes":
     [[x1, y1, x2, y2], ...] in pixels of the original image, "scores": [...], "labels": [...],
     "class_names": [...]}` with labels as class indices (background removed), sorted by score.
+    `num_workers` > 0 decodes in DataLoader worker processes (what keeps a GPU busy).
     """
     model = model.to(device).eval()
-    transform = eval_transform_from_spec(meta["preprocess"])
     size = meta["preprocess"]["image_size"]
     names = meta["class_names"]
+    loader = torch.utils.data.DataLoader(
+        _ImageFiles(paths, meta["preprocess"]), batch_size=batch_size, num_workers=num_workers,
+        collate_fn=_collate, pin_memory=str(device).startswith("cuda"),
+    )
     results: list[dict] = []
-    for start in range(0, len(paths), batch_size):
-        images, original_sizes = [], []
-        for path in paths[start : start + batch_size]:
-            image = load_rgb(str(path))
-            original_sizes.append(image.size)
-            images.append(transform(image).as_subclass(torch.Tensor).to(device))
+    for images, original_sizes in loader:
+        images = [image.to(device, non_blocking=True) for image in images]
         if meta["task"] == "classification":
             probs = torch.softmax(model(torch.stack(images)).float(), dim=1).cpu()
             for row in probs:
@@ -93,17 +114,21 @@ def predict_checkpoint(
     memory_fraction: float | None = None,
     batch_size: int = 16,
     on_progress=None,
+    num_workers: int = 0,
 ) -> tuple[dict, list[dict]]:
     """Load a checkpoint and predict `paths` in order: what an evaluation task runs.
 
     `memory_fraction` caps this process's CUDA memory, so several evaluations can share a GPU.
+    Progress is reported per chunk of `batch_size * 8` images.
     """
     if str(device).startswith("cuda") and memory_fraction is not None:
         torch.cuda.set_per_process_memory_fraction(min(1.0, memory_fraction))
     model, meta = load_checkpoint(checkpoint, map_location=device)
     predictions: list[dict] = []
-    for start in range(0, len(paths), batch_size):
-        predictions += predict_images(model, meta, paths[start : start + batch_size], batch_size, device)
+    chunk = batch_size * 8
+    for start in range(0, len(paths), chunk):
+        predictions += predict_images(model, meta, paths[start : start + chunk], batch_size, device,
+                                      num_workers=num_workers)
         if on_progress:
             on_progress(len(predictions), len(paths))
     return meta, predictions

@@ -46,6 +46,8 @@ def evaluated(server):
 def test_open_an_evaluation_and_try_one_image(page, server, evaluated, tmp_path):
     pid, ev = evaluated["pid"], evaluated["test"]
     metrics = ev["metrics"]
+    page_errors = []
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
     page.goto(f"/projects/{pid}/evaluation")
     expect(page.locator(".tabs a.active")).to_have_text("Evaluation")
     expect(page.locator("#run-experiment option")).to_have_count(1)  # the trained experiment only
@@ -80,7 +82,8 @@ def test_open_an_evaluation_and_try_one_image(page, server, evaluated, tmp_path)
         for i in range(samples.count()):
             expect(samples.nth(i).locator(".truth")).to_have_text(labels[t])
             expect(samples.nth(i).locator(".pred")).to_have_text(labels[p])
-        page.wait_for_function("() => [...document.querySelectorAll('#gallery .sample img')].every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#gallery .sample img')].every(i => i.complete && i.naturalWidth > 0)")
 
     # The per-class table sorts by any column.
     names = page.locator("#per-class tbody td.cls-name")
@@ -119,6 +122,7 @@ def test_open_an_evaluation_and_try_one_image(page, server, evaluated, tmp_path)
     assert predicted.inner_text().strip() in labels
     expect(page.locator("#try-bars .bar-row")).to_have_count(2)
     expect(page.locator("#try-badge")).to_contain_text(predicted.inner_text().strip())
-    page.wait_for_function("() => document.querySelector('#try-image').complete && document.querySelector('#try-image').naturalWidth === 32")
+    page.wait_for_function("() => { const i = document.querySelector('#try-image'); return i.complete && i.naturalWidth === 32; }")
     expect(page.locator("#try-error")).to_have_text("")
     screenshot(page, "evaluation")
+    assert page_errors == []
