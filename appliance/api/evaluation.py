@@ -21,6 +21,7 @@ from appliance.web import render, wants_fragment
 
 router = APIRouter(prefix="/api/evaluation", tags=["evaluation"])
 MAX_TRY_IMAGE_BYTES = 25 * 1024 * 1024
+MIN_DETECTION_SCORE = 0.05
 
 
 @router.get("/{project_id}", response_model=Envelope[list[dict]])
@@ -58,7 +59,7 @@ def predict(
     from appliance.services.importers import UnreadableImage, probe_image
     from ray_jobs.evaluate import predict_task, task_resources
 
-    _, ckpt = service.trained_checkpoint(session, workspace, project_id, experiment_id, checkpoint)
+    exp, ckpt = service.trained_checkpoint(session, workspace, project_id, experiment_id, checkpoint)
     if (file is None) == (image_id is None):
         raise ValidationFailed("file: send exactly one of file (an upload) or image_id (a dataset image)")
     if not ray_is_up():
@@ -84,9 +85,12 @@ def predict(
                 raise InvalidDataset(f"file {file.filename}: unreadable image ({exc.reason})") from None
         fraction = settings.eval_gpu_fraction
         result = ray.get(predict_task.options(**task_resources(fraction)).remote(str(ckpt), [str(path)], fraction))[0]
+        if "scores" in result:  # detection: drop the long tail of near-zero candidates
+            keep = [i for i, score in enumerate(result["scores"]) if score >= MIN_DETECTION_SCORE]
+            result = {key: [values[i] for i in keep] for key, values in result.items()}
         width, height = (info.width, info.height) if image_id is None else (image.width, image.height)
         return ok({"experiment_id": experiment_id, "checkpoint": checkpoint, "image_id": image_id,
-                   "width": width, "height": height, **result})
+                   "width": width, "height": height, "classes": exp.class_names, **result})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -178,7 +178,8 @@ def run_import(settings: Settings, import_id: str) -> None:
         tracker = _Progress(url, import_id)
         parsed = parse_source(root, fmt, task, progress=tracker)
         tracker.check_cancel(force=True)
-        added, duplicates = _stage_and_commit(url, workspace, project_id, import_id, parsed, stage, tracker)
+        added, duplicates = _stage_and_commit(url, workspace, project_id, import_id, parsed, stage, tracker,
+                                              owned=source.startswith("upload:"))
         warnings = [{"file": w.file, "reason": w.reason} for w in parsed.warnings]
         with session_scope(url) as s:
             job = s.get(ImportJob, import_id)
@@ -236,7 +237,9 @@ class _Progress:
                 raise ImportCancelled()
 
 
-def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, stage: Path, tracker) -> tuple[int, int]:
+def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, stage: Path, tracker,
+                      owned: bool = False) -> tuple[int, int]:
+    """`owned`: the source files are ours (an extracted upload), so they are moved, not copied."""
     with session_scope(url) as s:
         known = set(s.scalars(select(Image.sha256).where(Image.project_id == project_id)))
     staged_dir = stage / "images"
@@ -250,7 +253,7 @@ def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, 
         known.add(info.sha256)
         image_id = new_id("image")
         filename = image_id + _EXTENSIONS.get(info.format, Path(item.relpath).suffix.lower())
-        store_image(item.source, staged_dir / filename, info)
+        store_image(item.source, staged_dir / filename, info, move=owned)
         rows.append({
             "id": image_id, "project_id": project_id, "filename": filename, "original_name": item.relpath,
             "sha256": info.sha256, "width": info.width, "height": info.height,

@@ -11,7 +11,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from appliance.core.db import session_scope
-from appliance.core.errors import NotFound, ValidationFailed
+from appliance.core.errors import Conflict, NotFound, ValidationFailed
 from appliance.core.ids import check_id, new_id
 from appliance.core.models import EvalSample, Evaluation, Experiment, utcnow
 from appliance.core.paths import Workspace
@@ -103,6 +103,8 @@ def list_evaluations(session: Session, project_id: str) -> list[dict]:
 
 def delete_evaluation(session: Session, workspace: Workspace, project_id: str, evaluation_id: str) -> None:
     ev = get_evaluation(session, project_id, evaluation_id)
+    if ev.status in ACTIVE:
+        raise Conflict(f"Evaluation {evaluation_id} is {ev.status}; wait for it to finish before deleting it")
     session.delete(ev)
     session.commit()
 
@@ -113,9 +115,14 @@ def list_samples(session: Session, project_id: str, evaluation_id: str, kind: st
     query = select(EvalSample).where(EvalSample.evaluation_id == ev.id)
     if kind == "errors":
         query = query.where(EvalSample.is_error.is_(True))
-    if label:
+    detection = (ev.metrics or {}).get("task") == "detection"
+    if label and not detection:
         query = query.where(EvalSample.label == label)
     rows = list(session.scalars(query.order_by(EvalSample.rank)))
+    if label and detection:  # an image belongs to every class among its true or predicted boxes
+        names = ev.metrics["confusion_matrix"]["labels"]
+        index = names.index(label) if label in names else -1
+        rows = [r for r in rows if index in r.payload["gt"]["labels"] or index in r.payload["pred"]["labels"]]
     if cell is not None:  # confusion-matrix cell: [truth, prediction]
         rows = [r for r in rows if _in_cell(r.payload, cell)]
     total = len(rows)
@@ -170,7 +177,8 @@ def save_results(db_url: str, evaluation_id: str, metrics: dict, records: list[d
             label = class_names[labels[0]] if labels else None
         rows.append({"evaluation_id": evaluation_id, "image_id": sample["image_id"], "rank": rank,
                      "is_error": bool(record["is_error"]), "label": label,
-                     "payload": {**record, "filename": sample["filename"]}})
+                     "payload": {**record, "filename": sample["filename"], "width": sample["width"],
+                                 "height": sample["height"]}})
     with session_scope(db_url) as s:
         if rows:
             s.execute(insert(EvalSample), rows)

@@ -222,7 +222,8 @@ def subset_samples(session: Session, workspace: Workspace, exp: Experiment, subs
     images_dir = workspace.images_dir(exp.project_id)
     samples = []
     for image in subset_images(session, exp.split_id, subset):
-        item = {"image_id": image.id, "filename": image.filename, "path": str(images_dir / image.filename)}
+        item = {"image_id": image.id, "filename": image.filename, "path": str(images_dir / image.filename),
+                "width": image.width, "height": image.height}
         if exp.params.get("task") == "classification":
             if image.label not in index:
                 continue

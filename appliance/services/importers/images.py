@@ -54,11 +54,12 @@ def probe_image(path: Path) -> ImageInfo:
     return _probe_bytes(path, path.read_bytes())
 
 
-def store_image(src: Path, dst: Path, info: ImageInfo | None = None) -> ImageInfo:
+def store_image(src: Path, dst: Path, info: ImageInfo | None = None, move: bool = False) -> ImageInfo:
     """Write `src` to `dst` upright, atomically, and return its info.
 
     Pass the `info` that `parse_source` already probed to skip decoding a second time. Without
-    rotation the bytes are copied unchanged; a rotated image is re-encoded in its own format,
+    rotation the bytes are copied unchanged — or, with `move` (a file we own, e.g. extracted from
+    an upload, on the same filesystem), renamed; a rotated image is re-encoded in its own format,
     without EXIF. The returned sha256 is always that of the source bytes.
     """
     src, dst = Path(src), Path(dst)
@@ -66,6 +67,9 @@ def store_image(src: Path, dst: Path, info: ImageInfo | None = None) -> ImageInf
     if info is None:
         data = src.read_bytes()
         info = _probe_bytes(src, data)
+    if move and not info.needs_transpose:
+        os.replace(src, dst)
+        return info
     with _atomic_target(dst) as tmp:
         if info.needs_transpose:
             _save_like(_decode_upright(src), tmp, info.format)
