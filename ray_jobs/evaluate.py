@@ -9,7 +9,6 @@ fractional-GPU request there would wait forever). Also a CLI for `ray job submit
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from pathlib import Path
@@ -100,11 +99,9 @@ def main(
     from appliance.core.db import session_factory
     from appliance.core.paths import Workspace
     from appliance.services import evaluation as svc
-    from ray_jobs.events import get_event_bus
+    from ray_jobs.events import appliance_settings
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), namespace="aistudio")
-    settings = ray.get(get_event_bus().config.remote())
+    settings = appliance_settings()
     workspace = Workspace(Path(settings["workspace"]))
     with session_factory(settings["db_url"])() as session:
         ev = svc.request_evaluation(session, workspace, svc.EvaluationRun(

@@ -8,6 +8,7 @@ Events are kept per experiment with a sequence number; history lives in the data
 
 from __future__ import annotations
 
+import os
 import time
 
 import ray
@@ -79,3 +80,11 @@ def get_event_bus():
             "No AI Studio appliance is running on this Ray cluster (event bus actor "
             f"'{BUS_NAME}' not found). Start it with `aistudio serve` first."
         ) from exc
+
+
+def appliance_settings() -> dict:
+    """For job entrypoints: join the cluster if needed and return the running appliance's settings
+    (`workspace`, `db_url`, `weights_dir`, GPU fractions)."""
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), namespace=BUS_NAMESPACE)
+    return ray.get(get_event_bus().config.remote())

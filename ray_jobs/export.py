@@ -6,7 +6,6 @@ and N), then a ready-to-run bundle. Also a CLI for `ray job submit`:
 
 from __future__ import annotations
 
-import os
 import traceback
 from pathlib import Path
 from typing import Annotated
@@ -142,11 +141,9 @@ def main(
     from appliance.core.db import session_factory
     from appliance.core.paths import Workspace
     from appliance.services import export as svc
-    from ray_jobs.events import get_event_bus
+    from ray_jobs.events import appliance_settings
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), namespace="aistudio")
-    settings = ray.get(get_event_bus().config.remote())
+    settings = appliance_settings()
     body = svc.ExportRun(project_id=project, experiment_id=experiment, format=format, precision=precision)
     with session_factory(settings["db_url"])() as session:
         svc.check_request(session, Workspace(Path(settings["workspace"])), body)

@@ -20,7 +20,7 @@ from typing import Annotated
 import ray
 import typer
 
-from ray_jobs.events import get_event_bus
+from ray_jobs.events import appliance_settings, get_event_bus
 
 CHECKPOINTS_KEPT = 2
 
@@ -99,11 +99,6 @@ def train_loop_per_worker(cfg: dict) -> None:
         trainer.fit(module, datamodule=datamodule)
 
 
-def _connect() -> None:
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), namespace="aistudio", log_to_driver=True)
-
-
 def run_training(project_id: str, experiment_id: str, resume: bool = False) -> dict:
     """Drive one run to its end and return `{"status", "best_metric", "error"}`. Never leaves the
     experiment `running`: every exit path goes through `finish_run`."""
@@ -115,9 +110,8 @@ def run_training(project_id: str, experiment_id: str, resume: bool = False) -> d
     from appliance.core.paths import Workspace
     from appliance.services import training as svc
 
-    _connect()
+    settings = appliance_settings()
     bus = get_event_bus()
-    settings = ray.get(bus.config.remote())
     db_url, workspace = settings["db_url"], Workspace(Path(settings["workspace"]))
     with session_scope(db_url) as s:
         exp = s.get(Experiment, experiment_id)

@@ -66,3 +66,16 @@ def server(tmp_path_factory):
     with httpx.Client(base_url=url, timeout=60) as http:
         yield Server(url=url, settings=settings, http=http)
     stop_appliance(settings)
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(server):
+    """(project_id, split_id, experiment_id) of a classifier trained for one epoch through the real
+    server — shared by the evaluation and export tests, since each training costs ~40 s here."""
+    from tests.workflows import create_experiment, project_with_split, wait_experiment
+
+    pid, sid = project_with_split(server.http, server.import_root, per_class=10)
+    eid = create_experiment(server.http, pid, sid, epochs=1, name="shared-classifier")
+    assert server.http.post("/api/training/run", json={"project_id": pid, "experiment_id": eid}).status_code == 202
+    assert wait_experiment(server.http, pid, eid)["status"] == "completed"
+    return pid, sid, eid

@@ -67,16 +67,20 @@ function toast(message) {
   setTimeout(() => t.remove(), 6000);
 }
 
-async function api(method, url, body) {
+// The one fetch helper for pages: JSON (or FormData) in, the envelope's data out; an error
+// envelope is shown in `errorBox` (or a toast) and thrown.
+async function api(method, url, body, errorBox) {
+  if (errorBox) errorBox.textContent = "";
+  const isForm = body instanceof FormData;
   const res = await fetch(url, {
     method,
-    headers: body ? { "Content-Type": "application/json" } : {},
-    body: body ? JSON.stringify(body) : undefined,
+    headers: body && !isForm ? { "Content-Type": "application/json" } : {},
+    body: isForm ? body : body ? JSON.stringify(body) : undefined,
   });
   const data = await res.json().catch(() => ({}));
   if (!res.ok || data.status === "error") {
     const msg = data.error ? `${data.error.code}: ${data.error.message}` : `Request failed (${res.status})`;
-    toast(msg);
+    if (errorBox) errorBox.textContent = msg; else toast(msg);
     throw new Error(msg);
   }
   return data.data;

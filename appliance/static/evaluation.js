@@ -45,21 +45,7 @@
     return node;
   }
 
-  async function call(method, url, body, errorBox) {
-    if (errorBox) errorBox.textContent = "";
-    const res = await fetch(url, {
-      method,
-      headers: body && !(body instanceof FormData) ? { "Content-Type": "application/json" } : {},
-      body: body instanceof FormData ? body : body ? JSON.stringify(body) : undefined,
-    });
-    const data = await res.json().catch(() => ({}));
-    if (!res.ok || data.status === "error") {
-      const msg = data.error ? `${data.error.code}: ${data.error.message}` : `Request failed (${res.status})`;
-      if (errorBox) errorBox.textContent = msg; else toast(msg);
-      throw new Error(msg);
-    }
-    return data.data;
-  }
+  const call = api;
 
   async function getEvaluation(id) {
     if (completedCache.has(id)) return completedCache.get(id);

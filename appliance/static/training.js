@@ -23,20 +23,8 @@
     return new Date(/[zZ]|[+-]\d\d:?\d\d$/.test(iso) ? iso : `${iso}Z`);
   }
 
-  async function call(method, url, body, errorBox = $("experiments-action-error")) {
-    if (errorBox) errorBox.textContent = "";
-    const res = await fetch(url, {
-      method,
-      headers: body ? { "Content-Type": "application/json" } : {},
-      body: body ? JSON.stringify(body) : undefined,
-    });
-    const data = await res.json().catch(() => ({}));
-    if (!res.ok || data.status === "error") {
-      const msg = data.error ? `${data.error.code}: ${data.error.message}` : `Request failed (${res.status})`;
-      if (errorBox) errorBox.textContent = msg; else toast(msg);
-      throw new Error(msg);
-    }
-    return data.data;
+  function call(method, url, body, errorBox = $("experiments-action-error")) {
+    return api(method, url, body, errorBox);
   }
 
   function refreshTable() {

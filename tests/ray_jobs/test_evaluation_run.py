@@ -9,13 +9,9 @@ from tests.workflows import create_experiment, project_with_split, wait_experime
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def trained(server):
-    pid, sid = project_with_split(server.http, server.import_root, per_class=10)
-    eid = create_experiment(server.http, pid, sid, epochs=1, name="for-eval")
-    assert server.http.post("/api/training/run", json={"project_id": pid, "experiment_id": eid}).status_code == 202
-    assert wait_experiment(server.http, pid, eid)["status"] == "completed"
-    return pid, sid, eid
+@pytest.fixture
+def trained(trained_classifier):
+    return trained_classifier
 
 
 def wait_evaluation(http, pid, evid):

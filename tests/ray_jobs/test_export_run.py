@@ -25,9 +25,10 @@ def train(server, task: str, model: str, size: int, per_class: int):
     return pid, eid
 
 
-@pytest.fixture(scope="module")
-def classifier(server):
-    return train(server, "classification", "mobilenet_v3_small", 32, 10)
+@pytest.fixture
+def classifier(trained_classifier):
+    pid, _, eid = trained_classifier
+    return pid, eid
 
 
 @pytest.fixture(scope="module")
