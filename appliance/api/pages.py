@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Request
@@ -11,8 +12,10 @@ from appliance.api.deps import ProjectId, SessionDep, SettingsDep
 from appliance.core.auth import COOKIE_NAME
 from appliance.services import datasets as dataset_service
 from appliance.services import evaluation as evaluation_service
+from appliance.services import export as export_service
 from appliance.services import projects as project_service
 from appliance.services import splits as split_service
+from appliance.services import system as system_service
 from appliance.services import training as training_service
 from appliance.web import render
 
@@ -24,7 +27,7 @@ SECTIONS = [
     ("evaluation", "Evaluation"), ("export", "Export"),
 ]
 # Sections whose page is written; the others say plainly that they are not built yet.
-BUILT: set[str] = {"dataset", "split", "training", "evaluation"}
+BUILT: set[str] = {"dataset", "split", "training", "evaluation", "export"}
 GRID_PAGE = 48  # thumbnails per grid page (a multiple of the 4, 6 and 8 column layouts)
 
 
@@ -62,7 +65,17 @@ def _evaluation_context(session, project_id: str) -> dict:
             "evaluations": evaluation_service.list_evaluations(session, project_id)}
 
 
-CONTEXT = {"dataset": _dataset_context, "split": _split_context, "evaluation": _evaluation_context}
+def _export_context(session, project_id: str) -> dict:
+    experiments = training_service.list_experiments(session, project_id)
+    return {"trained": [e for e in experiments if e["status"] in EVALUABLE and (e["epochs_done"] or 0) > 0],
+            "exports": export_service.list_exports(session, project_id),
+            "gpu": system_service.gpus(),
+            # Cheap presence check only (no import): the API gives the precise reason when it refuses.
+            "tensorrt_installed": importlib.util.find_spec("tensorrt") is not None}
+
+
+CONTEXT = {"dataset": _dataset_context, "split": _split_context, "evaluation": _evaluation_context,
+           "export": _export_context}
 
 
 @router.get("/")
