@@ -20,8 +20,8 @@ With `--ray` it also starts a local Ray and runs ours as a Ray task with the eva
 resources (`task_resources`: num_cpus=1, no GPU on a CPU host): first (cold worker) and warm calls.
 Note Ray sets OMP_NUM_THREADS to the task's num_cpus, so torch in that worker uses 1 thread.
 
-    python benchmarks/eval_throughput.py                       # 400 images, 64 px, ~1-2 min
-    python benchmarks/eval_throughput.py --images 1000 --image-size 96 --repeat 5 --ray
+    python benchmarks/eval_throughput.py                       # 256 images, 64 px, 1 thread, ~1-2 min
+    python benchmarks/eval_throughput.py --images 1000 --image-size 96 --repeat 5 --threads 0 --ray
 
 Prints images/s of each, the ratio ours/bare (target: close to 1.0) and a JSON line
 (`{"benchmark": "eval_throughput", ...}`).
@@ -130,16 +130,22 @@ def ray_eval_remote():
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--train-images", type=int, default=128, help="images the 1-epoch checkpoint trains on")
     parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--repeat", type=int, default=5, help="interleaved runs of each side (best counts)")
+    parser.add_argument("--repeat", type=int, default=4, help="interleaved runs of each side (best counts)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads for both sides (0: torch's default). 1 is what the evaluation "
+                             "task gets on a CPU host (num_cpus=1, so Ray sets OMP_NUM_THREADS=1), and it is far "
+                             "steadier than 2 on a shared 2-core host")
     parser.add_argument("--ray", action="store_true", help="also run ours as a Ray task (starts a local Ray)")
     args = parser.parse_args(argv)
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     before = machine()
     print(f"machine before: {before}; torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     with tempfile.TemporaryDirectory(prefix="eval_throughput_") as tmp:
