@@ -39,18 +39,8 @@
     if (!button) return;
     const row = button.closest("tr.export-row");
     if (!confirm(`Delete the ${row.dataset.format} export of ${row.dataset.name}?`)) return;
-    const box = $("exports-error");
-    box.textContent = "";
     button.disabled = true;
-    try {
-      const res = await fetch(`/api/export/${pid}/${row.dataset.exportId}`, { method: "DELETE" });
-      const data = await res.json().catch(() => ({}));
-      if (!res.ok || data.status === "error") {
-        box.textContent = data.error ? `${data.error.code}: ${data.error.message}` : `Delete failed (${res.status})`;
-      }
-    } catch (err) {
-      box.textContent = `Delete failed: ${err.message}`;
-    }
+    await api("DELETE", `/api/export/${pid}/${row.dataset.exportId}`, null, $("exports-error")).catch(() => null);
     refreshList();
   });
 

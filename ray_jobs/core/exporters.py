@@ -336,7 +336,7 @@ def tensorrt_available() -> tuple[bool, str]:
     try:
         trt = _import_tensorrt()
     except ExportError as exc:
-        return False, f"{exc}. TensorRT export needs an NVIDIA GPU host with the [gpu] extra."
+        return False, f"{exc} (install the [gpu] extra on an NVIDIA GPU host)"
     try:
         if not torch.cuda.is_available():
             return False, f"TensorRT {trt.__version__} is installed but no CUDA GPU is visible to PyTorch."

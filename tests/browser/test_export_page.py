@@ -77,4 +77,10 @@ def test_export_onnx_download_and_tensorrt_refused(page, server, trained):
     expect(page.locator("#exports-table tr.export-row")).to_have_count(1)
 
     screenshot(page, "export_page")
+
+    # Delete (confirmed): the row goes, and so does the bundle.
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("button.delete").click()
+    expect(page.locator("#export-list .empty")).to_be_visible()
+    assert server.http.get(href).status_code == 404
     assert not page_errors, page_errors
