@@ -84,7 +84,7 @@ def main() -> None:
             "optimizer": "adamw", "scheduler": "cosine"}).json()["data"]
         t_run = time.perf_counter()
         http.post("/api/training/run", json={"project_id": pid, "experiment_id": exp["id"]})
-        first = wait(lambda: http.get(f"/api/training/{pid}/experiments/{exp['id']}").json()["data"],
+        wait(lambda: http.get(f"/api/training/{pid}/experiments/{exp['id']}").json()["data"],
                      lambda e: e["epochs_done"] >= 1 or e["status"] in ("failed", "interrupted"))
         t_first = time.perf_counter()
         done = wait(lambda: http.get(f"/api/training/{pid}/experiments/{exp['id']}").json()["data"],

@@ -177,7 +177,7 @@ def run_import(settings: Settings, import_id: str) -> None:
         root = _source_root(settings, stage, source)
         tracker = _Progress(url, import_id)
         parsed = parse_source(root, fmt, task, progress=tracker)
-        tracker.check_cancel(force=True)
+        tracker.check_cancel()
         added, duplicates = _stage_and_commit(url, workspace, project_id, import_id, parsed, stage, tracker,
                                               owned=source.startswith("upload:"))
         warnings = [{"file": w.file, "reason": w.reason} for w in parsed.warnings]
@@ -231,7 +231,7 @@ class _Progress:
         if cancelled:
             raise ImportCancelled()
 
-    def check_cancel(self, force: bool = False) -> None:
+    def check_cancel(self) -> None:
         with session_scope(self.url) as s:
             if s.get(ImportJob, self.import_id).status == "cancelling":
                 raise ImportCancelled()
@@ -261,7 +261,7 @@ def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, 
             "subset_hint": item.subset_hint, "import_id": import_id, "created_at": utcnow(),
         })
         boxes += [{"image_id": image_id, "label": b.label, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2} for b in item.boxes]
-    tracker.check_cancel(force=True)
+    tracker.check_cancel()
     # Commit: move files in, insert rows in one transaction; undo the moves if the insert fails.
     target = workspace.images_dir(project_id)
     target.mkdir(parents=True, exist_ok=True)

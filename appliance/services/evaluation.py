@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from appliance.core.db import session_scope
@@ -216,7 +216,3 @@ def recover_evaluations(app) -> None:
     for evaluation_id in queued:
         app.state.runner.submit("evaluation", launch, settings.db_url, str(settings.workspace), evaluation_id,
                                 settings.eval_gpu_fraction)
-
-
-def count_active(session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(Evaluation).where(Evaluation.status.in_(ACTIVE))) or 0

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from appliance.core.db import session_scope
 from appliance.core.errors import Conflict, NotFound, ValidationFailed
 from appliance.core.ids import check_id, new_id
-from appliance.core.models import EpochRecord, Experiment, Lock, Project, utcnow
+from appliance.core.models import EpochRecord, Experiment, Lock, utcnow
 from appliance.core.paths import Workspace
 from appliance.schemas import StrictBody
 from appliance.services.projects import get_project
@@ -322,10 +322,6 @@ def read_log(workspace: Workspace, exp: Experiment, tail_bytes: int = 64_000) ->
     with path.open("rb") as f:
         f.seek(max(0, path.stat().st_size - tail_bytes))
         return f.read().decode("utf-8", "replace")
-
-
-def project_of(session: Session, exp: Experiment) -> Project:
-    return session.get(Project, exp.project_id)
 
 
 # ---------------------------------------------------------------- launching, stopping, watching (ingress side)
