@@ -60,10 +60,40 @@ def _fmt(value) -> str:
     return "—" if value is None else f"{value:.4g}"
 
 
+CHECKPOINT_NAME = "checkpoint.ckpt"  # the file inside each Ray checkpoint directory
+
+
+def report_to_ray_callback(checkpoints):
+    """A Lightning callback that reports each epoch to Ray Train with the `last.ckpt` just written
+    as the checkpoint — linked, not saved a second time (RayTrainReportCallback would serialise
+    the whole model and optimiser again every epoch)."""
+    import tempfile
+
+    import ray.train
+    from lightning.pytorch.callbacks import Callback
+
+    class ReportToRay(Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            metrics["epoch"] = trainer.current_epoch
+            with tempfile.TemporaryDirectory() as folder:
+                checkpoint = None
+                if trainer.is_global_zero and checkpoints.last_path.is_file():
+                    target = os.path.join(folder, CHECKPOINT_NAME)
+                    try:
+                        os.link(checkpoints.last_path, target)
+                    except OSError:
+                        shutil.copyfile(checkpoints.last_path, target)
+                    checkpoint = ray.train.Checkpoint.from_directory(folder)
+                ray.train.report(metrics, checkpoint=checkpoint)
+
+    return ReportToRay()
+
+
 def train_loop_per_worker(cfg: dict) -> None:
     """Runs on the Train worker. Resumes from Ray's latest checkpoint of this run when present."""
     import ray.train
-    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
+    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
     from ray_jobs.core.data import ImageDataModule
     from ray_jobs.core.fit import BestLastCheckpoint, EpochEventCallback, build_trainer
@@ -71,10 +101,11 @@ def train_loop_per_worker(cfg: dict) -> None:
 
     config = resolve_class_weights(TrainConfig.from_dict(cfg["config"]), cfg["train_samples"])
     reporter = RunReporter(cfg["db_url"], cfg["experiment_id"], cfg["log_file"])
-    callbacks = [
+    checkpoints = BestLastCheckpoint(cfg["weights_dir"])
+    callbacks = [  # in this order: the event, then the files, then Ray's copy of last.ckpt
         EpochEventCallback(reporter.epoch_end, reporter.should_stop),
-        BestLastCheckpoint(cfg["weights_dir"]),
-        RayTrainReportCallback(),
+        checkpoints,
+        report_to_ray_callback(checkpoints),
     ]
     trainer = build_trainer(
         config, callbacks, accelerator="gpu" if cfg["use_gpu"] else "cpu", devices="auto",
@@ -91,7 +122,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             reporter.log(f"resuming from Ray checkpoint {checkpoint.path}")
-            trainer.fit(module, datamodule=datamodule, ckpt_path=os.path.join(folder, RayTrainReportCallback.CHECKPOINT_NAME))
+            trainer.fit(module, datamodule=datamodule, ckpt_path=os.path.join(folder, CHECKPOINT_NAME))
     elif cfg["resume"] and cfg.get("fallback_ckpt"):
         reporter.log(f"resuming from {cfg['fallback_ckpt']}")
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg["fallback_ckpt"])

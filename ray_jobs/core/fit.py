@@ -80,8 +80,14 @@ class EpochEventCallback(Callback):
 
 
 def _atomic_copy(source: Path, target: Path) -> None:
+    """Publish `source` as `target` atomically: a hard link where possible (`last.ckpt` is later
+    replaced by a new file, never rewritten, so the link keeps this epoch's bytes), else a copy."""
     tmp = target.with_name(target.name + ".tmp")
-    shutil.copyfile(source, tmp)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
     os.replace(tmp, target)
 
 
