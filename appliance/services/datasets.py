@@ -24,11 +24,11 @@ from appliance.core.db import session_scope
 from appliance.core.errors import (
     AppError, Conflict, ForbiddenPath, InvalidDataset, NotFound, PayloadTooLarge, ValidationFailed,
 )
-from appliance.core.ids import check_id, new_id
+from appliance.core.ids import new_id
 from appliance.core.models import Box, Image, ImportJob, Project, SplitAssignment, utcnow
 from appliance.core.paths import Workspace, is_within, safe_join
 from appliance.services.importers import check_zip, extract_zip, make_thumbnail, parse_source, store_image
-from appliance.services.projects import get_project
+from appliance.services.projects import get_owned, get_project
 
 log = logging.getLogger("aistudio.datasets")
 
@@ -119,12 +119,7 @@ def _queue(session: Session, project_id: str, fmt: str, source: str, import_id: 
 
 
 def get_import(session: Session, project_id: str, import_id: str) -> ImportJob:
-    get_project(session, project_id)
-    check_id("import", import_id)
-    job = session.get(ImportJob, import_id)
-    if job is None or job.project_id != project_id:
-        raise NotFound(f"Import {import_id} not found")
-    return job
+    return get_owned(session, ImportJob, "import", project_id, import_id)
 
 
 def cancel_import(session: Session, project_id: str, import_id: str) -> ImportJob:
@@ -397,12 +392,7 @@ def image_public(image: Image) -> dict:
 
 
 def get_image(session: Session, project_id: str, image_id: str) -> Image:
-    get_project(session, project_id)
-    check_id("image", image_id)
-    image = session.get(Image, image_id)
-    if image is None or image.project_id != project_id:
-        raise NotFound(f"Image {image_id} not found")
-    return image
+    return get_owned(session, Image, "image", project_id, image_id)
 
 
 def delete_image(session: Session, workspace: Workspace, project_id: str, image_id: str) -> None:

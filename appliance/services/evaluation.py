@@ -11,12 +11,12 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from appliance.core.db import session_scope
-from appliance.core.errors import Conflict, NotFound, ValidationFailed
-from appliance.core.ids import check_id, new_id
+from appliance.core.errors import Conflict, ValidationFailed
+from appliance.core.ids import new_id
 from appliance.core.models import EvalSample, Evaluation, Experiment, utcnow
 from appliance.core.paths import Workspace
 from appliance.schemas import StrictBody
-from appliance.services.projects import get_project
+from appliance.services.projects import get_owned, get_project
 from appliance.services.splits import subset_images
 from appliance.services.training import get_experiment, run_dir, subset_samples
 
@@ -65,12 +65,7 @@ def request_evaluation(session: Session, workspace: Workspace, body: EvaluationR
 
 
 def get_evaluation(session: Session, project_id: str, evaluation_id: str) -> Evaluation:
-    get_project(session, project_id)
-    check_id("evaluation", evaluation_id)
-    ev = session.get(Evaluation, evaluation_id)
-    if ev is None or ev.project_id != project_id:
-        raise NotFound(f"Evaluation {evaluation_id} not found")
-    return ev
+    return get_owned(session, Evaluation, "evaluation", project_id, evaluation_id)
 
 
 def evaluation_public(session: Session, ev: Evaluation, with_metrics: bool = True) -> dict:

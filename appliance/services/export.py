@@ -18,13 +18,13 @@ from sqlalchemy.orm import Session
 
 from appliance.core.db import session_scope
 from appliance.core.errors import Conflict, NotFound, Unavailable, ValidationFailed
-from appliance.core.ids import check_id, new_id
+from appliance.core.ids import new_id
 from appliance.core.models import Experiment, Export, utcnow
 from appliance.core.paths import Workspace
 from appliance.core.ray_runtime import cluster_gpus
 from appliance.schemas import StrictBody
 from appliance.services.evaluation import trained_checkpoint
-from appliance.services.projects import get_project
+from appliance.services.projects import get_owned, get_project
 
 log = logging.getLogger("aistudio.export")
 BUNDLE_NAME = "bundle.zip"
@@ -72,12 +72,7 @@ def request_export(session: Session, body: ExportRun) -> Export:
 
 
 def get_export(session: Session, project_id: str, export_id: str) -> Export:
-    get_project(session, project_id)
-    check_id("export", export_id)
-    export = session.get(Export, export_id)
-    if export is None or export.project_id != project_id:
-        raise NotFound(f"Export {export_id} not found")
-    return export
+    return get_owned(session, Export, "export", project_id, export_id)
 
 
 def export_public(session: Session, export: Export) -> dict:

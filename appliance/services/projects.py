@@ -24,6 +24,17 @@ def get_project(session: Session, project_id: str) -> Project:
     return project
 
 
+def get_owned(session: Session, model, kind: str, project_id: str, record_id: str):
+    """A row of `model` that belongs to the project; NotFound (never a lookup) for a malformed id,
+    and NotFound for another project's row, so ids can't be probed across projects."""
+    get_project(session, project_id)
+    check_id(kind, record_id)
+    row = session.get(model, record_id)
+    if row is None or row.project_id != project_id:
+        raise NotFound(f"{kind.capitalize()} {record_id} not found")
+    return row
+
+
 def to_public(session: Session, project: Project) -> ProjectPublic:
     images = session.scalar(select(func.count()).select_from(Image).where(Image.project_id == project.id))
     experiments = session.scalar(

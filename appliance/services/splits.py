@@ -18,11 +18,11 @@ from pydantic import Field, model_validator
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from appliance.core.errors import Conflict, NotFound, ValidationFailed
-from appliance.core.ids import check_id, new_id
+from appliance.core.errors import Conflict, ValidationFailed
+from appliance.core.ids import new_id
 from appliance.core.models import Box, Experiment, Image, Split, SplitAssignment
 from appliance.schemas import StrictBody
-from appliance.services.projects import get_project
+from appliance.services.projects import get_owned, get_project
 
 SUBSETS = ("train", "val", "test")
 BACKGROUND = "(no boxes)"
@@ -47,11 +47,7 @@ class SplitCreate(StrictBody):
 
 
 def get_split(session: Session, project_id: str, split_id: str) -> Split:
-    check_id("split", split_id)
-    split = session.get(Split, split_id)
-    if split is None or split.project_id != project_id:
-        raise NotFound(f"Split {split_id} not found")
-    return split
+    return get_owned(session, Split, "split", project_id, split_id)
 
 
 def split_public(split: Split) -> dict:

@@ -19,12 +19,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from appliance.core.db import session_scope
-from appliance.core.errors import Conflict, NotFound, ValidationFailed
-from appliance.core.ids import check_id, new_id
+from appliance.core.errors import Conflict, ValidationFailed
+from appliance.core.ids import new_id
 from appliance.core.models import EpochRecord, Experiment, Lock, utcnow
 from appliance.core.paths import Workspace
 from appliance.schemas import StrictBody
-from appliance.services.projects import get_project
+from appliance.services.projects import get_owned, get_project
 from appliance.services.splits import BACKGROUND, get_split, subset_images
 
 log = logging.getLogger("aistudio.training")
@@ -74,12 +74,7 @@ def catalog(task: str | None) -> list[dict]:
 
 
 def get_experiment(session: Session, project_id: str, experiment_id: str) -> Experiment:
-    get_project(session, project_id)
-    check_id("experiment", experiment_id)
-    exp = session.get(Experiment, experiment_id)
-    if exp is None or exp.project_id != project_id:
-        raise NotFound(f"Experiment {experiment_id} not found")
-    return exp
+    return get_owned(session, Experiment, "experiment", project_id, experiment_id)
 
 
 def experiment_public(session: Session, exp: Experiment, with_history: bool = False) -> dict:
