@@ -63,6 +63,7 @@ class ApplianceProcess:
         # Short: Ray's socket paths live below it and a Unix socket path has ~107 characters.
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="aisr-", dir="/tmp"))
         self.proc: subprocess.Popen | None = None
+        self.leader: int | None = None  # pid of the last started appliance: its session id
         self.url = ""
         self.log_path = root / "appliance.log"
         self.starts = 0
@@ -101,6 +102,7 @@ class ApplianceProcess:
             # cwd: a folder without a .env file, so only the settings given here apply.
             self.proc = subprocess.Popen(cmd, env=env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        self.leader = self.proc.pid
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + timeout
         while True:
@@ -124,10 +126,10 @@ class ApplianceProcess:
     # ------------------------------------------------------------ the processes of this appliance
 
     def members(self) -> list[int]:
-        """Live processes of this appliance and its Ray: its session, or its Ray temp folder."""
-        if self.proc is None:
+        """Live processes of the last started appliance and its Ray: its session, or its Ray temp folder."""
+        if self.leader is None:
             return []
-        leader, marker, me = self.proc.pid, str(self.ray_tmp), os.getpid()
+        leader, marker, me = self.leader, str(self.ray_tmp), os.getpid()
         found = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == me:

@@ -115,8 +115,9 @@ def test_every_job_kind_after_kill_9_and_restart(appliance: ApplianceProcess, tm
                             files={"file": ("big.zip", f, "application/zip")}), 202)["id"]
     i2 = data(http.post("/api/datasets/import/local", json={"project_id": pb, "source_path": str(small.root)}), 202)["id"]
     mid = wait_job(http, f"/api/datasets/{pb}/imports/{i1}", lambda j: j["status"] in DONE or j["done"] > 0, every=0.02)
-    appliance.kill()  # SIGKILL to the whole session; returns once no process of it (or its Ray) is left
+    appliance.kill()  # SIGKILL to the whole session, then to any process of its Ray, by pid
     http.close()
+    assert appliance.members() == []  # no process of the appliance or of its Ray is left
     assert mid["status"] == "running" and 0 < mid["done"] < mid["total"] == PER_CLASS * len(CLASSES), mid
 
     # ---------------------------------------------------------------- the moment of death
@@ -187,3 +188,4 @@ def test_every_job_kind_after_kill_9_and_restart(appliance: ApplianceProcess, tm
             assert {model_file, "predict.py"} <= {Path(n).name for n in zf.namelist()}
     http.close()
     appliance.kill()
+    assert appliance.members() == []
