@@ -155,12 +155,14 @@ def launch(db_url: str, workspace_root: str, export_id: str, gpu_fraction: float
 
 
 def recover_exports(app) -> None:
-    """At start-up: an export cut off mid-run failed; queued ones go back in the queue, in order."""
-    settings = app.state.settings
+    """At start-up: an export cut off mid-run failed and its partial files are removed; queued ones
+    go back in the queue, in order."""
+    settings, workspace = app.state.settings, app.state.workspace
     with session_scope(settings.db_url) as s:
         for export in s.scalars(select(Export).where(Export.status == "running")):
             export.status, export.finished_at = "failed", utcnow()
             export.error = "The server stopped during this export; run it again"
+            shutil.rmtree(workspace.export_dir(export.project_id, export.id), ignore_errors=True)
         queued = list(s.scalars(select(Export.id).where(Export.status == "queued").order_by(Export.created_at)))
     for export_id in queued:
         app.state.runner.submit("export", launch, settings.db_url, str(settings.workspace), export_id,

@@ -279,18 +279,24 @@ def finish_run(db_url: str, experiment_id: str, status: str, error: str | None =
         return {"status": status, "best_metric": exp.best_metric, "error": error}
 
 
-def reap_stale_runs(db_url: str, now=None) -> list[str]:
+def reap_stale_runs(db_url: str, now=None, ray_started_at=None) -> list[str]:
     """Runs whose driver stopped heart-beating died with their process: mark them `interrupted`
-    (resumable from the last checkpoint) and free the slot. Called at start-up and periodically."""
+    (resumable from the last checkpoint) and free the slot. Called at start-up and periodically.
+    With `ray_started_at` (start-up), a run last heard of before the current Ray cluster came up
+    cannot be running in it: it is interrupted at once, without waiting for the heartbeat timeout."""
     now = now or utcnow()
     reaped = []
     with session_scope(db_url) as s:
         for exp in s.scalars(select(Experiment).where(Experiment.status.in_(ACTIVE))):
             beat = exp.heartbeat_at
-            if beat is None or now - beat > STALE_AFTER:
-                exp.status, exp.finished_at = "interrupted", now
+            if beat is not None and ray_started_at is not None and beat < ray_started_at:
+                exp.error = "The server restarted during this run, which ended with it; resume to continue"
+            elif beat is None or now - beat > STALE_AFTER:
                 exp.error = "The training process stopped responding (server or job died); resume to continue"
-                reaped.append(exp.id)
+            else:
+                continue
+            exp.status, exp.finished_at = "interrupted", now
+            reaped.append(exp.id)
         for exp_id in reaped:
             s.execute(delete(Lock).where(Lock.name == TRAINING_LOCK, Lock.holder == exp_id))
         # A slot held by a run that is no longer active is stale too.
@@ -363,7 +369,9 @@ def watch_runs(db_url: str, stop, every_s: float = 10.0) -> None:
 
 def recover_runs(app) -> None:
     """At start-up: runs left active by a dead process become `interrupted`; then keep watching."""
+    from appliance.services.recovery import ray_started_at
+
     settings = app.state.settings
-    for exp_id in reap_stale_runs(settings.db_url):
+    for exp_id in reap_stale_runs(settings.db_url, ray_started_at=ray_started_at()):
         log.warning("Experiment %s was cut off by a restart; marked interrupted", exp_id)
     app.state.runner.submit("watch", watch_runs, settings.db_url, app.state.stopping)
