@@ -26,8 +26,6 @@ SECTIONS = [
     ("dataset", "Dataset"), ("split", "Split"), ("training", "Training"),
     ("evaluation", "Evaluation"), ("export", "Export"),
 ]
-# Sections whose page is written; the others say plainly that they are not built yet.
-BUILT: set[str] = {"dataset", "split", "training", "evaluation", "export"}
 GRID_PAGE = 48  # thumbnails per grid page (a multiple of the 4, 6 and 8 column layouts)
 
 
@@ -93,8 +91,8 @@ def projects_page(request: Request, session: SessionDep):
 def project_section(request: Request, project_id: ProjectId, section: Section, session: SessionDep,
                     settings: SettingsDep):
     project = project_service.get_project(session, project_id)
-    template = f"pages/{section}.html" if section in BUILT else "pages/not_built.html"
-    extra = CONTEXT[section](session, project_id) if section in BUILT and section in CONTEXT else {}
+    template = f"pages/{section}.html"
+    extra = CONTEXT[section](session, project_id) if section in CONTEXT else {}
     if section == "training":
         extra = _training_context(session, project_id, settings)
     return render(request, template, project=project, section=section, sections=SECTIONS, project_id=project_id,

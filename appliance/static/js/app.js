@@ -1,4 +1,6 @@
-// AI Studio page helpers. Plain JS on top of the vendored htmx; no build step.
+// Behaviour of every page (loaded by base.html): the htmx "json-form" extension, error envelopes
+// of htmx requests shown next to their form, and the projects list's Rename button.
+import { api, toast } from "./common.js";
 
 // htmx extension "json-form": send a form as a JSON body typed from its inputs
 // (number inputs → numbers, checkboxes → booleans, multi-selects/`data-list` → arrays, empty optional → omitted).
@@ -40,7 +42,8 @@ document.addEventListener("htmx:responseError", (evt) => {
     const body = JSON.parse(evt.detail.xhr.responseText);
     if (body.error) message = `${body.error.code}: ${body.error.message}`;
   } catch (_) { /* not JSON */ }
-  showError(evt.detail.elt, message);
+  const box = errorBoxFor(evt.detail.elt);
+  if (box) box.textContent = message; else toast(message);
 });
 document.addEventListener("htmx:beforeRequest", (evt) => {
   const box = errorBoxFor(evt.detail.elt);
@@ -52,43 +55,16 @@ function errorBoxFor(elt) {
   return scope ? scope.querySelector(".error") : null;
 }
 
-function showError(elt, message) {
-  const box = errorBoxFor(elt);
-  if (box) { box.textContent = message; return; }
-  toast(message);
-}
-
-function toast(message) {
-  const t = document.createElement("div");
-  t.className = "toast";
-  t.setAttribute("role", "alert");
-  t.textContent = message;
-  document.body.appendChild(t);
-  setTimeout(() => t.remove(), 6000);
-}
-
-// The one fetch helper for pages: JSON (or FormData) in, the envelope's data out; an error
-// envelope is shown in `errorBox` (or a toast) and thrown.
-async function api(method, url, body, errorBox) {
-  if (errorBox) errorBox.textContent = "";
-  const isForm = body instanceof FormData;
-  const res = await fetch(url, {
-    method,
-    headers: body && !isForm ? { "Content-Type": "application/json" } : {},
-    body: isForm ? body : body ? JSON.stringify(body) : undefined,
-  });
-  const data = await res.json().catch(() => ({}));
-  if (!res.ok || data.status === "error") {
-    const msg = data.error ? `${data.error.code}: ${data.error.message}` : `Request failed (${res.status})`;
-    if (errorBox) errorBox.textContent = msg; else toast(msg);
-    throw new Error(msg);
-  }
-  return data.data;
-}
-
-async function renameProject(id, current) {
+// Projects list: Rename (the list is a server-rendered fragment, hence the delegated listener).
+document.addEventListener("click", async (evt) => {
+  const button = evt.target.closest("#project-list button.rename");
+  if (!button) return;
+  const id = button.closest("tr[data-project-id]").dataset.projectId;
+  const current = button.dataset.name;
   const name = prompt("New name", current);
   if (!name || name === current) return;
-  await api("PATCH", `/api/projects/${id}`, { name });
+  try {
+    await api("PATCH", `/api/projects/${id}`, { name });
+  } catch (_) { return; /* shown in a toast */ }
   htmx.ajax("GET", "/api/projects", { target: "#project-list", swap: "innerHTML" });
-}
+});
