@@ -11,9 +11,10 @@ Task = Literal["classification", "detection"]
 
 
 class StrictBody(BaseModel):
-    """Bodies refuse unknown fields so a typo is an error, not silently ignored."""
+    """Bodies refuse unknown fields so a typo is an error, not silently ignored, and take JSON types
+    as they are: `true` is not 1, `"5"` is not 5 (the UI sends typed JSON); NaN and infinity are refused."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True, allow_inf_nan=False)
 
 
 class ProjectCreate(StrictBody):

@@ -62,6 +62,10 @@ def error_response(status_code: int, code: str, message: str, headers: dict | No
 def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":  # loc is ("body", <character offset>): name the body
+            detail = (err.get("ctx") or {}).get("error", "")
+            parts.append(f"body: invalid JSON at character {err['loc'][-1]}" + (f" ({detail})" if detail else ""))
+            continue
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "form")]
         field = ".".join(loc) or "body"
         parts.append(f"{field}: {err.get('msg', 'invalid')}")

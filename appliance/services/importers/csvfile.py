@@ -190,8 +190,17 @@ def _box(cells: list[str], columns: dict[str, int], name: str, line: int) -> tup
         try:
             coords.append(number(value))
         except ValueError:
-            raise InvalidDataset(f"{name} line {line}: {key} {value!r} is not a number") from None
+            what = "a finite number" if _parses_as_float(value) else "a number"  # nan, inf, 1e999
+            raise InvalidDataset(f"{name} line {line}: {key} {value!r} is not {what}") from None
     return tuple(coords)
+
+
+def _parses_as_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _rows(path: Path, name: str) -> list[tuple[int, list[str]]]:

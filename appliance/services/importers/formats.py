@@ -16,7 +16,16 @@ from appliance.core.errors import InvalidDataset, ValidationFailed
 from appliance.services.importers import coco, csvfile, folder, yolo
 from appliance.services.importers.images import UnreadableImage, probe_image
 from appliance.services.importers.model import ImportWarning, ParsedBox, ParsedDataset, ParsedItem
-from appliance.services.importers.sources import RawBox, RawDataset, RawItem, count, preview, rel
+from appliance.services.importers.sources import (
+    RawBox,
+    RawDataset,
+    RawItem,
+    count,
+    is_archive,
+    list_files,
+    preview,
+    rel,
+)
 
 FORMATS = ("folder", "csv", "coco", "yolo")
 TASKS = ("classification", "detection")
@@ -26,6 +35,7 @@ _ACCEPTS = {
     "detection": "COCO JSON, YOLO labels, or a CSV of filename,xmin,ymin,xmax,ymax,label",
 }
 _CLIP_TOLERANCE = 1.0  # pixels; exports round coordinates, so smaller overshoots are clipped silently
+NESTED_ARCHIVE = "an archive inside the dataset; archives are not extracted, so nothing in it was imported"
 
 Progress = Callable[[int, int], None]
 
@@ -44,6 +54,7 @@ def parse_source(root: Path, fmt: str, task: str, *, progress: Progress | None =
         raise InvalidDataset(f"{root.name}: not a folder")
     chosen = detect_format(root)[0] if fmt == "auto" else fmt
     raw = _READERS[chosen].read(root)
+    raw.warnings += [ImportWarning(rel(p, root), NESTED_ARCHIVE) for p in _archives(root)]
     if raw.task != task:
         raise InvalidDataset(
             f"{raw.detected}: that is a {raw.task} dataset, but this is a {task} project, "
@@ -66,8 +77,17 @@ def detect_format(root: Path) -> tuple[str, list[str]]:
         found = {"folder": evidence}
     if not found:
         looked_for = "; ".join(_READERS[fmt].LOOKED_FOR for fmt in ("coco", "yolo", "csv", "folder"))
-        raise InvalidDataset(f"{root.name}: no known dataset layout (looked for {looked_for})")
+        archives = _archives(root)
+        hint = ""
+        if archives:
+            names = preview([rel(p, root) for p in archives], 3)
+            hint = f"; it holds archives ({names}), which are not extracted: unpack them first"
+        raise InvalidDataset(f"{root.name}: no known dataset layout (looked for {looked_for}){hint}")
     return next(iter(found.items()))
+
+
+def _archives(root: Path) -> list[Path]:
+    return [p for p in list_files(root) if is_archive(p.name)]
 
 
 def _validate(root: Path, raw: RawDataset, progress: Progress | None) -> ParsedDataset:

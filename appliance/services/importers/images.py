@@ -3,7 +3,14 @@
 Import speed is dominated by decoding, so each image is read and decoded exactly once:
 `probe_image` hashes the bytes it read and fully decodes them (to catch corrupt files), and
 `store_image` reuses that result and copies the bytes as they are unless EXIF says the image
-must be rotated.
+must be rotated or its colour mode is one the rest of the appliance would misread.
+
+Colour modes: everything downstream (training, evaluation, thumbnails, the exported `predict.py`)
+reads images with Pillow's `convert("RGB")`. That is right for 1, L, LA, P, PA, RGB, RGBA and
+YCbCr, so those are stored as they are. CMYK is converted to RGB once, here, so every consumer
+sees the same pixels. 16-bit greyscale (I;16) would be clipped to white by `convert("RGB")`, so
+it is scaled to 8 bits. 32-bit integer or float images (I, F) and other modes have no meaning
+we can assume: they are refused, naming the mode.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 _DECODERS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF")
 _ORIENTATION_TAG = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}  # orientations that rotate by 90 degrees
+_KEPT_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "YCbCr"})
+_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_CONVERTED_MODES = {"CMYK": "RGB", **dict.fromkeys(_SIXTEEN_BIT, "L")}
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,12 @@ class ImageInfo:
     sha256: str  # of the source bytes: the duplicate-detection key
     format: str  # Pillow's name: JPEG, PNG, ...
     needs_transpose: bool  # EXIF orientation is not "upright"
+    mode: str = "RGB"  # Pillow's colour mode of the source
+
+    @property
+    def needs_rewrite(self) -> bool:
+        """The stored file can't be the source bytes: it must be rotated or converted."""
+        return self.needs_transpose or self.mode in _CONVERTED_MODES
 
 
 class UnreadableImage(InvalidDataset):
@@ -58,21 +74,22 @@ def store_image(src: Path, dst: Path, info: ImageInfo | None = None, move: bool 
     """Write `src` to `dst` upright, atomically, and return its info.
 
     Pass the `info` that `parse_source` already probed to skip decoding a second time. Without
-    rotation the bytes are copied unchanged — or, with `move` (a file we own, e.g. extracted from
-    an upload, on the same filesystem), renamed; a rotated image is re-encoded in its own format,
-    without EXIF. The returned sha256 is always that of the source bytes.
+    rotation or colour conversion the bytes are copied unchanged — or, with `move` (a file we own,
+    e.g. extracted from an upload, on the same filesystem), renamed; otherwise the image is
+    re-encoded in its own format, without EXIF. The returned sha256 is always that of the source
+    bytes.
     """
     src, dst = Path(src), Path(dst)
     data = None
     if info is None:
         data = src.read_bytes()
         info = _probe_bytes(src, data)
-    if move and not info.needs_transpose:
+    if move and not info.needs_rewrite:
         os.replace(src, dst)
         return info
     with _atomic_target(dst) as tmp:
-        if info.needs_transpose:
-            _save_like(_decode_upright(src), tmp, info.format)
+        if info.needs_rewrite:
+            _save_like(_storable(_decode_upright(src)), tmp, info.format)
         elif data is not None:
             tmp.write_bytes(data)
         else:
@@ -98,12 +115,23 @@ def _probe_bytes(path: Path, data: bytes) -> ImageInfo:
             fmt = im.format or "unknown"
             orientation = _orientation(im)
             im.load()
-            width, height = im.size
+            width, height, mode = *im.size, im.mode
     except Exception as exc:  # Pillow raises many exception types on bad input
         raise UnreadableImage(path, str(exc) or type(exc).__name__) from exc
+    if mode not in _KEPT_MODES and mode not in _CONVERTED_MODES:
+        raise UnreadableImage(path, f"unsupported colour mode {mode}; save it as 8-bit RGB or greyscale")
     if orientation in _SWAPS_AXES:
         width, height = height, width
-    return ImageInfo(width, height, sha256, fmt, needs_transpose=orientation in range(2, 9))
+    return ImageInfo(width, height, sha256, fmt, needs_transpose=orientation in range(2, 9), mode=mode)
+
+
+def _storable(im: Image.Image) -> Image.Image:
+    """`im` in a mode every consumer reads correctly with `convert("RGB")` (see the module doc)."""
+    if im.mode in _SIXTEEN_BIT:
+        return im.convert("I").point(lambda v: v / 256).convert("L")  # 0..65535 -> 0..255
+    if im.mode in _CONVERTED_MODES:
+        return im.convert(_CONVERTED_MODES[im.mode])
+    return im
 
 
 def _orientation(im: Image.Image) -> int:

@@ -23,6 +23,10 @@ _SUBSETS = {
 }  # fmt: skip
 
 
+# Archive formats a dataset folder (or an upload) may hold; they are never unpacked.
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".7z", ".rar")
+
+
 @dataclass
 class RawBox:
     x1: float
@@ -60,6 +64,10 @@ def subset_of(name: str) -> str | None:
 
 def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_archive(name: str) -> bool:
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def is_ignored(name: str) -> bool:

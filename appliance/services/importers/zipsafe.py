@@ -16,14 +16,31 @@ import zlib
 from pathlib import Path
 
 from appliance.core.errors import InvalidDataset, PayloadTooLarge
+from appliance.services.importers.sources import is_archive
 
 IGNORED_DIRS = frozenset({"__MACOSX"})  # Finder's resource forks
 IGNORED_FILES = frozenset({".DS_Store", "Thumbs.db"})
-_SUPPORTED = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+_ENCRYPTED = 0x1 | 0x40  # general purpose flag bits: traditional and strong encryption
+_PATCHED = 0x20  # "compressed patched data": PKWARE's delta format, which nothing here can read
 # Small files (label .txt, JSON) legitimately compress far better than images; only members
 # this large are held to max_ratio. The total-size limit bounds everything else.
 _RATIO_FLOOR = 1 << 20
 _CHUNK = 1 << 20
+
+
+def _supported_methods() -> frozenset[int]:
+    """Stored and Deflate always; bzip2 and LZMA only when this Python was built with them."""
+    methods = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
+    for method, module in ((zipfile.ZIP_BZIP2, "bz2"), (zipfile.ZIP_LZMA, "lzma")):
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        methods.add(method)
+    return frozenset(methods)
+
+
+_SUPPORTED = _supported_methods()
 
 
 def check_zip(
@@ -56,7 +73,8 @@ def extract_zip(
         try:
             for info in members:
                 _extract_member(zf, info, dest, name)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:  # e.g. a bad CRC
+        # e.g. a bad CRC, a local header that disagrees with the directory, an unreadable stream
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
             _empty(dest)
             raise InvalidDataset(f"{name}: cannot extract {info.filename} ({exc})") from exc
         except BaseException:
@@ -79,12 +97,18 @@ def _check(
     if len(infos) > max_entries:
         raise InvalidDataset(f"{name}: {len(infos)} entries, more than the {max_entries} allowed")
     members, total, packed = [], 0, 0
+    seen: dict[tuple[str, ...], zipfile.ZipInfo] = {}  # where each member lands, to find clashes
+    folders: dict[tuple[str, ...], zipfile.ZipInfo] = {}
     for info in infos:
         parts = _member_parts(info, name)
         if stat.S_ISLNK(info.external_attr >> 16):
             raise InvalidDataset(f"{name}: entry {info.filename} is a symbolic link")
-        if info.flag_bits & 0x1:
-            raise InvalidDataset(f"{name}: entry {info.filename} is encrypted")
+        if info.flag_bits & _ENCRYPTED:
+            raise InvalidDataset(
+                f"{name}: entry {info.filename} is encrypted; re-create the archive without a password"
+            )
+        if info.flag_bits & _PATCHED:
+            raise InvalidDataset(f"{name}: entry {info.filename} holds patch data, which cannot be extracted")
         if info.compress_type not in _SUPPORTED:
             raise InvalidDataset(
                 f"{name}: entry {info.filename} uses an unsupported compression method "
@@ -98,6 +122,7 @@ def _check(
         total += info.file_size
         packed += info.compress_size
         if parts and not _ignored(parts):
+            _check_clash(info, parts, seen, folders, name)
             members.append(info)
     if total > max_total_bytes:
         raise PayloadTooLarge(
@@ -106,7 +131,44 @@ def _check(
     if total >= _RATIO_FLOOR and total > max_ratio * max(packed, 1):
         ratio = total // max(packed, 1)
         raise InvalidDataset(f"{name}: content expands {ratio}x; refusing a likely ZIP bomb")
+    files = [info for info in members if not info.is_dir()]
+    if files and all(is_archive(info.filename) for info in files):
+        listed = ", ".join(info.filename for info in files[:3]) + (", …" if len(files) > 3 else "")
+        raise InvalidDataset(
+            f"{name}: holds only archives ({listed}); archives inside the upload are not extracted, "
+            "so upload one ZIP of the dataset folder"
+        )
     return members
+
+
+def _check_clash(info: zipfile.ZipInfo, parts: tuple[str, ...], seen: dict, folders: dict, name: str) -> None:
+    """Refuse two members that land on the same path (a duplicate name, also once `\\`, `//` and
+    `./` are normalised) and a file where another member needs a folder: tools disagree on which
+    member such an archive means, so it is refused rather than guessed.
+
+    `seen`: path -> the first member there; `folders`: path -> a member that needs it as a folder.
+    """
+    earlier = seen.get(parts)
+    if earlier is not None and not (earlier.is_dir() and info.is_dir()):
+        if earlier.is_dir() == info.is_dir():
+            also = "" if earlier.filename == info.filename else f" (also as {earlier.filename})"
+            raise InvalidDataset(f"{name}: entry {info.filename} appears twice{also}; re-create the archive")
+        raise _file_and_folder(name, info, earlier)
+    if not info.is_dir() and parts in folders:
+        raise _file_and_folder(name, info, folders[parts])
+    for depth in range(1, len(parts)):
+        above = seen.get(parts[:depth])
+        if above is not None and not above.is_dir():
+            raise _file_and_folder(name, info, above)
+        folders.setdefault(parts[:depth], info)
+    seen.setdefault(parts, info)
+
+
+def _file_and_folder(name: str, info: zipfile.ZipInfo, other: zipfile.ZipInfo) -> InvalidDataset:
+    return InvalidDataset(
+        f"{name}: entries {other.filename} and {info.filename} need the same path as a file and as a folder; "
+        "re-create the archive"
+    )
 
 
 def _member_parts(info: zipfile.ZipInfo, name: str) -> tuple[str, ...]:
