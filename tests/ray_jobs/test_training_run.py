@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from tests.ray_jobs.gates import Gates
 from tests.workflows import create_experiment, experiment, project_with_split, read_sse, wait_experiment, wait_for
 
 pytestmark = pytest.mark.ray
@@ -55,15 +57,19 @@ def test_run_streams_one_epoch_event_per_epoch_then_complete(server, dataset):
 def test_stop_keeps_checkpoint_then_resume_and_extend(server, dataset):
     pid, sid = dataset
     eid = create_experiment(server.http, pid, sid, epochs=4, name="stoppable")
-    assert server.http.post("/api/training/run", json={"project_id": pid, "experiment_id": eid}).status_code == 202
-    read_sse(server.http, f"/api/training/{pid}/experiments/{eid}/stream", until="epoch_end")
-    r = server.http.post(f"/api/training/{pid}/experiments/{eid}/stop")
-    assert r.status_code == 200, r.text
+    gates = Gates(eid).close("epoch:2")
+    try:
+        assert server.http.post("/api/training/run", json={"project_id": pid, "experiment_id": eid}).status_code == 202
+        gates.wait_arrival("epoch:2")  # held before epoch 2: a stop now is honoured at the end of epoch 2
+        r = server.http.post(f"/api/training/{pid}/experiments/{eid}/stop")
+        assert r.status_code == 200, r.text
+    finally:
+        gates.open()
     exp = wait_experiment(server.http, pid, eid)
-    assert exp["status"] == "stopped" and 1 <= exp["epochs_done"] < 4
+    assert (exp["status"], exp["epochs_done"], [h["epoch"] for h in exp["history"]]) == ("stopped", 2, [1, 2])
     last = server.settings.workspace / "projects" / pid / "experiments" / eid / "weights" / "last.ckpt"
-    assert last.is_file()
-    stopped_at = exp["epochs_done"]
+    steps = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert steps > 0 and steps % 2 == 0  # two whole epochs of steps
 
     r = server.http.post("/api/training/run", json={"project_id": pid, "experiment_id": eid, "resume": True})
     assert r.status_code == 202, r.text
@@ -71,12 +77,14 @@ def test_stop_keeps_checkpoint_then_resume_and_extend(server, dataset):
     assert exp["status"] == "completed" and exp["epochs_done"] == 4
     assert [h["epoch"] for h in exp["history"]] == [1, 2, 3, 4]
     assert "resuming" in server.http.get(f"/api/training/{pid}/experiments/{eid}/logs").text
-    assert stopped_at < 4
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == steps * 2  # continued, not restarted
 
     r = server.http.post("/api/training/run", json={"project_id": pid, "experiment_id": eid, "resume": True, "epochs": 5})
     assert r.status_code == 202, r.text
     exp = wait_experiment(server.http, pid, eid)
     assert exp["status"] == "completed" and exp["epochs_done"] == 5 and exp["epochs"] == 5
+    assert [h["epoch"] for h in exp["history"]] == [1, 2, 3, 4, 5]
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == steps // 2 * 5
 
 
 def test_ray_job_submit_runs_the_same_entrypoint(server, dataset):
