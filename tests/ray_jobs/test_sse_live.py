@@ -69,8 +69,8 @@ def test_reconnect_mid_run_gets_every_epoch_exactly_once_and_keepalives_while_qu
         gates.open()
 
     assert second[0][:2] == ("status", {"status": "running"})  # it reconnected mid-run
-    epochs = [(kind_data[1]["epoch"], kind_data[2], beats) for kind_data in second if kind_data[0] == "epoch_end"]
-    assert [(e, i) for e, i, _ in epochs] == [(2, "2"), (3, "3")]  # 1 came on the first connection
+    epochs = [(data["epoch"], event_id, beats) for kind, data, event_id, beats in second if kind == "epoch_end"]
+    assert [(epoch, event_id) for epoch, event_id, _ in epochs] == [(2, "2"), (3, "3")]  # 1 came on the first connection
     assert epochs[0][2] == 0 and epochs[1][2] >= 2  # epoch 2 from history at once; 3 only after the quiet spell
     assert keepalives >= 2
     exp = wait_experiment(server.http, pid, eid)

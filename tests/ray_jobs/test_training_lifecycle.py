@@ -122,7 +122,8 @@ def test_every_refused_run_request_names_the_problem(server, dataset):
     pid, sid = dataset
     eid = create_experiment(server.http, pid, sid, epochs=1, name="refusals")
     other = create_experiment(server.http, pid, sid, epochs=1, name="refusals-other")
-    other_project = server.http.post("/api/projects", json={"name": "elsewhere", "task": "classification"}).json()["data"]["id"]
+    r = server.http.post("/api/projects", json={"name": "elsewhere", "task": "classification"})
+    other_project = r.json()["data"]["id"]
 
     # Before any run.
     refused(run(server.http, pid, eid, resume=True), 422, "VALIDATION_ERROR", "resume", eid, "never run")
@@ -131,7 +132,8 @@ def test_every_refused_run_request_names_the_problem(server, dataset):
     refused(run(server.http, pid, "exp-../../x"), 404, "NOT_FOUND", "exp-../../x")
     refused(run(server.http, other_project, eid), 404, "NOT_FOUND", f"Experiment {eid} not found")
     refused(run(server.http, "proj-000000000000", eid), 404, "NOT_FOUND", "Project proj-000000000000 not found")
-    refused(server.http.post(f"/api/training/{pid}/experiments/{eid}/stop"), 409, "CONFLICT", eid, "is created, not training")
+    stop = f"/api/training/{pid}/experiments/{eid}/stop"
+    refused(server.http.post(stop), 409, "CONFLICT", eid, "is created, not training")
     refused(server.http.post(f"/api/training/{other_project}/experiments/{eid}/stop"), 404, "NOT_FOUND", eid)
     bad_bodies = [
         ({"project_id": pid}, "experiment_id: Field required"),
@@ -156,8 +158,9 @@ def test_every_refused_run_request_names_the_problem(server, dataset):
         refused(run(server.http, pid, eid), 409, "CONFLICT", f"Experiment {eid} is already queued")
         refused(run(server.http, pid, eid, resume=True), 409, "CONFLICT", f"Experiment {eid} is already queued")
         refused(run(server.http, pid, other), 409, "CONFLICT", ALREADY_TRAINING)
-        refused(server.http.delete(f"/api/training/{pid}/experiments/{eid}"), 409, "CONFLICT", eid, "stop it before deleting")
-        assert server.http.post(f"/api/training/{pid}/experiments/{eid}/stop").status_code == 200
+        r = server.http.delete(f"/api/training/{pid}/experiments/{eid}")
+        refused(r, 409, "CONFLICT", eid, "stop it before deleting")
+        assert server.http.post(stop).status_code == 200
     finally:
         gates.open()
     assert wait_experiment(server.http, pid, eid)["status"] == "stopped"
