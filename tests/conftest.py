@@ -61,6 +61,9 @@ def server(tmp_path_factory):
     settings = Settings(
         workspace=root / "ws", import_roots=[root / "imports"], port=free_port(),
         ray_dashboard_port=free_port(), api_token=None,
+        # Test hooks: runs wait at gates a test closes (tests/ray_jobs/gates.py); quiet streams
+        # send a keep-alive every second, so a test sees one without waiting long.
+        training_gates=True, sse_keepalive_s=1.0,
     )
     url = start_appliance(settings)
     with httpx.Client(base_url=url, timeout=60) as http:

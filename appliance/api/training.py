@@ -20,7 +20,6 @@ from appliance.web import render, wants_fragment
 
 router = APIRouter(prefix="/api/training", tags=["training"])
 POLL_S = 0.1
-HEARTBEAT_S = 10.0
 DB_CHECK_S = 2.0
 
 
@@ -72,8 +71,8 @@ def run(body: RunRequest, session: SessionDep, settings: SettingsDep, runner: Ru
 
     from ray_jobs.events import get_event_bus
 
-    exp = service.request_run(session, body)
-    ray.get(get_event_bus().reset.remote(exp.id))
+    bus = get_event_bus()
+    exp = service.request_run(session, body, reset_events=lambda run_id: ray.get(bus.reset.remote(run_id)))
     runner.submit("training", service.launch, settings.db_url, body.project_id, exp.id, body.resume)
     return JSONResponse(ok(service.experiment_public(session, exp)).model_dump(mode="json"), status_code=202)
 
@@ -103,6 +102,7 @@ async def stream(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ):
     """SSE: `status`, `epoch_end` (id = epoch), `log`, `complete`. History first; honours Last-Event-ID."""
+    keepalive_s = request.app.state.settings.sse_keepalive_s
     sessions = request.app.state.sessions
     with sessions() as session:  # validate before the first yield: errors are envelopes, not empty 200s
         service.get_experiment(session, project_id, experiment_id)
@@ -111,7 +111,8 @@ async def stream(
     from ray_jobs.events import get_event_bus
 
     bus = get_event_bus()
-    sent = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    # Our ids are epoch numbers; any other id (`abc`, `-1`, `²`) is ignored: the whole history is sent.
+    sent = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else 0
 
     def snapshot() -> tuple[str, list[dict], dict]:
         with sessions() as session:
@@ -132,7 +133,8 @@ async def stream(
             return
         cursor, last_beat, last_db = 0, time.monotonic(), time.monotonic()
         while not await request.is_disconnected():
-            for ev in await bus.events_after.remote(experiment_id, cursor):
+            batch = await bus.events_after.remote(experiment_id, cursor)
+            for ev in batch:
                 cursor = ev["seq"]
                 data = ev["data"]
                 if ev["type"] == "epoch_end":
@@ -146,7 +148,9 @@ async def stream(
                     yield _sse(ev["type"], data)
             else:
                 now = time.monotonic()
-                if now - last_beat > HEARTBEAT_S:
+                if batch:
+                    last_beat = now
+                elif now - last_beat > keepalive_s:  # quiet for a while: proxies may cut an idle stream
                     last_beat = now
                     yield ": keep-alive\n\n"
                 if now - last_db <= DB_CHECK_S:

@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     weights_dir: Path | None = Field(
         default=None, description="Pretrained weights cache. Default: `<workspace>/weights`."
     )
+    sse_keepalive_s: float = Field(
+        default=10.0, gt=0, le=300,
+        description="Seconds of quiet after which a live training stream sends a `: keep-alive` comment.",
+    )
+    training_gates: bool = Field(
+        default=False,
+        description="Test hook, off in production: a run reports where it is and waits at gates a test closes "
+        "on the event bus — before it starts and at the start of each epoch (`ray_jobs/events.py`).",
+    )
 
     @field_validator("import_roots", mode="before")
     @classmethod
@@ -96,4 +105,5 @@ def job_config(settings: Settings) -> dict:
         "weights_dir": str(settings.weights_cache),
         "train_gpu_fraction": settings.train_gpu_fraction,
         "eval_gpu_fraction": settings.eval_gpu_fraction,
+        "training_gates": settings.training_gates,
     }

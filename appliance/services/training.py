@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -180,8 +181,10 @@ def release_slot(session: Session, experiment_id: str) -> None:
     session.commit()
 
 
-def request_run(session: Session, body: RunRequest) -> Experiment:
-    """Check the request, take the slot and queue the experiment (the launch happens after)."""
+def request_run(session: Session, body: RunRequest, reset_events: Callable[[str], None] | None = None) -> Experiment:
+    """Check the request, take the slot and queue the experiment (the launch happens after).
+    `reset_events(id)` forgets the previous attempt's events and stop request; it runs before the
+    run shows as `queued`, so a stop asked for the queued run is never wiped by it."""
     exp = get_experiment(session, body.project_id, body.experiment_id)
     if exp.status in ACTIVE:
         raise Conflict(ALREADY_TRAINING if exp.status == "running" else f"Experiment {exp.id} is already queued")
@@ -197,6 +200,8 @@ def request_run(session: Session, body: RunRequest) -> Experiment:
         raise ValidationFailed("epochs: only with resume=true (to extend a run); edit a new experiment instead")
     acquire_slot(session, exp.id)
     try:
+        if reset_events is not None:
+            reset_events(exp.id)
         if body.epochs is not None:
             exp.params = {**exp.params, "epochs": body.epochs}
         exp.status, exp.error, exp.heartbeat_at = "queued", None, utcnow()
