@@ -6,8 +6,8 @@ import logging
 import time
 import urllib.request
 
-from appliance.core.config import Settings
-from appliance.core.paths import Workspace
+from appliance.config import Settings
+from appliance.store.paths import Workspace
 
 log = logging.getLogger("aistudio")
 APP_NAME = "aistudio"

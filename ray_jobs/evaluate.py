@@ -55,7 +55,7 @@ def compute_results(task: str, class_names: list[str], samples: list[dict], pred
 
 @ray.remote(max_retries=0)
 def evaluation_task(db_url: str, workspace_root: str, evaluation_id: str, gpu_fraction: float) -> str:
-    from appliance.core.paths import Workspace
+    from appliance.store.paths import Workspace
     from appliance.services import evaluation as svc
 
     try:
@@ -96,8 +96,8 @@ def main(
     checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
 ) -> None:
     """Evaluate an experiment of a running AI Studio on this Ray cluster."""
-    from appliance.core.db import session_factory
-    from appliance.core.paths import Workspace
+    from appliance.store.db import session_factory
+    from appliance.store.paths import Workspace
     from appliance.services import evaluation as svc
     from ray_jobs.events import appliance_settings
 

@@ -60,9 +60,9 @@ def _metric(task: str, runner, samples: list[dict], preprocess: dict, class_name
 def export_task(db_url: str, workspace_root: str, export_id: str) -> str:
     import torch
 
-    from appliance.core.db import session_scope
-    from appliance.core.models import Experiment, Export
-    from appliance.core.paths import Workspace
+    from appliance.store.db import session_scope
+    from appliance.store.tables import Experiment, Export
+    from appliance.store.paths import Workspace
     from appliance.services import export as svc
     from appliance.services.evaluation import checkpoint_path
     from appliance.services.training import load_run_inputs, subset_samples
@@ -138,8 +138,8 @@ def main(
     precision: Annotated[str, typer.Option(help="fp32, or fp16 for tensorrt")] = "fp32",
 ) -> None:
     """Export an experiment of a running AI Studio on this Ray cluster."""
-    from appliance.core.db import session_factory
-    from appliance.core.paths import Workspace
+    from appliance.store.db import session_factory
+    from appliance.store.paths import Workspace
     from appliance.services import export as svc
     from ray_jobs.events import appliance_settings
 

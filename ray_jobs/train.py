@@ -151,9 +151,9 @@ def run_training(project_id: str, experiment_id: str, resume: bool = False) -> d
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from appliance.core.db import session_scope
-    from appliance.core.models import Experiment
-    from appliance.core.paths import Workspace
+    from appliance.store.db import session_scope
+    from appliance.store.tables import Experiment
+    from appliance.store.paths import Workspace
     from appliance.services import training as svc
 
     settings = appliance_settings()

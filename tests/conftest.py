@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-from appliance.core.config import Settings  # noqa: E402
+from appliance.config import Settings  # noqa: E402
 from appliance.main import create_app  # noqa: E402
 
 

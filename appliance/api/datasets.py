@@ -8,8 +8,8 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import Field
 
-from appliance.api.deps import LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
-from appliance.core.envelope import Envelope, Page, ok
+from appliance.http.deps import LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
+from appliance.http.envelope import Envelope, Page, ok
 from appliance.schemas import StrictBody
 from appliance.services import datasets as service
 from appliance.web import render, wants_fragment

@@ -10,10 +10,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 
-from appliance.api.deps import LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
-from appliance.core.envelope import Envelope, Page, ok
-from appliance.core.errors import InvalidDataset, PayloadTooLarge, Unavailable, ValidationFailed
-from appliance.core.ray_runtime import ray_is_up
+from appliance.http.deps import LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
+from appliance.http.envelope import Envelope, Page, ok
+from appliance.store.errors import InvalidDataset, PayloadTooLarge, Unavailable, ValidationFailed
+from appliance.services.ray_runtime import ray_is_up
 from appliance.services import evaluation as service
 from appliance.services.datasets import get_image
 from appliance.services.evaluation import EvaluationRun
@@ -56,7 +56,7 @@ def predict(
     """Try one image (an upload or a dataset image) with an experiment, through the evaluation's inference code."""
     import ray
 
-    from appliance.services.importers import UnreadableImage, probe_image
+    from appliance.importers import UnreadableImage, probe_image
     from ray_jobs.evaluate import predict_task, task_resources
 
     exp, ckpt = service.trained_checkpoint(session, workspace, project_id, experiment_id, checkpoint)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from appliance.api.deps import ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
-from appliance.core.envelope import Envelope, ok
-from appliance.core.errors import Unavailable
-from appliance.core.ray_runtime import ray_is_up
+from appliance.http.deps import ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
+from appliance.http.envelope import Envelope, ok
+from appliance.store.errors import Unavailable
+from appliance.services.ray_runtime import ray_is_up
 from appliance.services import export as service
 from appliance.services.export import ExportRun
 from appliance.web import render, wants_fragment

@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse
 
-from appliance.api.deps import ProjectId, SessionDep, SettingsDep
-from appliance.core.auth import COOKIE_NAME
+from appliance.http.deps import ProjectId, SessionDep, SettingsDep
+from appliance.http.auth import COOKIE_NAME
 from appliance.services import datasets as dataset_service
 from appliance.services import evaluation as evaluation_service
 from appliance.services import export as export_service

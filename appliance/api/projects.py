@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from appliance.api.deps import LimitQ, OffsetQ, ProjectId, SessionDep, WorkspaceDep
-from appliance.core.envelope import Envelope, Page, ok
+from appliance.http.deps import LimitQ, OffsetQ, ProjectId, SessionDep, WorkspaceDep
+from appliance.http.envelope import Envelope, Page, ok
 from appliance.schemas import ProjectCreate, ProjectPublic, ProjectUpdate
 from appliance.services import projects as service
 from appliance.web import render, wants_fragment

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from appliance.api.deps import ProjectId, SessionDep
-from appliance.core.envelope import Envelope, ok
+from appliance.http.deps import ProjectId, SessionDep
+from appliance.http.envelope import Envelope, ok
 from appliance.services import splits as service
 from appliance.services.projects import get_project
 from appliance.services.splits import SplitCreate

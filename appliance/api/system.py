@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from appliance.api.deps import SessionDep, WorkspaceDep
-from appliance.core.envelope import Envelope, ok
+from appliance.http.deps import SessionDep, WorkspaceDep
+from appliance.http.envelope import Envelope, ok
 from appliance.services import system as service
 from appliance.web import render, wants_fragment
 

@@ -10,10 +10,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from appliance.api.deps import ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
-from appliance.core.envelope import Envelope, ok
-from appliance.core.errors import Unavailable
-from appliance.core.ray_runtime import ray_is_up
+from appliance.http.deps import ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
+from appliance.http.envelope import Envelope, ok
+from appliance.store.errors import Unavailable
+from appliance.services.ray_runtime import ray_is_up
 from appliance.services import training as service
 from appliance.services.training import ExperimentCreate, RunRequest
 from appliance.web import render, wants_fragment

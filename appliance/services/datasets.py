@@ -19,15 +19,15 @@ from pathlib import Path
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from appliance.core.config import Settings
-from appliance.core.db import session_scope
-from appliance.core.errors import (
+from appliance.config import Settings
+from appliance.store.db import session_scope
+from appliance.store.errors import (
     AppError, Conflict, ForbiddenPath, InvalidDataset, NotFound, PayloadTooLarge, ValidationFailed,
 )
-from appliance.core.ids import new_id
-from appliance.core.models import Box, Image, ImportJob, Project, SplitAssignment, utcnow
-from appliance.core.paths import Workspace, is_within, safe_join
-from appliance.services.importers import check_zip, extract_zip, make_thumbnail, parse_source, store_image
+from appliance.store.ids import new_id
+from appliance.store.tables import Box, Image, ImportJob, Project, SplitAssignment, utcnow
+from appliance.store.paths import Workspace, is_within, safe_join
+from appliance.importers import check_zip, extract_zip, make_thumbnail, parse_source, store_image
 from appliance.services.projects import get_owned, get_project
 
 log = logging.getLogger("aistudio.datasets")

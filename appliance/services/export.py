@@ -16,12 +16,12 @@ from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from appliance.core.db import session_scope
-from appliance.core.errors import Conflict, NotFound, Unavailable, ValidationFailed
-from appliance.core.ids import new_id
-from appliance.core.models import Experiment, Export, utcnow
-from appliance.core.paths import Workspace
-from appliance.core.ray_runtime import cluster_gpus
+from appliance.store.db import session_scope
+from appliance.store.errors import Conflict, NotFound, Unavailable, ValidationFailed
+from appliance.store.ids import new_id
+from appliance.store.tables import Experiment, Export, utcnow
+from appliance.store.paths import Workspace
+from appliance.services.ray_runtime import cluster_gpus
 from appliance.schemas import StrictBody
 from appliance.services.evaluation import trained_checkpoint
 from appliance.services.projects import get_owned, get_project

@@ -11,9 +11,9 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from appliance import __version__
-from appliance.core.models import Evaluation, Experiment, Export, ImportJob, Project
-from appliance.core.paths import Workspace
-from appliance.core.ray_runtime import ray_is_up
+from appliance.store.tables import Evaluation, Experiment, Export, ImportJob, Project
+from appliance.store.paths import Workspace
+from appliance.services.ray_runtime import ray_is_up
 
 
 def health(session: Session, workspace: Workspace) -> dict:

@@ -19,11 +19,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from appliance.core.db import session_scope
-from appliance.core.errors import Conflict, ValidationFailed
-from appliance.core.ids import new_id
-from appliance.core.models import EpochRecord, Experiment, Lock, utcnow
-from appliance.core.paths import Workspace
+from appliance.store.db import session_scope
+from appliance.store.errors import Conflict, ValidationFailed
+from appliance.store.ids import new_id
+from appliance.store.tables import EpochRecord, Experiment, Lock, utcnow
+from appliance.store.paths import Workspace
 from appliance.schemas import StrictBody
 from appliance.services.projects import get_owned, get_project
 from appliance.services.splits import BACKGROUND, get_split, subset_images

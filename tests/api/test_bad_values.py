@@ -39,9 +39,9 @@ from typing import Any
 import pytest
 from fastapi.routing import APIRoute
 
-from appliance.core.config import Settings
-from appliance.core.ids import PREFIXES, new_id
-from appliance.core.paths import Workspace
+from appliance.config import Settings
+from appliance.store.ids import PREFIXES, new_id
+from appliance.store.paths import Workspace
 from appliance.main import create_app
 from tests.fixtures import create_project, import_and_wait, list_all_images, make_classification_folder, zip_dir
 from tests.workflows import create_experiment, wait_for

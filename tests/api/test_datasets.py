@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from appliance.core.config import Settings
+from appliance.config import Settings
 from appliance.main import create_app
 from appliance.services import datasets as service
 from tests.fixtures import (

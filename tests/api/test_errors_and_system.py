@@ -6,7 +6,7 @@ import sqlite3
 
 from fastapi.testclient import TestClient
 
-from appliance.core.db import SCHEMA_VERSION
+from appliance.store.db import SCHEMA_VERSION
 from appliance.main import create_app
 
 

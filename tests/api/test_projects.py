@@ -88,8 +88,8 @@ def test_htmx_gets_fragment(client):
 
 
 def test_delete_refused_while_job_runs(client, settings):
-    from appliance.core.db import session_scope
-    from appliance.core.models import ImportJob
+    from appliance.store.db import session_scope
+    from appliance.store.tables import ImportJob
 
     p = create(client)
     with session_scope(settings.db_url) as s:

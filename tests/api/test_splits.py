@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.core.db import session_scope
-from appliance.core.models import Experiment
+from appliance.store.db import session_scope
+from appliance.store.tables import Experiment
 from tests.fixtures import (
     create_project,
     import_and_wait,

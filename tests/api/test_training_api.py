@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from appliance.core.db import session_scope
-from appliance.core.models import Experiment, Lock, utcnow
+from appliance.store.db import session_scope
+from appliance.store.tables import Experiment, Lock, utcnow
 from appliance.main import create_app
 from tests.workflows import create_experiment, project_with_split
 
@@ -118,8 +118,8 @@ def test_slot_is_atomic(settings, ready, client, interleaving):
     so all of them reach the insert and the database's primary key alone decides."""
     from sqlalchemy import event, select
 
-    from appliance.core.db import session_factory
-    from appliance.core.errors import Conflict
+    from appliance.store.db import session_factory
+    from appliance.store.errors import Conflict
     from appliance.services.training import ALREADY_TRAINING, acquire_slot, release_slot
 
     pid, sid = ready

@@ -25,8 +25,8 @@ from tests.workflows import import_folder, wait_for
 CHILD = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from appliance.core.config import Settings
-    from appliance.core.db import session_factory
+    from appliance.config import Settings
+    from appliance.store.db import session_factory
     from appliance.services import datasets
 
     workspace, import_root, project_id, source, mode = sys.argv[1:]

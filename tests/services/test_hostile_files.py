@@ -30,10 +30,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from appliance.core.errors import InvalidDataset
-from appliance.core.paths import Workspace
-from appliance.services.importers import check_zip, extract_zip, parse_source, zipsafe
-from appliance.services.importers.formats import NESTED_ARCHIVE
+from appliance.store.errors import InvalidDataset
+from appliance.store.paths import Workspace
+from appliance.importers import check_zip, extract_zip, parse_source, zipsafe
+from appliance.importers.formats import NESTED_ARCHIVE
 from tests.fixtures import (
     create_project,
     import_and_wait,
@@ -327,7 +327,7 @@ def test_local_folder_of_archives_only_says_so(client, settings):
 
 
 def test_probe_and_store_every_colour_mode(tmp_path):
-    from appliance.services.importers import probe_image, store_image
+    from appliance.importers import probe_image, store_image
 
     root = modes_folder(tmp_path / "src")
     for rel, (_, stored_mode, rgb) in MODES.items():
@@ -348,7 +348,7 @@ def test_probe_and_store_every_colour_mode(tmp_path):
 
 def test_moved_upload_files_are_still_converted(tmp_path):
     """`move` (an extracted upload) renames the file only when it needs no conversion."""
-    from appliance.services.importers import probe_image, store_image
+    from appliance.importers import probe_image, store_image
 
     src = MODES["cmyk/a.jpg"][0](tmp_path / "a.jpg")
     store_image(src, tmp_path / "out.jpg", probe_image(src), move=True)

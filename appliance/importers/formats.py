@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from appliance.core.errors import InvalidDataset, ValidationFailed
-from appliance.services.importers import coco, csvfile, folder, yolo
-from appliance.services.importers.images import UnreadableImage, probe_image
-from appliance.services.importers.model import ImportWarning, ParsedBox, ParsedDataset, ParsedItem
-from appliance.services.importers.sources import (
+from appliance.store.errors import InvalidDataset, ValidationFailed
+from appliance.importers import coco, csvfile, folder, yolo
+from appliance.importers.images import UnreadableImage, probe_image
+from appliance.importers.parsed import ImportWarning, ParsedBox, ParsedDataset, ParsedItem
+from appliance.importers.sources import (
     RawBox,
     RawDataset,
     RawItem,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from appliance.core.errors import InvalidDataset
+from appliance.store.errors import InvalidDataset
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 # Decoders Pillow may use. Content decides the decoder, not the extension, so without this list

@@ -7,8 +7,8 @@ No database and no web here. The import job is expected to run:
       store_image(item.source, dataset_dir / name, item.info)  # no second decode
 """
 
-from appliance.services.importers.formats import FORMATS, TASKS, detect_format, parse_source
-from appliance.services.importers.images import (
+from appliance.importers.formats import FORMATS, TASKS, detect_format, parse_source
+from appliance.importers.images import (
     IMAGE_EXTENSIONS,
     ImageInfo,
     UnreadableImage,
@@ -16,8 +16,8 @@ from appliance.services.importers.images import (
     probe_image,
     store_image,
 )
-from appliance.services.importers.model import ImportWarning, ParsedBox, ParsedDataset, ParsedItem
-from appliance.services.importers.zipsafe import check_zip, extract_zip
+from appliance.importers.parsed import ImportWarning, ParsedBox, ParsedDataset, ParsedItem
+from appliance.importers.zipsafe import check_zip, extract_zip
 
 __all__ = [
     "FORMATS",

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from appliance.core.errors import InvalidDataset
-from appliance.services.importers.model import ImportWarning
-from appliance.services.importers.sources import (
+from appliance.store.errors import InvalidDataset
+from appliance.importers.parsed import ImportWarning
+from appliance.importers.sources import (
     RawBox,
     RawDataset,
     RawItem,

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.services.importers.images import IMAGE_EXTENSIONS
-from appliance.services.importers.model import ImportWarning
+from appliance.importers.images import IMAGE_EXTENSIONS
+from appliance.importers.parsed import ImportWarning
 
 _SUBSETS = {
     "train": "train", "training": "train",

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.core.errors import InvalidDataset
-from appliance.services.importers.model import ImportWarning
-from appliance.services.importers.sources import (
+from appliance.store.errors import InvalidDataset
+from appliance.importers.parsed import ImportWarning
+from appliance.importers.sources import (
     RawDataset,
     RawItem,
     count,

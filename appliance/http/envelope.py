@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from appliance.core.errors import AppError
+from appliance.store.errors import AppError
 
 log = logging.getLogger("aistudio")
 T = TypeVar("T")

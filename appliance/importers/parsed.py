@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.services.importers.images import ImageInfo
+from appliance.importers.images import ImageInfo
 
 
 @dataclass

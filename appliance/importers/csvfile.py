@@ -17,9 +17,9 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.core.errors import InvalidDataset
-from appliance.services.importers.model import ImportWarning
-from appliance.services.importers.sources import (
+from appliance.store.errors import InvalidDataset
+from appliance.importers.parsed import ImportWarning
+from appliance.importers.sources import (
     RawBox,
     RawDataset,
     RawItem,

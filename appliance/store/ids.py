@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from appliance.core.errors import NotFound
+from appliance.store.errors import NotFound
 
 PREFIXES = {
     "project": "proj",

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, create_engine, event, func, inspect, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.core.models import Base, SchemaVersion
+from appliance.store.tables import Base, SchemaVersion
 
 
 def _create_v1(conn: Connection) -> None:

@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 
-from appliance.core.config import Settings
-from appliance.core.ids import check_id
-from appliance.core.jobs import JobRunner
-from appliance.core.paths import Workspace
+from appliance.config import Settings
+from appliance.store.ids import check_id
+from appliance.services.runner import JobRunner
+from appliance.store.paths import Workspace
 
 
 def _settings(request: Request) -> Settings:

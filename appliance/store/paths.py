@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.core.errors import NotFound
+from appliance.store.errors import NotFound
 
 
 def safe_join(base: Path, *parts: str) -> Path:

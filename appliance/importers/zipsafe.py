@@ -15,8 +15,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from appliance.core.errors import InvalidDataset, PayloadTooLarge
-from appliance.services.importers.sources import is_archive
+from appliance.store.errors import InvalidDataset, PayloadTooLarge
+from appliance.importers.sources import is_archive
 
 IGNORED_DIRS = frozenset({"__MACOSX"})  # Finder's resource forks
 IGNORED_FILES = frozenset({".DS_Store", "Thumbs.db"})

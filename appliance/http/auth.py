@@ -10,7 +10,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse
 
-from appliance.core.envelope import error_response
+from appliance.http.envelope import error_response
 
 COOKIE_NAME = "aistudio_token"
 OPEN_PATHS = ("/api/system/health", "/static/", "/login", "/favicon.ico")
