@@ -21,8 +21,12 @@ import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import httpx
 
 for _name in [n for n in os.environ if n.startswith("AISTUDIO_")] + ["RAY_ADDRESS"]:
     os.environ.pop(_name, None)
