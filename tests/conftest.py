@@ -158,15 +158,9 @@ def no_job_left_active(request):
     assert not left, f"{request.node.nodeid} left jobs active (wait for them or stop them): {left}"
 
 
-def cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
 def pytest_runtest_setup(item):
+    from tests.host import cuda_available
+
     if item.get_closest_marker("gpu") and not cuda_available():
         pytest.skip("needs a CUDA GPU (benchmarks/gpu_check.sh runs these on a GPU host)")
 
