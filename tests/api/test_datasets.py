@@ -165,8 +165,11 @@ def test_auto_detection_reports_the_layout(client, root):
     pid = create_project(client, "detection")
     job = import_and_wait(client, pid, gen.root, fmt="auto")
     assert job["format"] == "auto"
-    assert job["detected"].startswith("Auto-detected COCO: annotations/instances_default.json with 3 images")
-    assert "(red, blue)" in job["detected"]
+    # the report names the layout, the annotation file it read, its image count and classes
+    detected = job["detected"]
+    assert detected.startswith("Auto-detected") and "COCO" in detected
+    assert "annotations/instances_default.json" in detected and "3 images" in detected
+    assert "red" in detected and "blue" in detected
 
 
 def test_auto_detection_failure_says_what_it_looked_for(client, root):
