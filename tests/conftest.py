@@ -95,6 +95,28 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)
 
 
+def _ray_agent_on_any_port() -> None:
+    """Ray's dashboard agent listens on 52365 in every local cluster, so a second test session on
+    the same machine gets an agent without HTTP ("No available agent to submit job"). ray.init
+    has no option for it; its RayParams do, and port 0 makes the agent bind a free port and
+    publish it. Test sessions only: the appliance keeps Ray's default."""
+    import functools
+
+    from ray._private.parameter import RayParams
+
+    if getattr(RayParams.__init__, "_any_agent_port", False):
+        return
+    original = RayParams.__init__
+
+    @functools.wraps(original)
+    def init(self, *args, **kwargs):
+        kwargs.setdefault("dashboard_agent_listen_port", 0)
+        original(self, *args, **kwargs)
+
+    init._any_agent_port = True
+    RayParams.__init__ = init
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     import httpx
@@ -109,6 +131,7 @@ def server(tmp_path_factory):
     # Serve's proxy shares a port with any other SO_REUSEPORT listener (another session's Serve on
     # this machine) unless told not to; then a taken port fails start_appliance and we pick again.
     os.environ["SERVE_SOCKET_REUSE_PORT_ENABLED"] = "0"
+    _ray_agent_on_any_port()
     cwd = os.getcwd()
     os.chdir(root)  # Ray's processes keep the working directory of ray.init: no checkout `.env` there
     try:

@@ -737,7 +737,7 @@ def test_running_import_fragment_polls(client, root, monkeypatch):
     assert wait_import(client, pid, job_id)["status"] == "completed"
 
 
-def raw_get(url: str, path: str) -> tuple[int, bytes]:
+def raw_get(url: str, path: str, token: str) -> tuple[int, bytes]:
     """GET `path` exactly as written (no client-side dot-segment normalization)."""
     import http.client
     from urllib.parse import urlsplit
@@ -745,7 +745,7 @@ def raw_get(url: str, path: str) -> tuple[int, bytes]:
     host = urlsplit(url)
     conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
@@ -763,7 +763,7 @@ def test_traversal_and_bad_zip_through_serve(server, tmp_path):
     for kind in ("image", "thumbnail"):
         for path in ("../../../../etc/passwd", "..%2F..%2F..%2Faistudio.db", "%2e%2e%2f%2e%2e%2fimages%2f" + name,
                      "%2Fetc%2Fpasswd", "..", f"../images/{name}"):
-            status, body = raw_get(server.url, f"/api/datasets/{pid}/{kind}/{path}")
+            status, body = raw_get(server.url, f"/api/datasets/{pid}/{kind}/{path}", server.token)
             assert status == 404, (kind, path, status, body[:200])
     archive = tmp_path / "slip.zip"
     _zip(archive, [("ds/red/a.jpg", _jpeg()), ("ds/../../evil.jpg", _jpeg())])

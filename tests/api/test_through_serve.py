@@ -47,7 +47,11 @@ def test_ray_processes_run_outside_the_checkout(server):
     the server's temp folder, where no developer `.env` can be read by their Settings()."""
     import ray
 
-    cwd = ray.get(ray.remote(num_cpus=0)(os.getcwd).remote())
+    @ray.remote(num_cpus=0)
+    def working_directory() -> str:
+        return os.getcwd()
+
+    cwd = ray.get(working_directory.remote())
     assert Path(cwd) == server.settings.workspace.parent
     assert not (Path(cwd) / ".env").exists()
 
