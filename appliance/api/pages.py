@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import secrets
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse
 
 from appliance.http.deps import ProjectId, SessionDep, SettingsDep
-from appliance.http.auth import COOKIE_NAME
+from appliance.http.auth import COOKIE_NAME, DEFAULT_NEXT, safe_next
 from appliance.services import datasets as dataset_service
 from appliance.services import evaluation as evaluation_service
 from appliance.services import export as export_service
@@ -26,6 +27,8 @@ SECTIONS = [
     ("dataset", "Dataset"), ("split", "Split"), ("training", "Training"),
     ("evaluation", "Evaluation"), ("export", "Export"),
 ]
+# Sections whose page is written; the others say plainly that they are not built yet.
+BUILT: set[str] = {"dataset", "split", "training", "evaluation", "export"}
 GRID_PAGE = 48  # thumbnails per grid page (a multiple of the 4, 6 and 8 column layouts)
 
 
@@ -91,8 +94,8 @@ def projects_page(request: Request, session: SessionDep):
 def project_section(request: Request, project_id: ProjectId, section: Section, session: SessionDep,
                     settings: SettingsDep):
     project = project_service.get_project(session, project_id)
-    template = f"pages/{section}.html"
-    extra = CONTEXT[section](session, project_id) if section in CONTEXT else {}
+    template = f"pages/{section}.html" if section in BUILT else "pages/not_built.html"
+    extra = CONTEXT[section](session, project_id) if section in BUILT and section in CONTEXT else {}
     if section == "training":
         extra = _training_context(session, project_id, settings)
     return render(request, template, project=project, section=section, sections=SECTIONS, project_id=project_id,
@@ -100,15 +103,15 @@ def project_section(request: Request, project_id: ProjectId, section: Section, s
 
 
 @router.get("/login")
-def login_page(request: Request, next: str = "/projects"):
-    return render(request, "pages/login.html", next=next, error=None)
+def login_page(request: Request, next: str = DEFAULT_NEXT):
+    return render(request, "pages/login.html", next=safe_next(next), error=None)
 
 
 @router.post("/login")
-def login(request: Request, settings: SettingsDep, token: Annotated[str, Form()], next: Annotated[str, Form()] = "/projects"):
-    if not settings.api_token or token != settings.api_token:
-        return render(request, "pages/login.html", status_code=401, next=next, error="That token is not valid.")
-    target = next if next.startswith("/") and not next.startswith("//") else "/projects"
-    response = RedirectResponse(target, status_code=303)
+def login(request: Request, settings: SettingsDep, token: Annotated[str, Form()],
+          next: Annotated[str, Form()] = DEFAULT_NEXT):
+    if not settings.api_token or not secrets.compare_digest(token.encode(), settings.api_token.encode()):
+        return render(request, "pages/login.html", status_code=401, next=safe_next(next), error="That token is not valid.")
+    response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(COOKIE_NAME, token, httponly=True, samesite="strict")
     return response

@@ -103,6 +103,6 @@ def active_jobs(session: Session) -> list[dict]:
                 done, total = row.epochs_done, row.params.get("epochs")
             jobs.append({
                 "kind": kind, "id": row.id, "project_id": row.project_id, "status": row.status,
-                "done": done, "total": total, "created_at": row.created_at.isoformat(),
+                "done": done, "total": total, "created_at": row.created_at,
             })
     return sorted(jobs, key=lambda j: j["created_at"])

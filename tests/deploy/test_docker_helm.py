@@ -374,7 +374,7 @@ def test_rayservice_structure(name):
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         assert all(isinstance(v, str) for v in group["rayStartParams"].values())
     assert cluster["rayVersion"] == _pinned("ray")
-    assert spec["upgradeStrategy"]["type"] in {"NewCluster", "None"}
+    assert spec["upgradeStrategy"]["type"] == _values(name)["ray"]["upgradeStrategy"]
 
     # The Serve app: the appliance's builder and its one ingress deployment, pinned to the head.
     serve_source = (REPO / "appliance" / "serve.py").read_text()
