@@ -8,10 +8,12 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
-from fastapi.responses import JSONResponse
 
 from appliance.http.deps import LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
 from appliance.http.envelope import Envelope, Page, ok
+from appliance.schemas import (
+    Deleted, EvalSamplePublic, EvaluationDetailPublic, EvaluationPublic, PredictionPublic,
+)
 from appliance.store.errors import InvalidDataset, PayloadTooLarge, Unavailable, ValidationFailed
 from appliance.services.ray_runtime import ray_is_up
 from appliance.services import evaluation as service
@@ -24,7 +26,7 @@ MAX_TRY_IMAGE_BYTES = 25 * 1024 * 1024
 MIN_DETECTION_SCORE = 0.05
 
 
-@router.get("/{project_id}", response_model=Envelope[list[dict]])
+@router.get("/{project_id}", response_model=Envelope[list[EvaluationPublic]])
 def list_evaluations(request: Request, project_id: ProjectId, session: SessionDep):
     """Evaluations with status, progress and headline metrics."""
     items = service.list_evaluations(session, project_id)
@@ -33,7 +35,7 @@ def list_evaluations(request: Request, project_id: ProjectId, session: SessionDe
     return ok(items)
 
 
-@router.post("/run", status_code=202, response_model=Envelope[dict])
+@router.post("/run", status_code=202, response_model=Envelope[EvaluationDetailPublic])
 def run(body: EvaluationRun, session: SessionDep, settings: SettingsDep, workspace: WorkspaceDep, runner: RunnerDep):
     """Evaluate an experiment's checkpoint on a subset → 202; several may run at once."""
     service.check_request(session, workspace, body)
@@ -42,10 +44,10 @@ def run(body: EvaluationRun, session: SessionDep, settings: SettingsDep, workspa
     evaluation = service.request_evaluation(session, workspace, body)
     runner.submit("evaluation", service.launch, settings.db_url, str(settings.workspace), evaluation.id,
                   settings.eval_gpu_fraction)
-    return JSONResponse(ok(service.evaluation_public(session, evaluation)).model_dump(mode="json"), status_code=202)
+    return ok(service.evaluation_public(session, evaluation))
 
 
-@router.post("/{project_id}/predict", response_model=Envelope[dict])
+@router.post("/{project_id}/predict", response_model=Envelope[PredictionPublic])
 def predict(
     project_id: ProjectId, session: SessionDep, settings: SettingsDep, workspace: WorkspaceDep,
     experiment_id: Annotated[str, Form()],
@@ -95,13 +97,13 @@ def predict(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-@router.get("/{project_id}/{evaluation_id}", response_model=Envelope[dict])
+@router.get("/{project_id}/{evaluation_id}", response_model=Envelope[EvaluationDetailPublic])
 def get_evaluation(project_id: ProjectId, evaluation_id: str, session: SessionDep):
     """Status and metrics: classification (accuracy, top-5, P/R/F1, confusion) or detection (COCO mAPs, PR curves…)."""
     return ok(service.evaluation_public(session, service.get_evaluation(session, project_id, evaluation_id)))
 
 
-@router.get("/{project_id}/{evaluation_id}/samples", response_model=Envelope[Page[dict]])
+@router.get("/{project_id}/{evaluation_id}/samples", response_model=Envelope[Page[EvalSamplePublic]])
 def samples(
     request: Request, project_id: ProjectId, evaluation_id: str, session: SessionDep,
     kind: Literal["errors", "all"] = "errors", label: str | None = None,
@@ -117,7 +119,7 @@ def samples(
     return ok(Page(items=items, total=total, offset=offset, limit=limit))
 
 
-@router.delete("/{project_id}/{evaluation_id}", response_model=Envelope[dict])
+@router.delete("/{project_id}/{evaluation_id}", response_model=Envelope[Deleted])
 def delete_evaluation(project_id: ProjectId, evaluation_id: str, session: SessionDep, workspace: WorkspaceDep):
     """Remove an evaluation and its per-sample results."""
     service.delete_evaluation(session, workspace, project_id, evaluation_id)

@@ -8,10 +8,11 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from appliance.http.deps import ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
 from appliance.http.envelope import Envelope, ok
+from appliance.schemas import Deleted, ExperimentDetailPublic, ExperimentPublic, ModelSpecPublic, StopRequested
 from appliance.store.errors import Unavailable
 from appliance.services.ray_runtime import ray_is_up
 from appliance.services import training as service
@@ -23,13 +24,13 @@ POLL_S = 0.1
 DB_CHECK_S = 2.0
 
 
-@router.get("/models", response_model=Envelope[list[dict]])
+@router.get("/models", response_model=Envelope[list[ModelSpecPublic]])
 def models(task: Literal["classification", "detection"] | None = None):
     """Model catalog: name, task, parameter count, default image size."""
     return ok(service.catalog(task))
 
 
-@router.get("/{project_id}/experiments", response_model=Envelope[list[dict]])
+@router.get("/{project_id}/experiments", response_model=Envelope[list[ExperimentPublic]])
 def list_experiments(request: Request, project_id: ProjectId, session: SessionDep):
     """Experiments with status and best metric."""
     items = service.list_experiments(session, project_id)
@@ -38,7 +39,7 @@ def list_experiments(request: Request, project_id: ProjectId, session: SessionDe
     return ok(items)
 
 
-@router.post("/{project_id}/experiments", status_code=201, response_model=Envelope[dict])
+@router.post("/{project_id}/experiments", status_code=201, response_model=Envelope[ExperimentPublic])
 def create_experiment(request: Request, project_id: ProjectId, body: ExperimentCreate, session: SessionDep,
                       settings: SettingsDep):
     """Create an experiment (hyperparameters checked against the model, split and dataset)."""
@@ -49,20 +50,20 @@ def create_experiment(request: Request, project_id: ProjectId, body: ExperimentC
     return ok(exp)
 
 
-@router.get("/{project_id}/experiments/{experiment_id}", response_model=Envelope[dict])
+@router.get("/{project_id}/experiments/{experiment_id}", response_model=Envelope[ExperimentDetailPublic])
 def get_experiment(project_id: ProjectId, experiment_id: str, session: SessionDep):
     """Record and per-epoch history."""
     return ok(service.experiment_public(session, service.get_experiment(session, project_id, experiment_id), True))
 
 
-@router.delete("/{project_id}/experiments/{experiment_id}", response_model=Envelope[dict])
+@router.delete("/{project_id}/experiments/{experiment_id}", response_model=Envelope[Deleted])
 def delete_experiment(project_id: ProjectId, experiment_id: str, session: SessionDep, workspace: WorkspaceDep):
     """Delete an experiment and its checkpoints; 409 while it trains."""
     service.delete_experiment(session, workspace, project_id, experiment_id)
     return ok({"id": experiment_id, "deleted": True})
 
 
-@router.post("/run", status_code=202, response_model=Envelope[dict])
+@router.post("/run", status_code=202, response_model=Envelope[ExperimentPublic])
 def run(body: RunRequest, session: SessionDep, settings: SettingsDep, runner: RunnerDep):
     """Start (or resume / extend) a run → 202; 409 while another experiment trains."""
     if not ray_is_up():
@@ -74,10 +75,10 @@ def run(body: RunRequest, session: SessionDep, settings: SettingsDep, runner: Ru
     bus = get_event_bus()
     exp = service.request_run(session, body, reset_events=lambda run_id: ray.get(bus.reset.remote(run_id)))
     runner.submit("training", service.launch, settings.db_url, body.project_id, exp.id, body.resume)
-    return JSONResponse(ok(service.experiment_public(session, exp)).model_dump(mode="json"), status_code=202)
+    return ok(service.experiment_public(session, exp))
 
 
-@router.post("/{project_id}/experiments/{experiment_id}/stop", response_model=Envelope[dict])
+@router.post("/{project_id}/experiments/{experiment_id}/stop", response_model=Envelope[StopRequested])
 def stop(project_id: ProjectId, experiment_id: str, session: SessionDep):
     """Ask the run to stop after the current epoch; it keeps its last checkpoint (status `stopped`)."""
     exp = service.request_stop(session, project_id, experiment_id)
@@ -96,7 +97,11 @@ def _sse(kind: str, data: dict, event_id: int | None = None) -> str:
     return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n"
 
 
-@router.get("/{project_id}/experiments/{experiment_id}/stream")
+SSE_DOC = {200: {"description": "Server-sent events (`text/event-stream`); `epoch_end` data is an EpochPublic",
+                 "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
+
+@router.get("/{project_id}/experiments/{experiment_id}/stream", response_class=StreamingResponse, responses=SSE_DOC)
 async def stream(
     request: Request, project_id: ProjectId, experiment_id: str,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
