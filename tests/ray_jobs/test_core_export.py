@@ -11,7 +11,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from ray_jobs.core import exporters as ex
+from ray_jobs.core import export as ex
 
 CLS_PRE = {"image_size": 64, "resize": "stretch", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
            "scale": 1 / 255, "channel_order": "RGB", "layout": "NCHW"}
@@ -237,7 +237,7 @@ def test_onnx_detection_bundle_boxes_in_original_pixels(detector, onnx_det, tmp_
     scale = np.array([w / 320, h / 320, w / 320, h / 320])
     got = {k: np.asarray(pred[k], dtype=np.float64)[:10] for k in ("boxes", "scores", "labels")}
     ref_scaled = {**ref, "boxes": ref["boxes"] * scale}
-    n, box_diffs, score_diffs = ex._match_detection_sets(got, ref_scaled, top_k=10, iou_min=0.9)
+    n, box_diffs, score_diffs = ex.match_detection_sets(got, ref_scaled, top_k=10, iou_min=0.9)
     assert n == 10 and len(box_diffs) == 10
     assert max(box_diffs) < 0.05 and max(score_diffs) < 1e-5
     assert all(b[2] <= w + 0.01 and b[3] <= h + 0.01 for b in pred["boxes"])  # inside the 200x150 image
