@@ -51,7 +51,7 @@ def check_request(session: Session, workspace: Workspace, body: ExportRun) -> No
             "(choose format tensorrt for fp16)"
         )
     if body.format == "tensorrt":
-        from ray_jobs.core.exporters import tensorrt_available
+        from ray_jobs.core.export import tensorrt_available
 
         ready, reason = tensorrt_available()
         if not ready:

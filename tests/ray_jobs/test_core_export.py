@@ -11,7 +11,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from ray_jobs.core import exporters as ex
+from ray_jobs.core import export as ex
 from tests.host import tensorrt_importable, tensorrt_usable
 
 CLS_PRE = {"image_size": 64, "resize": "stretch", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
