@@ -20,6 +20,10 @@ import typer
 BATCH = 16
 GPU_DECODE_WORKERS = 3
 PROGRESS_EVERY_S = 0.5
+# Detections scoring below this are dropped before anything uses them (metrics, stored samples,
+# try-one-image), so the reported mAP can be recomputed from the detections the API returns.
+# (SSDLite proposes boxes down to 0.001; torchvision's other detectors stop at 0.05 themselves.)
+MIN_DETECTION_SCORE = 0.05
 
 
 def task_resources(gpu_fraction: float) -> dict:
@@ -49,8 +53,16 @@ def compute_results(task: str, class_names: list[str], samples: list[dict], pred
         probs = np.array([p["probs"] for p in predictions])
         return classification_metrics(truth, probs, class_names), rank_samples(task, truth, probs, class_names)
     gts = [{"boxes": s["boxes"], "labels": s["labels"]} for s in samples]
-    preds = [{"boxes": p["boxes"], "labels": p["labels"], "scores": p["scores"]} for p in predictions]
-    return detection_metrics(gts, preds, class_names), rank_samples(task, gts, preds, class_names)
+    preds = [confident(p) for p in predictions]
+    return (detection_metrics(gts, preds, class_names),
+            rank_samples(task, gts, preds, class_names, store_min_score=MIN_DETECTION_SCORE))
+
+
+def confident(prediction: dict) -> dict:
+    """A detection result (boxes, labels, scores, maybe class_names) without the detections
+    scoring below MIN_DETECTION_SCORE."""
+    keep = [i for i, score in enumerate(prediction["scores"]) if score >= MIN_DETECTION_SCORE]
+    return {key: [values[i] for i in keep] for key, values in prediction.items()}
 
 
 @ray.remote(max_retries=0)
@@ -80,9 +92,9 @@ def evaluation_task(db_url: str, workspace_root: str, evaluation_id: str, gpu_fr
 
 @ray.remote(max_retries=0)
 def predict_task(checkpoint: str, paths: list[str], gpu_fraction: float) -> list[dict]:
-    """"Try one image": the same inference code the evaluation uses."""
+    """"Try one image": the same inference code the evaluation uses, the same detections kept."""
     _, predictions = predict_samples(checkpoint, [{"path": p} for p in paths], gpu_fraction)
-    return predictions
+    return [confident(p) if "scores" in p else p for p in predictions]
 
 
 cli = typer.Typer(add_completion=False)

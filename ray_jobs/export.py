@@ -31,7 +31,8 @@ def _batch(paths: list[str], preprocess: dict) -> np.ndarray:
 
 def _metric(task: str, runner, samples: list[dict], preprocess: dict, class_names: list[str]) -> float | None:
     """Accuracy (classification) or mAP@.5 (detection) of one runtime on the samples, using
-    exactly the bundle's preprocessing; detection boxes are scaled back to image pixels."""
+    exactly the bundle's preprocessing; detection boxes are scaled back to image pixels and, as
+    in an evaluation, detections scoring below MIN_DETECTION_SCORE are left out."""
     from ray_jobs.core.metrics import detection_metrics
 
     if task == "classification":
@@ -42,6 +43,7 @@ def _metric(task: str, runner, samples: list[dict], preprocess: dict, class_name
             correct += int((np.asarray(logits).argmax(1) == np.array([s["label"] for s in chunk])).sum())
         return correct / len(samples)
     from ray_jobs.core.exporters import preprocess_image
+    from ray_jobs.evaluate import confident
 
     size = preprocess["image_size"]
     preds = []
@@ -49,9 +51,9 @@ def _metric(task: str, runner, samples: list[dict], preprocess: dict, class_name
         x, (w, h) = preprocess_image(s["path"], preprocess)
         det = runner(x)[0]
         scale = np.array([w / size, h / size, w / size, h / size])
-        preds.append({"boxes": (np.asarray(det["boxes"]).reshape(-1, 4) * scale).tolist(),
-                      "labels": np.asarray(det["labels"]).astype(int).tolist(),
-                      "scores": np.asarray(det["scores"]).tolist()})
+        preds.append(confident({"boxes": (np.asarray(det["boxes"]).reshape(-1, 4) * scale).tolist(),
+                                "labels": np.asarray(det["labels"]).astype(int).tolist(),
+                                "scores": np.asarray(det["scores"]).tolist()}))
     gts = [{"boxes": s["boxes"], "labels": s["labels"]} for s in samples]
     return detection_metrics(gts, preds, class_names)["map50"]
 
