@@ -930,7 +930,7 @@ def _readme(task, fmt, class_names, preprocess, info) -> str:
 
 _REQUIREMENTS = {
     "onnx": "pip install numpy pillow onnxruntime",
-    "torchscript": "pip install numpy pillow torch",
+    "torchscript": "pip install numpy pillow torch torchvision  # torchvision: detection models only",
     "tensorrt": "pip install numpy pillow torch tensorrt  # same TensorRT version as in the details above",
 }
 _OUTPUT_DOC = {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run the exported TorchScript model on one image and print the prediction as JSON.
 
-Requirements: numpy, Pillow, torch.
+Requirements: numpy, Pillow, torch (and torchvision for a detection model).
 Usage: python predict.py IMAGE [--top-k 5] [--score-threshold 0.25]
 """
 
@@ -12,6 +12,11 @@ import pathlib
 import numpy as np
 import torch
 from PIL import Image
+
+try:  # registers torchvision's operators (NMS, box IoU), which a detection model's graph calls
+    import torchvision
+except ImportError:  # a classifier needs torch only
+    torchvision = None
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -64,6 +69,8 @@ def main():
     args = parser.parse_args()
 
     labels, spec, meta = load("labels.json"), load("preprocess.json"), load("export.json")
+    if meta["task"] == "detection" and torchvision is None:
+        raise SystemExit("This detection model calls torchvision's operators: pip install torchvision")
     module = torch.jit.load(str(HERE / meta["model_file"]), map_location="cpu").eval()
     x, scale = preprocess(args.image, spec)
     with torch.no_grad():
