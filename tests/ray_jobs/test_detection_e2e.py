@@ -21,7 +21,7 @@ each runtime — comparing two runtimes on that is meaningless. It learns far to
 to fix that by training longer. So the run starts from "pretrained" weights the fixture writes
 into the appliance's weights cache, as a user copies torchvision's files there: a random-init
 SSDLite whose BatchNorm statistics were measured on images of this kind (a separate generated
-set). Its scores then differ from box to box and image to image (`test_scores_are_distinct`
+set). Its scores then differ from box to box and image to image (`test_scores_spread_out`
 checks that first), and the run also covers the pretrained path (load all but the class head,
 frozen backbone BatchNorm). Two epochs do not make an accurate detector, so nothing below
 assumes accuracy: every expected value is recomputed from what the detector actually answered.
@@ -230,24 +230,52 @@ def same_box(a, b) -> bool:
     return iou(a, b) >= 0.99
 
 
-def same_detections(ours: dict, theirs: dict, threshold: float, margin: float = 1e-3) -> list[str]:
-    """Problems found pairing `theirs` (everything it reports scores >= threshold) with `ours`: one
-    to one, same class name, same box (IoU >= 0.99), score within 1e-3. Boxes of ours within
-    `margin` of the threshold may be on either side of it in another runtime, so they may go
-    unpaired."""
-    problems = []
-    candidates = [k for k, s in enumerate(ours["scores"]) if s >= threshold - margin]
-    for j in np.argsort(-np.asarray(theirs["scores"]), kind="stable"):
-        box, name, score = theirs["boxes"][j], theirs["names"][j], theirs["scores"][j]
-        cand = [k for k in candidates if ours["names"][k] == name and same_box(ours["boxes"][k], box)
-                and abs(ours["scores"][k] - score) <= 1e-3]
-        if not cand:
-            problems.append(f"{name} {score:.4f} {box} has no partner")
-            continue
-        candidates.remove(min(cand, key=lambda k: (1 - iou(ours["boxes"][k], box)) + abs(ours["scores"][k] - score)))
-    problems += [f"{ours['names'][k]} {ours['scores'][k]:.4f} {ours['boxes'][k]} is missing"
-                 for k in candidates if ours["scores"][k] >= threshold + margin]
-    return problems
+NMS_IOU = 0.55  # SSDLite's NMS threshold (torchvision's ssdlite320_mobilenet_v3_large)
+
+
+def compare_detections(ours: dict, theirs: dict, threshold: float) -> tuple[int, list[str]]:
+    """Pair two runtimes' detections scoring >= `threshold` one to one (same class name, same box,
+    scores within 1e-3) and return (pairs, differences nothing explains).
+
+    Two runtimes agree on every number to ~1e-6, but a few decisions are made at a threshold and
+    may fall either side in each; a box only one of them lists is explained (and allowed) when:
+    - its score is within 1e-3 of `threshold`;
+    - NMS in the other runtime dropped it for a higher-scoring box of its class that overlaps it
+      at an IoU within 0.01 of the NMS threshold, or for a near-tied twin (score within 1e-4) that
+      overlaps it beyond that;
+    - the box that dropped it in one runtime is itself only in that runtime (a knock-on effect).
+    Anything else (a box moved, rescaled, relabelled or rescored) is a difference."""
+    lists = {
+        "ours": [(b, n, s) for b, n, s in zip(ours["boxes"], ours["names"], ours["scores"]) if s >= threshold - 1e-3],
+        "theirs": [(b, n, s) for b, n, s in zip(theirs["boxes"], theirs["names"], theirs["scores"]) if s >= threshold - 1e-3],
+    }
+    unpaired = {"ours": set(range(len(lists["ours"]))), "theirs": set(range(len(lists["theirs"])))}
+    pairs = 0
+    for j in sorted(unpaired["theirs"], key=lambda j: -lists["theirs"][j][2]):
+        box, name, score = lists["theirs"][j]
+        cand = [k for k in unpaired["ours"] if lists["ours"][k][1] == name and same_box(lists["ours"][k][0], box)
+                and abs(lists["ours"][k][2] - score) <= 1e-3]
+        if cand:
+            unpaired["ours"].remove(min(cand, key=lambda k: (1 - iou(lists["ours"][k][0], box)) + abs(lists["ours"][k][2] - score)))
+            unpaired["theirs"].remove(j)
+            pairs += 1
+
+    def explained(side: str, k: int) -> bool:
+        box, name, score = lists[side][k]
+        if abs(score - threshold) <= 1e-3:
+            return True
+        other = "theirs" if side == "ours" else "ours"
+        for b, n, s in lists[other]:  # what NMS kept instead in the other runtime
+            if n == name and (s >= score - 1e-4 and abs(iou(box, b) - NMS_IOU) <= 0.01
+                              or abs(s - score) <= 1e-4 and iou(box, b) > NMS_IOU - 0.01):
+                return True
+        # knock-on: suppressed in the other runtime by a box that only the other runtime has
+        return any(lists[other][m][1] == name and lists[other][m][2] > score and iou(box, lists[other][m][0]) > NMS_IOU - 0.01
+                   for m in unpaired[other])
+
+    problems = [f"{side}: {lists[side][k][1]} {lists[side][k][2]:.5f} {[round(v, 2) for v in lists[side][k][0]]} has no partner"
+                for side in ("ours", "theirs") for k in sorted(unpaired[side]) if not explained(side, k)]
+    return pairs, problems
 
 
 def predict(http, t: Trained, **kwargs) -> dict:
@@ -281,15 +309,15 @@ def test_metrics_count_exactly_the_detections_the_samples_keep():
     assert metrics["per_class"][0]["ap50"] == pytest.approx(ref["per_class"]["a"]["ap50"], abs=1e-6)
 
 
-def test_scores_are_distinct(server, trained):
-    """The precondition of the runtime comparisons below (see the module docstring): each image's
-    leading boxes have distinct scores, and different images get different answers."""
+def test_scores_spread_out(server, trained):
+    """The precondition of the runtime comparisons below (see the module docstring): scores spread
+    out within each image, and different images get different answers."""
     samples = all_samples(server.http, trained, kind="all")
     assert len(samples) == len(trained.test_images) >= 5
     for s in samples:
-        scores = s["pred"]["scores"][:10]
-        assert len(scores) == 10 and scores == sorted(scores, reverse=True)
-        assert min(a - b for a, b in zip(scores, scores[1:])) > 1e-5, scores
+        scores = s["pred"]["scores"]
+        assert len(scores) > 10 and scores == sorted(scores, reverse=True)
+        assert scores[0] - scores[9] > 0.01, scores[:10]  # not the ~1/3-for-everything of an untrained SSDLite
     assert len({tuple(s["pred"]["boxes"][0]) for s in samples}) == len(samples)
 
 
@@ -308,6 +336,7 @@ def test_metrics_equal_pycocotools_on_the_returned_predictions(server, trained):
         assert (s["width"], s["height"]) == (SIZE, SIZE) and s["num_gt"] == len(boxes)
         preds[s["image_id"]] = s["pred"]
     ref = coco_reference(sorted(trained.test_images), trained.truth, preds, names)
+    assert ref["map50"] > 0  # not a comparison of zeros
     for key in ("map", "map50", "map75"):
         assert m[key] == pytest.approx(ref[key], abs=1e-6), key
     assert [row["name"] for row in m["per_class"]] == names
@@ -384,9 +413,9 @@ def test_try_one_image(server, trained):
     stored = samples[image_id]["pred"]
     assert by_id["class_names"] == [trained.class_names[k] for k in by_id["labels"]]
     assert by_id["scores"] == sorted(by_id["scores"], reverse=True) and min(by_id["scores"]) >= 0.05
-    problems = same_detections({**stored, "names": [trained.class_names[k] for k in stored["labels"]]},
-                               {**by_id, "names": by_id["class_names"]}, threshold=0.05)
-    assert not problems and len(by_id["scores"]) > 10, problems
+    pairs, problems = compare_detections({**stored, "names": [trained.class_names[k] for k in stored["labels"]]},
+                                         {**by_id, "names": by_id["class_names"]}, threshold=0.05)
+    assert not problems and pairs >= 0.9 * len(stored["scores"]) > 10, (pairs, len(stored["scores"]), problems)
 
     # Boxes come back in the pixels of the image sent. `big` is that image stretched to a
     # non-square size; `small` is `big` resized to the model's 64 px exactly as the appliance
@@ -405,7 +434,8 @@ def test_try_one_image(server, trained):
     assert on_big["labels"] == on_small["labels"] and len(on_big["labels"]) > 10
     assert np.allclose(on_big["scores"], on_small["scores"], atol=1e-6, rtol=0)
     assert np.allclose(np.array(on_big["boxes"]), np.array(on_small["boxes"]) * [2, 1.5, 2, 1.5], atol=1e-3, rtol=0)
-    assert all(0 <= x1 < x2 <= 2 * SIZE + 1e-3 and 0 <= y1 < y2 <= 1.5 * SIZE + 1e-3 for x1, y1, x2, y2 in on_big["boxes"])
+    # (SSD clips boxes to the image, so a few may be flat on its edge: x1 == x2 or y1 == y2)
+    assert all(0 <= x1 <= x2 <= 2 * SIZE + 1e-3 and 0 <= y1 <= y2 <= 1.5 * SIZE + 1e-3 for x1, y1, x2, y2 in on_big["boxes"])
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
@@ -439,9 +469,10 @@ def test_exported_bundle_predicts_like_the_appliance(server, trained, fmt, tmp_p
         threshold = json.loads(bundle.read("export.json"))["score_threshold"]
         assert min(printed["scores"], default=threshold) >= threshold
         assert printed["label_names"] == [trained.class_names[k] for k in printed["labels"]]
-        problems = same_detections({"boxes": ours["boxes"], "names": ours["class_names"], "scores": ours["scores"]},
-                                   {"boxes": printed["boxes"], "names": printed["label_names"], "scores": printed["scores"]},
-                                   threshold)
-        assert not problems, (image_id, problems)
-        compared += len(printed["scores"])
+        pairs, problems = compare_detections({"boxes": ours["boxes"], "names": ours["class_names"], "scores": ours["scores"]},
+                                             {"boxes": printed["boxes"], "names": printed["label_names"], "scores": printed["scores"]},
+                                             threshold)
+        # every difference is explained, and they are rare: nearly every box has its twin
+        assert not problems and pairs >= 0.9 * len(printed["scores"]), (image_id, pairs, len(printed["scores"]), problems)
+        compared += pairs
     assert compared >= 10  # boxes were compared, not only counted
