@@ -23,7 +23,6 @@ from appliance.web import render, wants_fragment
 
 router = APIRouter(prefix="/api/evaluation", tags=["evaluation"])
 MAX_TRY_IMAGE_BYTES = 25 * 1024 * 1024
-MIN_DETECTION_SCORE = 0.05
 
 
 @router.get("/{project_id}", response_model=Envelope[list[EvaluationPublic]])
@@ -87,9 +86,6 @@ def predict(
                 raise InvalidDataset(f"file {file.filename}: unreadable image ({exc.reason})") from None
         fraction = settings.eval_gpu_fraction
         result = ray.get(predict_task.options(**task_resources(fraction)).remote(str(ckpt), [str(path)], fraction))[0]
-        if "scores" in result:  # detection: drop the long tail of near-zero candidates
-            keep = [i for i, score in enumerate(result["scores"]) if score >= MIN_DETECTION_SCORE]
-            result = {key: [values[i] for i in keep] for key, values in result.items()}
         width, height = (info.width, info.height) if image_id is None else (image.width, image.height)
         return ok({"experiment_id": experiment_id, "checkpoint": checkpoint, "image_id": image_id,
                    "width": width, "height": height, "classes": exp.class_names, **result})

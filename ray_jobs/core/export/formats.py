@@ -35,7 +35,7 @@ FORMATS: dict[str, ExportFormat] = {
     ),
     "torchscript": ExportFormat(
         "torchscript", torchscript.MODEL_FILE, torchscript.build, torchscript.load_runner,
-        requirements="pip install numpy pillow torch",
+        requirements="pip install numpy pillow torch torchvision  # torchvision: detection models only",
     ),
     "tensorrt": ExportFormat(
         "tensorrt", tensorrt.MODEL_FILE, tensorrt.build, tensorrt.load_runner,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..metrics import box_iou, detection_metrics
+from ..metrics import box_iou, confident, detection_metrics
 from .common import as_tensor, check_task, cpu_eval_copy, preprocess_image, to_numpy_dets
 from .formats import check, load_runner
 
@@ -157,7 +157,8 @@ def sample_batch(paths: list[str], preprocess: dict) -> np.ndarray:
 def runtime_metric(task: str, runner: Callable, samples: list[dict], preprocess: dict,
                    class_names: list[str]) -> float | None:
     """Accuracy (classification) or mAP@.5 (detection) of one runtime on the samples, using
-    exactly the bundle's preprocessing; detection boxes are scaled back to image pixels."""
+    exactly the bundle's preprocessing; detection boxes are scaled back to image pixels and, as
+    in an evaluation, detections scoring below MIN_DETECTION_SCORE are left out."""
     if task == "classification":
         correct = 0
         for start in range(0, len(samples), 32):
@@ -171,9 +172,9 @@ def runtime_metric(task: str, runner: Callable, samples: list[dict], preprocess:
         x, (w, h) = preprocess_image(s["path"], preprocess)
         det = runner(x)[0]
         scale = np.array([w / size, h / size, w / size, h / size])
-        preds.append({"boxes": (np.asarray(det["boxes"]).reshape(-1, 4) * scale).tolist(),
-                      "labels": np.asarray(det["labels"]).astype(int).tolist(),
-                      "scores": np.asarray(det["scores"]).tolist()})
+        preds.append(confident({"boxes": (np.asarray(det["boxes"]).reshape(-1, 4) * scale).tolist(),
+                                "labels": np.asarray(det["labels"]).astype(int).tolist(),
+                                "scores": np.asarray(det["scores"]).tolist()}))
     gts = [{"boxes": s["boxes"], "labels": s["labels"]} for s in samples]
     return detection_metrics(gts, preds, class_names)["map50"]
 
