@@ -120,7 +120,7 @@ def test_slot_is_atomic(settings, ready, client, interleaving):
 
     from appliance.store.db import session_factory
     from appliance.store.errors import Conflict
-    from appliance.services.training import ALREADY_TRAINING, acquire_slot, release_slot
+    from appliance.store.runs import ALREADY_TRAINING, acquire_slot, release_slot
 
     pid, sid = ready
     claimants = 6
