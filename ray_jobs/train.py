@@ -174,7 +174,7 @@ def run_training(experiment_id: str, resume: bool = False) -> dict:
     except BaseException:
         beating.set()
         raise
-    bus.publish.remote(experiment_id, "status", {"status": JobStatus.RUNNING})
+    bus.publish.remote(experiment_id, "status", {"status": JobStatus.RUNNING.value})
 
     status, error = JobStatus.FAILED, None
     try:

@@ -29,21 +29,25 @@ ALREADY_TRAINING = "An experiment is already training"
 
 # ---------------------------------------------------------------- the training slot
 
-def acquire_slot(session: Session, experiment_id: str) -> bool:
-    """Take the one training slot atomically (a row insert), or raise 409. Re-entrant per run:
-    returns False when this run held it already."""
-    holder = session.get(Lock, TRAINING_LOCK)
-    if holder is not None:
-        if holder.holder == experiment_id:
-            return False
-        raise Conflict(ALREADY_TRAINING)
+def acquire_slot(session: Session, experiment_id: str) -> None:
+    """Take the one training slot atomically (a row insert), or raise 409. Re-entrant per run."""
     try:
-        session.add(Lock(name=TRAINING_LOCK, holder=experiment_id))
+        _take_slot(session, experiment_id)
         session.commit()
     except IntegrityError:
         session.rollback()
         raise Conflict(ALREADY_TRAINING) from None
-    return True
+
+
+def _take_slot(session: Session, experiment_id: str) -> None:
+    """The slot row, in the session's transaction (the insert may raise IntegrityError at flush)."""
+    holder = session.get(Lock, TRAINING_LOCK)
+    if holder is not None:
+        if holder.holder == experiment_id:
+            return
+        raise Conflict(ALREADY_TRAINING)
+    session.add(Lock(name=TRAINING_LOCK, holder=experiment_id))
+    session.flush()
 
 
 def release_slot(session: Session, experiment_id: str) -> None:
@@ -52,27 +56,29 @@ def release_slot(session: Session, experiment_id: str) -> None:
 
 
 def claim(session: Session, exp: Experiment, params: dict | None = None, before_queued=None) -> None:
-    """Take the slot and queue the run, or raise 409. The status change is one conditional UPDATE
-    (not active → queued), so of two starts of the same run racing here only one succeeds.
-    `before_queued(id)` runs after the claim is won and before the run shows as `queued` (the
-    event bus forgets the previous attempt there, so a stop asked for the queued run survives)."""
-    took = acquire_slot(session, exp.id)
+    """Queue the run and take the slot in one transaction, or raise 409 and change nothing. The
+    status change is one conditional UPDATE (not active → queued), so of two starts of the same run
+    racing here only one succeeds; the slot's primary key decides between different runs.
+    `before_queued(id)` runs once the claim is won, before the run shows as `queued` (the event bus
+    forgets the previous attempt there, so a stop asked for the queued run survives)."""
+    values = {"status": JobStatus.QUEUED, "error": None, "heartbeat_at": utcnow()}
+    if params is not None:
+        values["params"] = params
     try:
-        values = {"status": JobStatus.QUEUED, "error": None, "heartbeat_at": utcnow()}
-        if params is not None:
-            values["params"] = params
         won = session.execute(
             update(Experiment).where(Experiment.id == exp.id, Experiment.status.not_in(ACTIVE)).values(**values)
         ).rowcount
         if won != 1:
             raise Conflict(f"Experiment {exp.id} is already queued or training")
+        _take_slot(session, exp.id)
         if before_queued is not None:
             before_queued(exp.id)
         session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(ALREADY_TRAINING) from None
     except BaseException:
         session.rollback()
-        if took:
-            release_slot(session, exp.id)
         raise
     session.refresh(exp)
 
@@ -144,14 +150,15 @@ def is_active(db_url: str, experiment_id: str) -> bool:
 
 
 def finish(db_url: str, experiment_id: str, status: JobStatus, error: str | None = None) -> dict:
-    """End the run and free the slot; `{"status", "best_metric", "error"}`."""
+    """End the run and free the slot; `{"status", "best_metric", "error"}` as plain values."""
+    status = JobStatus(status)
     with session_scope(db_url) as s:
         exp = s.get(Experiment, experiment_id)
         if exp is None:
-            return {"status": status, "best_metric": None}
+            return {"status": status.value, "best_metric": None}
         exp.status, exp.error, exp.finished_at = status, error, utcnow()
         release_slot(s, experiment_id)
-        return {"status": status, "best_metric": exp.best_metric, "error": error}
+        return {"status": status.value, "best_metric": exp.best_metric, "error": error}
 
 
 def reap_stale_runs(db_url: str, now: datetime | None = None, ray_started_at: datetime | None = None) -> list[str]:
