@@ -25,12 +25,11 @@ from appliance.store.runs import ALREADY_TRAINING
 from appliance.store.status import ACTIVE, JobStatus
 from appliance.store.tables import EpochRecord, Experiment
 from appliance.schemas import StrictBody
-from ray_jobs.hyperparameters import Hyperparameters
 from appliance.services.projects import get_owned, get_project
 from appliance.services.splits import BACKGROUND, get_split
+from ray_jobs.hyperparameters import Hyperparameters
 
 log = logging.getLogger("aistudio.training")
-
 
 
 class ExperimentCreate(StrictBody, Hyperparameters):
