@@ -17,6 +17,14 @@ from typing import Annotated
 import ray
 import typer
 
+from appliance.store import evaluations
+from appliance.store.db import session_factory
+from appliance.store.paths import Workspace
+from appliance.store.records import get_owned
+from appliance.store.status import JobStatus
+from appliance.store.tables import Experiment
+from ray_jobs.events import appliance_settings
+
 BATCH = 16
 GPU_DECODE_WORKERS = 3
 PROGRESS_EVERY_S = 0.5
@@ -58,27 +66,24 @@ def compute_results(task: str, class_names: list[str], samples: list[dict], pred
 
 @ray.remote(max_retries=0)
 def evaluation_task(db_url: str, workspace_root: str, evaluation_id: str, gpu_fraction: float) -> str:
-    from appliance.store.paths import Workspace
-    from appliance.services import evaluation as svc
-
     try:
-        inputs = svc.evaluation_inputs(db_url, Workspace(Path(workspace_root)), evaluation_id)
+        inputs = evaluations.evaluation_inputs(db_url, Workspace(Path(workspace_root)), evaluation_id)
         samples = inputs["samples"]
-        svc.set_progress(db_url, evaluation_id, 0, len(samples))
+        evaluations.set_progress(db_url, evaluation_id, 0, len(samples))
         last = [0.0]
 
         def progress(done: int, total: int) -> None:
             if time.monotonic() - last[0] > PROGRESS_EVERY_S:
                 last[0] = time.monotonic()
-                svc.set_progress(db_url, evaluation_id, done, total)
+                evaluations.set_progress(db_url, evaluation_id, done, total)
 
         _, predictions = predict_samples(inputs["checkpoint"], samples, gpu_fraction, progress)
         metrics, records = compute_results(inputs["task"], inputs["class_names"], samples, predictions)
-        svc.save_results(db_url, evaluation_id, metrics, records, samples)
-        return "completed"
+        evaluations.save_results(db_url, evaluation_id, metrics, records, samples)
+        return JobStatus.COMPLETED
     except Exception as exc:
-        svc.fail(db_url, evaluation_id, "".join(traceback.format_exception_only(type(exc), exc)).strip())
-        return "failed"
+        evaluations.fail(db_url, evaluation_id, "".join(traceback.format_exception_only(type(exc), exc)).strip())
+        return JobStatus.FAILED
 
 
 @ray.remote(max_retries=0)
@@ -101,20 +106,16 @@ def main(
     checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
 ) -> None:
     """Evaluate an experiment of a running AI Studio on this Ray cluster."""
-    from appliance.store.db import session_factory
-    from appliance.store.paths import Workspace
-    from appliance.services import evaluation as svc
-    from ray_jobs.events import appliance_settings
-
     settings = appliance_settings()
     workspace = Workspace(Path(settings["workspace"]))
     with session_factory(settings["db_url"])() as session:
-        ev = svc.request_evaluation(session, workspace, svc.EvaluationRun(
-            project_id=project, experiment_id=experiment, subset=subset, checkpoint=checkpoint))
+        exp = get_owned(session, Experiment, "experiment", project, experiment)
+        total = evaluations.check(session, workspace, exp, subset, checkpoint)
+        ev = evaluations.queue(session, project, experiment, subset, checkpoint, total)
     fraction = settings["eval_gpu_fraction"]
     status = ray.get(evaluation_task.options(**task_resources(fraction)).remote(settings["db_url"], settings["workspace"], ev.id, fraction))
     typer.echo(f"{ev.id}: {status}")
-    raise typer.Exit(0 if status == "completed" else 1)
+    raise typer.Exit(0 if status == JobStatus.COMPLETED else 1)
 
 
 if __name__ == "__main__":

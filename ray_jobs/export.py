@@ -13,8 +13,36 @@ from typing import Annotated
 import ray
 import typer
 
+from appliance.store import exports
+from appliance.store.db import session_factory
+from appliance.store.errors import Unavailable, ValidationFailed
+from appliance.store.paths import Workspace
+from appliance.store.records import get_owned
+from appliance.store.runs import trained_checkpoint
+from appliance.store.status import JobStatus
+from appliance.store.tables import Experiment
+from ray_jobs.events import appliance_settings
+
 PARITY_IMAGES = 8
 METRIC_MAX_IMAGES = 500
+METRIC_DROP_FLAG = 0.01  # an exported model more than 1 point worse than PyTorch is flagged
+
+
+def check_format(fmt: str, precision: str, cluster_gpus: float) -> None:
+    """The refusals that need no record: fp16 outside TensorRT, TensorRT where no engine can be built."""
+    if precision == "fp16" and fmt != "tensorrt":
+        raise ValidationFailed(
+            "precision: fp16 is a TensorRT build option; ONNX and TorchScript exports are fp32 "
+            "(choose format tensorrt for fp16)"
+        )
+    if fmt == "tensorrt":
+        from ray_jobs.core.export import tensorrt_available
+
+        ready, reason = tensorrt_available()
+        if not ready:
+            raise Unavailable(f"TensorRT export needs an NVIDIA GPU host with TensorRT installed: {reason}")
+        if cluster_gpus <= 0:
+            raise Unavailable("TensorRT export needs a GPU in the Ray cluster; this cluster has none")
 
 
 def task_resources(fmt: str, gpu_fraction: float) -> dict:
@@ -26,26 +54,15 @@ def task_resources(fmt: str, gpu_fraction: float) -> dict:
 def export_task(db_url: str, workspace_root: str, export_id: str) -> str:
     import torch
 
-    from appliance.store.db import session_scope
-    from appliance.store.tables import Experiment, Export
-    from appliance.store.paths import Workspace
-    from appliance.services import export as svc
-    from appliance.services.evaluation import checkpoint_path
-    from appliance.services.training import load_run_inputs, subset_samples
     from ray_jobs.core import export as exporting
     from ray_jobs.core.inference import load_checkpoint
 
     workspace = Workspace(Path(workspace_root))
     try:
-        with session_scope(db_url) as s:
-            export = s.get(Export, export_id)
-            exp = s.get(Experiment, export.experiment_id)
-            fmt, precision, dynamic_batch, opset = export.format, export.precision, export.dynamic_batch, export.opset
-            ckpt = checkpoint_path(workspace, exp, (export.info or {}).get("checkpoint", "best"))
-            train, val = load_run_inputs(s, workspace, exp)
-            test = subset_samples(s, workspace, exp, "test")
-        svc.update(db_url, export_id, status="running", info={"stage": "exporting"})
-        out_dir = workspace.export_dir(exp.project_id, export_id)
+        job = exports.plan(db_url, workspace, export_id)
+        fmt, precision, dynamic_batch, opset = job.format, job.precision, job.dynamic_batch, job.opset
+        ckpt, out_dir, train, val, test = job.checkpoint, job.out_dir, job.train, job.val, job.test
+        exports.update(db_url, export_id, status=JobStatus.RUNNING, info={"stage": "exporting"})
         out_dir.mkdir(parents=True, exist_ok=True)
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
         model, meta = load_checkpoint(ckpt)
@@ -55,7 +72,7 @@ def export_task(db_url: str, workspace_root: str, export_id: str) -> str:
                                                   dynamic_batch=dynamic_batch, opset=opset,
                                                   image_size=meta["image_size"])
 
-        svc.update(db_url, export_id, info={"stage": "verifying"})
+        exports.update(db_url, export_id, info={"stage": "verifying"})
         sample_paths = [s["path"] for s in (val or train)[:PARITY_IMAGES]]
         batch = exporting.sample_batch(sample_paths, preprocess)
         if task == "detection":
@@ -72,20 +89,21 @@ def export_task(db_url: str, workspace_root: str, export_id: str) -> str:
             delta = None if ours is None or theirs is None else theirs - ours
             metric = {"name": "accuracy" if task == "classification" else "mAP@.5", "subset": "test",
                       "images": len(subset), "pytorch": ours, "exported": theirs, "delta": delta,
-                      "flagged": delta is not None and delta < -svc.METRIC_DROP_FLAG}
+                      "flagged": delta is not None and delta < -METRIC_DROP_FLAG}
         summary = {**info, "parity": parity, "latency": latency, "metric_delta": metric}
-        bundle = exporting.write_bundle(out_dir / svc.BUNDLE_NAME, model_file, class_names, preprocess, task, summary, fmt)
-        svc.update(db_url, export_id, status="completed", size_bytes=model_file.stat().st_size,
+        bundle = exporting.write_bundle(out_dir / exports.BUNDLE_NAME, model_file, class_names, preprocess, task, summary, fmt)
+        exports.update(db_url, export_id, status=JobStatus.COMPLETED, size_bytes=model_file.stat().st_size,
                    info={"stage": "done", "export": info, "parity": parity, "latency": latency, "metric": metric,
                          "bundle": bundle})
-        return "completed"
+        return JobStatus.COMPLETED
     except Exception as exc:
-        svc.update(db_url, export_id, status="failed",
+        exports.update(db_url, export_id, status=JobStatus.FAILED,
                    error="".join(traceback.format_exception_only(type(exc), exc)).strip()[-2000:])
-        return "failed"
+        return JobStatus.FAILED
 
 
 cli = typer.Typer(add_completion=False)
+CLI_FORMATS = ("onnx", "torchscript", "tensorrt")
 
 
 @cli.command()
@@ -96,20 +114,19 @@ def main(
     precision: Annotated[str, typer.Option(help="fp32, or fp16 for tensorrt")] = "fp32",
 ) -> None:
     """Export an experiment of a running AI Studio on this Ray cluster."""
-    from appliance.store.db import session_factory
-    from appliance.store.paths import Workspace
-    from appliance.services import export as svc
-    from ray_jobs.events import appliance_settings
-
+    if format not in CLI_FORMATS or precision not in ("fp32", "fp16"):
+        raise typer.BadParameter(f"format is one of {', '.join(CLI_FORMATS)}; precision is fp32 or fp16")
     settings = appliance_settings()
-    body = svc.ExportRun(project_id=project, experiment_id=experiment, format=format, precision=precision)
     with session_factory(settings["db_url"])() as session:
-        svc.check_request(session, Workspace(Path(settings["workspace"])), body)
-        export = svc.request_export(session, body)
+        exp = get_owned(session, Experiment, "experiment", project, experiment)
+        trained_checkpoint(Workspace(Path(settings["workspace"])), exp, "best")
+        check_format(format, precision, ray.cluster_resources().get("GPU", 0))
+        export = exports.queue(session, project, experiment, format, precision, dynamic_batch=True, opset=None,
+                               checkpoint="best")
     status = ray.get(export_task.options(**task_resources(format, settings["eval_gpu_fraction"])).remote(
         settings["db_url"], settings["workspace"], export.id))
     typer.echo(f"{export.id}: {status}")
-    raise typer.Exit(0 if status == "completed" else 1)
+    raise typer.Exit(0 if status == JobStatus.COMPLETED else 1)
 
 
 if __name__ == "__main__":

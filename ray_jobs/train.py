@@ -20,6 +20,12 @@ from typing import Annotated
 import ray
 import typer
 
+from appliance.store import runs
+from appliance.store.db import session_scope
+from appliance.store.paths import Workspace
+from appliance.store.records import get_owned
+from appliance.store.status import JobStatus
+from appliance.store.tables import Experiment
 from ray_jobs.events import appliance_settings, get_event_bus, pass_gate
 
 CHECKPOINTS_KEPT = 2
@@ -33,9 +39,7 @@ class RunReporter:
         self.bus = get_event_bus()
 
     def epoch_end(self, event: dict) -> None:
-        from appliance.services.training import record_epoch
-
-        record_epoch(self.db_url, self.experiment_id, event)
+        runs.record_epoch(self.db_url, self.experiment_id, event)
         self.bus.publish.remote(self.experiment_id, "epoch_end", event)
         self.log(
             f"epoch {event['epoch']}/{event['epochs']}  train_loss {_fmt(event['train_loss'])}  "
@@ -145,17 +149,10 @@ def train_loop_per_worker(cfg: dict) -> None:
         trainer.fit(module, datamodule=datamodule)
 
 
-def run_training(project_id: str, experiment_id: str, resume: bool = False) -> dict:
-    """Drive one run to its end and return `{"status", "best_metric", "error"}`. Never leaves the
-    experiment `running`: every exit path goes through `finish_run`."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from appliance.store.db import session_scope
-    from appliance.store.tables import Experiment
-    from appliance.store.paths import Workspace
-    from appliance.services import training as svc
-
+def run_training(experiment_id: str, resume: bool = False) -> dict:
+    """Drive one claimed run (`appliance.store.runs.claim`) to its end and return `{"status",
+    "best_metric", "error"}`. Never leaves the experiment `running`: every exit path goes through
+    `runs.finish`."""
     settings = appliance_settings()
     bus = get_event_bus()
     gates = bool(settings.get("training_gates"))
@@ -166,73 +163,26 @@ def run_training(project_id: str, experiment_id: str, resume: bool = False) -> d
     try:
         if gates:
             pass_gate(bus, experiment_id, "start")
-        with session_scope(db_url) as s:
-            exp = s.get(Experiment, experiment_id)
-            if exp is None or exp.project_id != project_id:
-                raise SystemExit(f"Experiment {experiment_id} of project {project_id} not found")
-            params, class_names, model = dict(exp.params), list(exp.class_names), exp.model
-            queued = exp.status == "queued"
-            run_dir = svc.run_dir(workspace, exp)
-            log_file = svc.log_path(workspace, exp)
-        if queued and ray.get(bus.stop_requested.remote(experiment_id)):
+        run = runs.plan(db_url, workspace, experiment_id)
+        if run is None:
+            raise SystemExit(f"Experiment {experiment_id} not found")
+        if run.status == JobStatus.QUEUED and ray.get(bus.stop_requested.remote(experiment_id)):
             # Stopped while queued: end before anything is touched (history, checkpoints, log).
-            return _finish(bus, db_url, experiment_id, beating, "stopped", None)
-        # Takes the training slot: a Conflict here (another run trains) leaves this experiment as it was.
-        svc.mark_running(db_url, experiment_id, os.environ.get("RAY_JOB_SUBMISSION_ID") or "ui", resume)
+            return _finish(bus, db_url, experiment_id, beating, JobStatus.STOPPED, None)
+        # Checks the training slot: a Conflict here (another run trains) leaves this experiment as it was.
+        runs.mark_running(db_url, experiment_id, os.environ.get("RAY_JOB_SUBMISSION_ID") or "ui", resume)
     except BaseException:
         beating.set()
         raise
-    ray.get(bus.reset.remote(experiment_id, keep_stop=True))
-    bus.publish.remote(experiment_id, "status", {"status": "running"})
+    bus.publish.remote(experiment_id, "status", {"status": JobStatus.RUNNING.value})
 
-    status, error = "failed", None
+    status, error = JobStatus.FAILED, None
     try:
-        with session_scope(db_url) as s:
-            train_samples, val_samples = svc.load_run_inputs(s, workspace, s.get(Experiment, experiment_id))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        storage = workspace.ray_results_dir
-        if not resume:
-            shutil.rmtree(storage / experiment_id, ignore_errors=True)
-            shutil.rmtree(run_dir / "weights", ignore_errors=True)
-            log_file.unlink(missing_ok=True)
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= settings["train_gpu_fraction"]
-        write_log(str(log_file), f"{'resuming' if resume else 'starting'} {model} for {params['epochs']} epochs on "
-                  f"{'1 GPU' if use_gpu else 'CPU'}: {len(train_samples)} train / {len(val_samples)} val images")
-        config = {
-            k: v for k, v in params.items()
-            if k in ("epochs", "batch_size", "learning_rate", "optimizer", "scheduler", "image_size", "augmentations",
-                     "pretrained", "seed", "early_stopping_patience", "mixed_precision", "class_weighted_loss", "task")
-        }
-        config.update(model=model, num_classes=len(class_names), class_names=class_names,
-                      weights_dir=settings["weights_dir"])
-        last = run_dir / "weights" / "last.ckpt"
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={
-                "config": config, "train_samples": train_samples, "val_samples": val_samples,
-                "experiment_id": experiment_id, "db_url": db_url, "run_dir": str(run_dir),
-                "weights_dir": str(run_dir / "weights"), "log_file": str(log_file), "use_gpu": use_gpu,
-                "resume": resume, "fallback_ckpt": str(last) if last.is_file() else None, "gates": gates,
-            },
-            scaling_config=ScalingConfig(
-                num_workers=1, use_gpu=use_gpu,
-                resources_per_worker={"GPU": settings["train_gpu_fraction"]} if use_gpu else None,
-            ),
-            run_config=RunConfig(
-                name=experiment_id, storage_path=str(storage),
-                checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-            ),
-        )
-        trainer.fit()
-        stopped = ray.get(bus.stop_requested.remote(experiment_id))
-        with session_scope(db_url) as s:
-            finished_all = s.get(Experiment, experiment_id).epochs_done >= params["epochs"]
-        # Early stopping also ends short of the plan: that is a completed run, not a stopped one.
-        status = "stopped" if stopped and not finished_all else "completed"
+        status = _train(settings, bus, workspace, experiment_id, run, resume, gates)
     except BaseException as exc:  # includes KeyboardInterrupt from `ray job stop`
         error = _reason(exc)
-        status = "stopped" if isinstance(exc, KeyboardInterrupt) else "failed"
-        write_log(str(log_file), f"{status}: {error}")
+        status = JobStatus.STOPPED if isinstance(exc, KeyboardInterrupt) else JobStatus.FAILED
+        write_log(str(run.log_file), f"{status}: {error}")
         if not isinstance(exc, Exception):
             raise
     finally:
@@ -240,22 +190,64 @@ def run_training(project_id: str, experiment_id: str, resume: bool = False) -> d
     return outcome
 
 
-def _finish(bus, db_url: str, experiment_id: str, beating: threading.Event, status: str, error: str | None) -> dict:
-    from appliance.services.training import finish_run
+def _train(settings: dict, bus, workspace: Workspace, experiment_id: str, run: runs.RunPlan, resume: bool,
+           gates: bool) -> JobStatus:
+    """Fit on one Train worker; `completed`, or `stopped` when a stop ended it short of the plan."""
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
 
+    from ray_jobs.core.module import TrainConfig
+
+    db_url, run_dir, log_file, params = settings["db_url"], run.run_dir, run.log_file, run.params
+    train_samples, val_samples = runs.run_inputs(db_url, workspace, experiment_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    storage = workspace.ray_results_dir
+    if not resume:
+        shutil.rmtree(storage / experiment_id, ignore_errors=True)
+        shutil.rmtree(run_dir / "weights", ignore_errors=True)
+        log_file.unlink(missing_ok=True)
+    use_gpu = ray.cluster_resources().get("GPU", 0) >= settings["train_gpu_fraction"]
+    write_log(str(log_file), f"{'resuming' if resume else 'starting'} {run.model} for {params['epochs']} epochs on "
+              f"{'1 GPU' if use_gpu else 'CPU'}: {len(train_samples)} train / {len(val_samples)} val images")
+    config = TrainConfig.from_run(run.model, run.class_names, params, weights_dir=settings["weights_dir"]).to_dict()
+    last = run_dir / "weights" / "last.ckpt"
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": config, "train_samples": train_samples, "val_samples": val_samples,
+            "experiment_id": experiment_id, "db_url": db_url, "run_dir": str(run_dir),
+            "weights_dir": str(run_dir / "weights"), "log_file": str(log_file), "use_gpu": use_gpu,
+            "resume": resume, "fallback_ckpt": str(last) if last.is_file() else None, "gates": gates,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=1, use_gpu=use_gpu,
+            resources_per_worker={"GPU": settings["train_gpu_fraction"]} if use_gpu else None,
+        ),
+        run_config=RunConfig(
+            name=experiment_id, storage_path=str(storage),
+            checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+        ),
+    )
+    trainer.fit()
+    stopped = ray.get(bus.stop_requested.remote(experiment_id))
+    finished_all = runs.epochs_done(db_url, experiment_id) >= params["epochs"]
+    # Early stopping also ends short of the plan: that is a completed run, not a stopped one.
+    return JobStatus.STOPPED if stopped and not finished_all else JobStatus.COMPLETED
+
+
+def _finish(bus, db_url: str, experiment_id: str, beating: threading.Event, status: JobStatus,
+            error: str | None) -> dict:
     beating.set()
     bus.clear_stop.remote(experiment_id)
-    outcome = finish_run(db_url, experiment_id, status, error)
+    outcome = runs.finish(db_url, experiment_id, status, error)
     bus.publish.remote(experiment_id, "complete", {k: outcome.get(k) for k in ("status", "best_metric", "error")})
     return outcome
 
 
 def _heartbeat(db_url: str, experiment_id: str, done: threading.Event) -> None:
-    from appliance.services.training import HEARTBEAT_EVERY_S, heartbeat
-
-    while not done.wait(HEARTBEAT_EVERY_S):
+    while not done.wait(runs.HEARTBEAT_EVERY_S):
         try:
-            heartbeat(db_url, experiment_id)
+            runs.heartbeat(db_url, experiment_id)
         except Exception:
             pass
 
@@ -286,9 +278,15 @@ def main(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint")] = False,
 ) -> None:
     """Train an experiment of a running AI Studio on this Ray cluster."""
-    outcome = run_training(project, experiment, resume)
+    settings = appliance_settings()
+    bus = get_event_bus()
+    with session_scope(settings["db_url"]) as session:
+        exp = get_owned(session, Experiment, "experiment", project, experiment)
+        # Takes the training slot and queues the run, as a start from the UI does.
+        runs.claim(session, exp, before_queued=lambda run_id: ray.get(bus.reset.remote(run_id)))
+    outcome = run_training(experiment, resume)
     typer.echo(f"{experiment}: {outcome['status']} (best metric {outcome.get('best_metric')})")
-    raise typer.Exit(0 if outcome["status"] in ("completed", "stopped") else 1)
+    raise typer.Exit(0 if outcome["status"] in (JobStatus.COMPLETED, JobStatus.STOPPED) else 1)
 
 
 if __name__ == "__main__":

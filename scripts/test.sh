@@ -12,4 +12,6 @@ fi
 venv=${AISTUDIO_VENV:-.venv}
 # Lint first: a broken rule fails fast, before the slow suite.
 "$venv/bin/ruff" check --quiet appliance ray_jobs tests benchmarks
+# The layering (api → services → ray_jobs → appliance.store): contracts in pyproject.toml.
+"$venv/bin/lint-imports" --no-cache
 exec "$venv/bin/python" -m pytest -p no:cacheprovider -ra "$@"

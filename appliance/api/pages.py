@@ -11,6 +11,7 @@ from fastapi.responses import RedirectResponse
 
 from appliance.http.deps import ProjectId, SessionDep, SettingsDep
 from appliance.http.auth import COOKIE_NAME, DEFAULT_NEXT, safe_next
+from appliance.store.status import EVALUABLE
 from appliance.services import datasets as dataset_service
 from appliance.services import evaluation as evaluation_service
 from appliance.services import export as export_service
@@ -55,8 +56,6 @@ def _training_context(session, project_id: str, settings) -> dict:
             "experiments": training_service.list_experiments(session, project_id)}
 
 
-# Experiments whose checkpoints an evaluation (or "try one image") can use.
-EVALUABLE = ("completed", "stopped", "interrupted")
 
 
 def _evaluation_context(session, project_id: str) -> dict:

@@ -14,6 +14,7 @@ from appliance.http.deps import ProjectId, RunnerDep, SessionDep, SettingsDep, W
 from appliance.http.envelope import Envelope, ok
 from appliance.schemas import Deleted, ExperimentDetailPublic, ExperimentPublic, ModelSpecPublic, StopRequested
 from appliance.store.errors import Unavailable
+from appliance.store.status import ACTIVE
 from appliance.services.ray_runtime import ray_is_up
 from appliance.services import training as service
 from appliance.services.training import ExperimentCreate, RunRequest
@@ -74,7 +75,7 @@ def run(body: RunRequest, session: SessionDep, settings: SettingsDep, runner: Ru
 
     bus = get_event_bus()
     exp = service.request_run(session, body, reset_events=lambda run_id: ray.get(bus.reset.remote(run_id)))
-    runner.submit("training", service.launch, settings.db_url, body.project_id, exp.id, body.resume)
+    runner.submit("training", service.launch, settings.db_url, exp.id, body.resume)
     return ok(service.experiment_public(session, exp))
 
 
@@ -133,7 +134,7 @@ async def stream(
             if ev["epoch"] > sent:
                 sent = ev["epoch"]
                 yield _sse("epoch_end", ev, ev["epoch"])
-        if status not in service.ACTIVE:
+        if status not in ACTIVE:
             yield _sse("complete", outcome)
             return
         cursor, last_beat, last_db = 0, time.monotonic(), time.monotonic()
@@ -163,7 +164,7 @@ async def stream(
                     continue
                 last_db = now  # the bus may miss a run that died: the database knows
             status, epochs, outcome = await asyncio.to_thread(snapshot)
-            if status in service.ACTIVE:
+            if status in ACTIVE:
                 continue
             for ev in epochs:  # epochs are in the database before they are on the bus
                 if ev["epoch"] > sent:

@@ -16,16 +16,19 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from appliance.config import Settings
 from appliance.store.db import session_scope
 from appliance.store.errors import (
-    AppError, Conflict, ForbiddenPath, InvalidDataset, NotFound, PayloadTooLarge, ValidationFailed,
+    AppError, ForbiddenPath, InvalidDataset, NotFound, PayloadTooLarge, ValidationFailed,
 )
+from appliance.store import imports
 from appliance.store.ids import new_id
-from appliance.store.tables import Box, Image, ImportJob, Project, SplitAssignment, utcnow
+from appliance.store.imports import CANCELLED_MESSAGE
+from appliance.store.status import JobStatus
+from appliance.store.tables import Box, Image, ImportJob, SplitAssignment, utcnow
 from appliance.store.paths import Workspace, is_within, safe_join
 from appliance.importers import check_zip, extract_zip, make_thumbnail, parse_source, store_image
 from appliance.services.projects import get_owned, get_project
@@ -33,11 +36,9 @@ from appliance.services.projects import get_owned, get_project
 log = logging.getLogger("aistudio.datasets")
 
 IMPORT_FORMATS = ("auto", "folder", "csv", "coco", "yolo")
-MAX_WARNINGS_KEPT = 1000
 _EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif", "GIF": ".gif"}
 _PROGRESS_EVERY_S = 0.5
 IMBALANCE_RATIO = 10
-CANCELLED_MESSAGE = "Cancelled by the user; the dataset is unchanged"
 _STAGED_ZIP = "upload.zip"  # an upload's name in its staging folder
 
 
@@ -112,10 +113,7 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 
 def _queue(session: Session, project_id: str, fmt: str, source: str, import_id: str | None = None) -> ImportJob:
-    job = ImportJob(id=import_id or new_id("import"), project_id=project_id, status="queued", format=fmt, source=source)
-    session.add(job)
-    session.commit()
-    return job
+    return imports.queue(session, project_id, fmt, source, import_id)
 
 
 def get_import(session: Session, project_id: str, import_id: str) -> ImportJob:
@@ -125,20 +123,7 @@ def get_import(session: Session, project_id: str, import_id: str) -> ImportJob:
 def cancel_import(session: Session, project_id: str, import_id: str) -> ImportJob:
     """A queued import is cancelled at once; a running one is asked to stop (`cancelling`) and
     becomes `cancelled` when the job notices. Conditional updates: the job may start meanwhile."""
-    job = get_import(session, project_id, import_id)
-    if job.status not in ("queued", "running"):
-        raise Conflict(f"Import {import_id} is {job.status}; only a queued or running import can be cancelled")
-    queued = session.execute(
-        update(ImportJob).where(ImportJob.id == import_id, ImportJob.status == "queued")
-        .values(status="cancelled", error=CANCELLED_MESSAGE, finished_at=utcnow())
-    ).rowcount
-    if not queued:
-        session.execute(
-            update(ImportJob).where(ImportJob.id == import_id, ImportJob.status == "running").values(status="cancelling")
-        )
-    session.commit()
-    session.refresh(job)
-    return job
+    return imports.cancel(session, get_import(session, project_id, import_id))
 
 
 def import_public(job: ImportJob) -> dict:
@@ -159,16 +144,10 @@ def run_import(settings: Settings, import_id: str) -> None:
     stage = workspace.staging_dir / import_id
     url = settings.db_url
     try:
-        with session_scope(url) as s:
-            # queued → running only if nobody cancelled it meanwhile (a conditional update, not a read-then-write)
-            started = s.execute(
-                update(ImportJob).where(ImportJob.id == import_id, ImportJob.status == "queued").values(status="running")
-            ).rowcount
-            if not started:
-                return
-            job = s.get(ImportJob, import_id)
-            project = s.get(Project, job.project_id)
-            project_id, task, fmt, source = project.id, project.task, job.format, job.source
+        started = imports.start(url, import_id)
+        if started is None:
+            return
+        project_id, task, fmt, source = started
         root = _source_root(settings, stage, source)
         tracker = _Progress(url, import_id)
         parsed = parse_source(root, fmt, task, progress=tracker)
@@ -176,21 +155,14 @@ def run_import(settings: Settings, import_id: str) -> None:
         added, duplicates = _stage_and_commit(url, workspace, project_id, import_id, parsed, stage, tracker,
                                               owned=source.startswith("upload:"))
         warnings = [{"file": w.file, "reason": w.reason} for w in parsed.warnings]
-        with session_scope(url) as s:
-            job = s.get(ImportJob, import_id)
-            job.status, job.detected = "completed", parsed.detected
-            job.added, job.duplicates = added, duplicates
-            job.skipped = len({w["file"] for w in warnings})
-            job.warnings = warnings[:MAX_WARNINGS_KEPT]
-            job.done = job.total = max(job.total, len(parsed.items))
-            job.finished_at = utcnow()
+        imports.complete(url, import_id, parsed.detected, added, duplicates, warnings, len(parsed.items))
     except ImportCancelled:
-        _finish(url, import_id, "cancelled", CANCELLED_MESSAGE)
+        imports.finish(url, import_id, JobStatus.CANCELLED, CANCELLED_MESSAGE)
     except AppError as exc:
-        _finish(url, import_id, "failed", exc.message)
+        imports.finish(url, import_id, JobStatus.FAILED, exc.message)
     except Exception as exc:  # a bug or an OS error: fail the job, never leave it running
         log.exception("Import %s failed", import_id)
-        _finish(url, import_id, "failed", f"Unexpected error: {exc}")
+        imports.finish(url, import_id, JobStatus.FAILED, f"Unexpected error: {exc}")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -219,17 +191,12 @@ class _Progress:
         if now - self._last < _PROGRESS_EVERY_S and done != total:
             return
         self._last = now
-        with session_scope(self.url) as s:
-            job = s.get(ImportJob, self.import_id)
-            job.done, job.total = done, total
-            cancelled = job.status == "cancelling"
-        if cancelled:
+        if imports.set_progress(self.url, self.import_id, done, total):
             raise ImportCancelled()
 
     def check_cancel(self) -> None:
-        with session_scope(self.url) as s:
-            if s.get(ImportJob, self.import_id).status == "cancelling":
-                raise ImportCancelled()
+        if imports.cancel_requested(self.url, self.import_id):
+            raise ImportCancelled()
 
 
 def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, stage: Path, tracker,
@@ -278,16 +245,6 @@ def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, 
     return len(rows), duplicates
 
 
-def _finish(url: str, import_id: str, status: str, error: str) -> None:
-    with session_scope(url) as s:
-        job = s.get(ImportJob, import_id)
-        if job is not None:
-            job.status, job.error, job.finished_at = status, error, utcnow()
-
-
-INTERRUPTED_MESSAGE = "The server stopped during this import; the dataset is unchanged. Import again."
-
-
 def recover_imports(app) -> None:
     """At start-up: an import cut off mid-run failed and left the dataset unchanged — unless its
     rows were committed (the process died just before closing the job), then it completed. Files
@@ -295,18 +252,8 @@ def recover_imports(app) -> None:
     everything else in staging that no queued import owns (an upload cut off mid-stream, a
     try-one-image scratch folder). Queued imports run again, in order."""
     settings, workspace = app.state.settings, app.state.workspace
-    swept: set[str] = set()
     with session_scope(settings.db_url) as s:
-        for job in s.scalars(select(ImportJob).where(ImportJob.status.in_(("running", "cancelling")))):
-            committed = s.scalar(select(func.count()).select_from(Image).where(Image.import_id == job.id)) or 0
-            job.finished_at = utcnow()
-            if committed:
-                job.status, job.added, job.error = "completed", committed, None
-                job.done = job.total = max(job.total, committed)
-            else:
-                job.status, job.error = "failed", INTERRUPTED_MESSAGE
-            swept.add(job.project_id)
-        queued = list(s.scalars(select(ImportJob.id).where(ImportJob.status == "queued").order_by(ImportJob.created_at)))
+        swept, queued = imports.recover(s)
         for project_id in swept:
             _remove_unrecorded_images(s, workspace, project_id)
     if workspace.staging_dir.is_dir():

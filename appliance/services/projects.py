@@ -7,33 +7,13 @@ import shutil
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from appliance.store.errors import Conflict, NotFound
-from appliance.store.ids import check_id, new_id
+from appliance.store.errors import Conflict
+from appliance.store.ids import new_id
+from appliance.store.records import get_owned, get_project  # noqa: F401 (services find records through here)
+from appliance.store.status import ACTIVE
 from appliance.store.tables import Evaluation, Experiment, Export, Image, ImportJob, Project
 from appliance.store.paths import Workspace
 from appliance.schemas import ProjectCreate, ProjectPublic, ProjectUpdate
-
-ACTIVE = ("queued", "running")
-
-
-def get_project(session: Session, project_id: str) -> Project:
-    check_id("project", project_id)
-    project = session.get(Project, project_id)
-    if project is None:
-        raise NotFound(f"Project {project_id} not found")
-    return project
-
-
-def get_owned(session: Session, model, kind: str, project_id: str, record_id: str):
-    """A row of `model` that belongs to the project; NotFound (never a lookup) for a malformed id,
-    and NotFound for another project's row, so ids can't be probed across projects."""
-    get_project(session, project_id)
-    check_id(kind, record_id)
-    row = session.get(model, record_id)
-    if row is None or row.project_id != project_id:
-        raise NotFound(f"{kind.capitalize()} {record_id} not found")
-    return row
-
 
 def to_public(session: Session, project: Project) -> ProjectPublic:
     images = session.scalar(select(func.count()).select_from(Image).where(Image.project_id == project.id))

@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from appliance.store.status import ACTIVE
 from appliance.store.errors import Conflict, ValidationFailed
 from appliance.store.ids import new_id
 from appliance.store.tables import Box, Experiment, Image, Split, SplitAssignment
@@ -146,7 +147,7 @@ def create_split(session: Session, project_id: str, body: SplitCreate) -> dict:
 def delete_split(session: Session, project_id: str, split_id: str) -> None:
     split = get_split(session, project_id, split_id)
     users = session.execute(select(Experiment.id, Experiment.status).where(Experiment.split_id == split_id)).all()
-    training = [eid for eid, status in users if status in ("queued", "running")]
+    training = [eid for eid, status in users if status in ACTIVE]
     if training:
         raise Conflict(f"Split {split_id} is used by experiment {', '.join(training)}, which is training; stop it first")
     if users:
@@ -156,11 +157,3 @@ def delete_split(session: Session, project_id: str, split_id: str) -> None:
         )
     session.delete(split)
     session.commit()
-
-
-def subset_images(session: Session, split_id: str, subset: str) -> list[Image]:
-    """The images of one subset, in a stable order (used by training and evaluation)."""
-    return list(session.scalars(
-        select(Image).join(SplitAssignment, SplitAssignment.image_id == Image.id)
-        .where(SplitAssignment.split_id == split_id, SplitAssignment.subset == subset).order_by(Image.id)
-    ))

@@ -11,6 +11,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from appliance import __version__
+from appliance.store.status import ACTIVE
 from appliance.store.tables import Evaluation, Experiment, Export, ImportJob, Project
 from appliance.store.paths import Workspace
 from appliance.services.ray_runtime import ray_is_up
@@ -97,7 +98,7 @@ def active_jobs(session: Session) -> list[dict]:
     """Queued and running work of every kind, oldest first."""
     jobs: list[dict] = []
     for kind, model in (("import", ImportJob), ("training", Experiment), ("evaluation", Evaluation), ("export", Export)):
-        for row in session.scalars(select(model).where(model.status.in_(("queued", "running")))):
+        for row in session.scalars(select(model).where(model.status.in_(ACTIVE))):
             done, total = getattr(row, "done", None), getattr(row, "total", None)
             if kind == "training":
                 done, total = row.epochs_done, row.params.get("epochs")

@@ -13,6 +13,8 @@ from sqlalchemy import DateTime as _DateTime
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from appliance.store.status import JobStatus
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -99,7 +101,7 @@ class ImportJob(Base):
     __tablename__ = "import_jobs"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED)
     format: Mapped[str] = mapped_column(String(20))
     source: Mapped[str] = mapped_column(Text)
     detected: Mapped[str] = mapped_column(Text, default="")
@@ -144,7 +146,7 @@ class Experiment(Base):
     model: Mapped[str] = mapped_column(String(100))
     params: Mapped[dict] = mapped_column(JSON, default=dict)
     class_names: Mapped[list] = mapped_column(JSON, default=list)
-    status: Mapped[str] = mapped_column(String(20), default="created", index=True)
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.CREATED, index=True)
     best_metric: Mapped[float | None] = mapped_column(Float, nullable=True)
     epochs_done: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -171,7 +173,7 @@ class Evaluation(Base):
     experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
     subset: Mapped[str] = mapped_column(String(10))
     checkpoint: Mapped[str] = mapped_column(String(10))
-    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED, index=True)
     done: Mapped[int] = mapped_column(Integer, default=0)
     total: Mapped[int] = mapped_column(Integer, default=0)
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
@@ -199,7 +201,7 @@ class Export(Base):
     precision: Mapped[str] = mapped_column(String(10))
     dynamic_batch: Mapped[bool] = mapped_column(Boolean, default=True)
     opset: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED, index=True)
     size_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     info: Mapped[dict] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -6,49 +6,59 @@ preprocess_spec(...)}`, enough to rebuild the model without the pretrained weigh
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from pydantic import ValidationError, ValidationInfo, field_validator, model_validator
 from torchmetrics.classification import MulticlassAccuracy
+
+from ray_jobs.hyperparameters import OPTIMIZERS, SCHEDULERS, Hyperparameters
 
 from .catalog import build_model, get_spec, load_pretrained
 from .data import class_weights_from_samples, preprocess_spec, validate_augmentations
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "cosine", "step")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs besides its samples; plain values only, so it travels as JSON."""
+class TrainConfig(Hyperparameters):
+    """Everything a run needs besides its samples: the hyperparameters (`Hyperparameters`, the one
+    list) and what the run derives from its model and classes. Plain values only, so it travels
+    as JSON. Invalid values raise ValueError with a message that says what to change."""
 
     model: str
     num_classes: int
     class_names: list[str]
     task: str | None = None  # derived from the model when omitted
-    epochs: int = 10
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    optimizer: str = "adamw"
-    scheduler: str = "cosine"
-    image_size: int | None = None  # the model's default when omitted
-    augmentations: list[str] = field(default_factory=lambda: ["hflip"])
-    pretrained: bool = False
-    seed: int = 0
-    early_stopping_patience: int | None = None
-    mixed_precision: bool = True  # only takes effect on CUDA
-    class_weighted_loss: bool = False
     class_weights: list[float] | None = None  # from the training labels when omitted
     weights_dir: str | None = None
     num_workers: int = 0
 
-    def __post_init__(self) -> None:
+    def __init__(self, **values) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ValueError(_plain(exc)) from None
+
+    @field_validator("optimizer", "scheduler", mode="before")
+    @classmethod
+    def _known_choice(cls, value, info: ValidationInfo):
+        valid = OPTIMIZERS if info.field_name == "optimizer" else SCHEDULERS
+        _check(value in valid, f"Invalid {info.field_name} '{value}'. Valid {info.field_name}s: {', '.join(valid)}")
+        return value
+
+    @field_validator("class_names", mode="before")
+    @classmethod
+    def _names_as_text(cls, value):
+        return [str(name) for name in value]
+
+    @field_validator("weights_dir", mode="before")
+    @classmethod
+    def _folder_as_text(cls, value):
+        return None if value is None else str(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
         spec = get_spec(self.model)
         if self.task is None:
             self.task = spec.task
@@ -56,43 +66,38 @@ class TrainConfig:
             raise ValueError(f"Model '{self.model}' is a {spec.task} model, not {self.task}.")
         if self.image_size is None:
             self.image_size = spec.default_image_size
-        self.class_names = [str(name) for name in self.class_names]
         self.augmentations = validate_augmentations(self.augmentations)
-        self.weights_dir = None if self.weights_dir is None else str(self.weights_dir)
         min_classes = 2 if self.task == "classification" else 1
         _check(self.num_classes >= min_classes, f"num_classes must be at least {min_classes} for {self.task}")
         _check(len(self.class_names) == self.num_classes,
                f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}")
-        _check(self.epochs >= 1, "epochs must be at least 1")
-        _check(self.batch_size >= 1, "batch_size must be at least 1")
-        _check(self.learning_rate > 0, "learning_rate must be positive")
-        _check(self.image_size >= 32, "image_size must be at least 32")
         _check(self.num_workers >= 0, "num_workers must be 0 or more")
-        _check(self.optimizer in OPTIMIZERS,
-               f"Invalid optimizer '{self.optimizer}'. Valid optimizers: {', '.join(OPTIMIZERS)}")
-        _check(self.scheduler in SCHEDULERS,
-               f"Invalid scheduler '{self.scheduler}'. Valid schedulers: {', '.join(SCHEDULERS)}")
-        _check(self.early_stopping_patience is None or self.early_stopping_patience >= 1,
-               "early_stopping_patience must be at least 1 (or None to disable it)")
         _check(not self.pretrained or self.weights_dir is not None,
                "pretrained=True needs weights_dir, the folder holding the weights files")
         _check(not self.class_weighted_loss or self.task == "classification",
                "class_weighted_loss is only available for classification")
         if self.class_weights is not None:
-            self.class_weights = [float(w) for w in self.class_weights]
             _check(len(self.class_weights) == self.num_classes,
                    f"class_weights has {len(self.class_weights)} values for {self.num_classes} classes")
             _check(all(w >= 0 for w in self.class_weights), "class_weights must not be negative")
+        return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(cls.model_fields)
         if unknown:
             raise ValueError(f"Unknown training setting(s): {', '.join(sorted(unknown))}.")
         return cls(**values)
+
+    @classmethod
+    def from_run(cls, model: str, class_names: list[str], params: dict, **extra) -> TrainConfig:
+        """A run's configuration from its stored params (the hyperparameters and its task)."""
+        chosen = {k: v for k, v in params.items() if k in Hyperparameters.model_fields}
+        return cls(model=model, task=params.get("task"), num_classes=len(class_names), class_names=class_names,
+                   **chosen, **extra)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -100,13 +105,22 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message + ".")
 
 
+def _plain(exc: ValidationError) -> str:
+    """A validation error as one line: our own checks' messages as they are, pydantic's with the field."""
+    parts = []
+    for error in exc.errors():
+        if error["type"] == "value_error":
+            parts.append(str(error["ctx"]["error"]))
+        else:
+            parts.append(f"{'.'.join(map(str, error['loc']))}: {error['msg']}")
+    return "; ".join(parts)
+
+
 def resolve_class_weights(config: TrainConfig, train_samples: Sequence[dict]) -> TrainConfig:
     """Fill inverse-frequency class weights from the labels when a weighted loss is asked for."""
     if not config.class_weighted_loss or config.class_weights is not None:
         return config
-    return dataclasses.replace(
-        config, class_weights=class_weights_from_samples(train_samples, config.num_classes)
-    )
+    return config.model_copy(update={"class_weights": class_weights_from_samples(train_samples, config.num_classes)})
 
 
 def _freeze_batchnorm(module: nn.Module) -> None:

@@ -120,7 +120,7 @@ def test_slot_is_atomic(settings, ready, client, interleaving):
 
     from appliance.store.db import session_factory
     from appliance.store.errors import Conflict
-    from appliance.services.training import ALREADY_TRAINING, acquire_slot, release_slot
+    from appliance.store.runs import ALREADY_TRAINING, acquire_slot, release_slot
 
     pid, sid = ready
     claimants = 6
@@ -162,3 +162,43 @@ def test_slot_is_atomic(settings, ready, client, interleaving):
             with pytest.raises(Conflict, match=ALREADY_TRAINING):
                 acquire_slot(s, next(e for e in eids if e != winners[0]))
             release_slot(s, winners[0])
+
+
+def test_two_starts_of_one_run_claim_it_once(settings, ready, client):
+    """Threads start the same experiment at once (the slot is re-entrant for a run, so only the
+    conditional status update can tell them apart): exactly one claims it, and it keeps the slot."""
+    from sqlalchemy import select
+
+    from appliance.store.db import session_factory
+    from appliance.store.errors import Conflict
+    from appliance.store.runs import claim, finish
+
+    pid, sid = ready
+    eid = create_experiment(client, pid, sid)
+    claimants = 6
+    for _ in range(3):
+        start, outcomes = threading.Barrier(claimants), []
+
+        def start_run() -> None:
+            session = session_factory(settings.db_url)()
+            try:
+                exp = session.get(Experiment, eid)
+                start.wait(timeout=60)
+                claim(session, exp)
+                outcomes.append("won")
+            except Conflict as exc:
+                outcomes.append(exc.message)
+            finally:
+                session.close()
+
+        threads = [threading.Thread(target=start_run) for _ in range(claimants)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert outcomes.count("won") == 1
+        assert [o for o in outcomes if o != "won"] == [f"Experiment {eid} is already queued or training"] * (claimants - 1)
+        with session_scope(settings.db_url) as s:
+            assert s.get(Experiment, eid).status == "queued"
+            assert [(lock.name, lock.holder) for lock in s.scalars(select(Lock))] == [("training", eid)]
+        finish(settings.db_url, eid, "stopped")

@@ -1,0 +1,29 @@
+"""Finding a project's records by id — the one ownership check, shared by the web side and the
+job entrypoints."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from appliance.store.errors import NotFound
+from appliance.store.ids import check_id
+from appliance.store.tables import Project
+
+
+def get_project(session: Session, project_id: str) -> Project:
+    check_id("project", project_id)
+    project = session.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"Project {project_id} not found")
+    return project
+
+
+def get_owned(session: Session, model, kind: str, project_id: str, record_id: str):
+    """A row of `model` that belongs to the project; NotFound (never a lookup) for a malformed id,
+    and NotFound for another project's row, so ids can't be probed across projects."""
+    get_project(session, project_id)
+    check_id(kind, record_id)
+    row = session.get(model, record_id)
+    if row is None or row.project_id != project_id:
+        raise NotFound(f"{kind.capitalize()} {record_id} not found")
+    return row
