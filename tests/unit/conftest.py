@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 
 settings.register_profile("default", max_examples=100, deadline=None)
 settings.register_profile(
-    "mutation", max_examples=30, deadline=None, derandomize=True, database=None,
+    "mutation", max_examples=20, deadline=None, derandomize=True, database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
