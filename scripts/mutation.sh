@@ -30,7 +30,7 @@ export HYPOTHESIS_PROFILE=mutation  # fewer, derandomized examples: reproducible
 unset PYTHONPATH                     # the tests must import the mutated copy in mutants/
 rm -rf mutants && mkdir mutants      # a fresh run each time (no stale results)
 "$PY" -m mutmut run --max-children "${MUTMUT_JOBS:-$(nproc)}" >mutants/run.log 2>&1 || {
-    tail -40 mutants/run.log >&2
+    tail -c 4000 mutants/run.log | tr "\r" "\n" | tail -20 >&2
     echo "mutmut run failed (full log: mutants/run.log)" >&2
     exit 1
 }
