@@ -5,7 +5,7 @@ status and code of docs/api.md, and the token guards every route but the open on
 from __future__ import annotations
 
 import pytest
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict
@@ -65,10 +65,15 @@ def test_error_response_body_status_and_headers():
     assert "retry-after" not in error_response(400, "X", "y").headers
 
 
+class Part(BaseModel):
+    weight: float
+
+
 class Item(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     size: int
+    part: Part | None = None
 
 
 @pytest.fixture
@@ -79,6 +84,10 @@ def client() -> TestClient:
     @app.post("/items")
     def create(item: Item):
         return ok(item.model_dump())
+
+    @app.post("/form")
+    def form(count: int = Form()):
+        return ok(count)
 
     @app.get("/items/{n}")
     def get(n: int, limit: int = 10):
@@ -120,6 +129,14 @@ def test_validation_of_query_and_path_names_the_parameter(client):
     err = client.get("/items/seven?limit=many").json()["error"]
     fields = [p.split(": ")[0] for p in err["message"].removeprefix("Invalid request — ").split("; ")]
     assert fields == ["n", "limit"]
+
+
+def test_validation_of_nested_and_form_fields(client):
+    r = client.post("/items", json={"name": "x", "size": 1, "part": {"weight": "heavy"}})
+    assert r.json()["error"]["message"].startswith("Invalid request — part.weight: ")
+    r = client.post("/form", data={"count": "many"})
+    assert r.status_code == 422
+    assert r.json()["error"]["message"].startswith("Invalid request — count: ")
 
 
 def test_validation_of_a_missing_body_names_the_body(client):
@@ -236,7 +253,7 @@ def test_api_without_token_is_401_envelope(guarded):
     r = guarded.get("/api/projects")
     assert r.status_code == 401
     assert r.json()["status"] == "error" and r.json()["error"]["code"] == "UNAUTHORIZED"
-    assert "Bearer" in r.json()["error"]["message"]
+    assert r.json()["error"]["message"].startswith("A valid API token is required (Authorization: Bearer")
     assert guarded.get("/api/projects", headers={"Authorization": "Bearer nope"}).status_code == 401
 
 
