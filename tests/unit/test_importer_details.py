@@ -566,3 +566,48 @@ def test_thumbnail_of_rgba_and_of_refused_decoders(tmp_path):
     with pytest.raises(UnreadableImage) as caught:
         probe_image(tmp_path / "p.jpg")
     assert "cannot identify image file" in caught.value.reason
+
+
+def quantization(path_or_buffer) -> dict:
+    with Image.open(path_or_buffer) as im:
+        return im.quantization
+
+
+def reference_quantization(quality: int) -> dict:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    return quantization(buffer)
+
+
+def test_rotated_jpeg_is_re_encoded_at_quality_95_and_thumbnails_at_85(tmp_path):
+    src = exif_image(tmp_path / "a.jpg", 6)
+    store_image(src, tmp_path / "out" / "a.jpg")
+    assert quantization(tmp_path / "out" / "a.jpg") == reference_quantization(95)
+    make_thumbnail(src, tmp_path / "t.jpg")
+    assert quantization(tmp_path / "t.jpg") == reference_quantization(85)
+
+
+def test_thumbnail_failure_reason(tmp_path):
+    Image.new("RGB", (10, 10)).save(tmp_path / "p.jpg", format="PPM")
+    with pytest.raises(UnreadableImage) as caught:
+        make_thumbnail(tmp_path / "p.jpg", tmp_path / "t.jpg")
+    assert "cannot identify image file" in caught.value.reason
+
+
+@pytest.mark.parametrize("names_file", ["data.yaml", "classes.txt"])
+def test_class_name_files_that_are_not_utf8(tmp_path, names_file):
+    image(tmp_path / "images" / "a.jpg")
+    write(tmp_path / "labels" / "a.txt", "0 0.5 0.5 0.5 0.5\n")
+    (tmp_path / names_file).write_bytes(b"names: [c\xffat]\n")
+    assert error(tmp_path, "yolo").startswith(f"{names_file}: not UTF-8 text")
+
+
+def test_yaml_error_without_a_position(tmp_path):
+    image(tmp_path / "images" / "a.jpg")
+    write(tmp_path / "labels" / "a.txt", "0 0.5 0.5 0.5 0.5\n")
+    write(tmp_path / "data.yaml", "names: [cat]\x07\n")  # the reader refuses it before parsing
+    message = error(tmp_path, "yolo")
+    assert message.startswith("data.yaml: invalid YAML (") and "#x0007" in message
