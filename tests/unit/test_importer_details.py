@@ -197,7 +197,7 @@ def test_csv_messages_name_files_and_layouts(tmp_path):
     assert error(root, "csv", "classification").startswith("myset: no CSV file")
     write(root / "labels.csv", "a.jpg,cat\n")
     write(root / "more.csv", "a.jpg,cat\n")
-    assert "or name them train.csv, val.csv, test.csv" in error(root, "csv", "classification")
+    assert error(root, "csv", "classification").endswith("or name them train.csv, val.csv, test.csv")
     (root / "more.csv").unlink()
     write(root / "labels.csv", "   \n\n")
     assert error(root, "csv", "classification") == "labels.csv: the CSV file is empty"
@@ -504,6 +504,9 @@ def test_find_file_never_leaves_its_bases(tmp_path):
     (base / "C:" / "data").mkdir(parents=True)
     (base / "C:" / "data" / "w.jpg").write_text("w")
     assert find_file("C:/data/w.jpg", [base]) is None
+    (base / "c:" / "data").mkdir(parents=True)
+    (base / "c:" / "data" / "w.jpg").write_text("w")
+    assert find_file("c:/data/w.jpg", [base]) is None
     assert find_file("data/z.jpg", [base]) == base / "data" / "z.jpg"
 
 
@@ -611,3 +614,23 @@ def test_yaml_error_without_a_position(tmp_path):
     write(tmp_path / "data.yaml", "names: [cat]\x07\n")  # the reader refuses it before parsing
     message = error(tmp_path, "yolo")
     assert message.startswith("data.yaml: invalid YAML (") and "#x0007" in message
+
+
+def test_csv_syntax_error_names_file_and_line(tmp_path):
+    image(tmp_path / "a.jpg")
+    write(tmp_path / "labels.csv", "a.jpg,cat\n" + "b" * 200_000 + ",dog\n")
+    message = error(tmp_path, "csv", "classification")
+    assert message.startswith("labels.csv line 2: ") and "field larger than field limit" in message
+
+
+def test_a_file_that_cannot_be_read_is_a_warning(tmp_path):
+    from appliance.services.importers.formats import _validate
+    from appliance.services.importers.sources import RawDataset, RawItem
+
+    image(tmp_path / "a.jpg")
+    (tmp_path / "dir.jpg").mkdir()
+    raw = RawDataset("folder", "classification", ["cat"],
+                     [RawItem(tmp_path / "dir.jpg", label="cat"), RawItem(tmp_path / "a.jpg", label="cat")], [], "x")
+    parsed = _validate(tmp_path, raw, None)
+    assert [i.relpath for i in parsed.items] == ["a.jpg"]
+    assert reasons(parsed, "dir.jpg") == ["cannot read the file (Is a directory); skipped"]
