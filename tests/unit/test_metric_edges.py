@@ -59,3 +59,10 @@ def test_detection_input_errors():
         detection_metrics([{}, {"boxes": [[0, 0, 1, 1]], "labels": [3]}], [{}, {}], NAMES)
     with pytest.raises(ValueError, match=r"^image 0: labels must be in \[0, 2\]$"):
         detection_metrics([{}], [{"boxes": [[0, 0, 1, 1]], "labels": [-1], "scores": [0.5]}], NAMES)
+
+
+def test_detection_metrics_print_nothing(capsys):
+    gts = [{"boxes": [[0, 0, 10, 10]], "labels": [0]}]
+    preds = [{"boxes": [[0, 0, 10, 10]], "labels": [0], "scores": [0.9]}]
+    assert detection_metrics(gts, preds, NAMES)["map50"] == 1.0
+    assert capsys.readouterr().out == ""  # pycocotools' progress lines stay out of the job logs
