@@ -181,6 +181,7 @@ def test_different_seeds_give_different_splits():
     (3, (0.5, 0.5, 0.0), (2, 1, 0)),   # equal remainders: train, then val, then test
     (4, (0.9, 0.05, 0.05), (2, 1, 1)),
     (5, (0.1, 0.8, 0.1), (1, 3, 1)),   # the donor is the largest subset
+    (10, (0.6, 0.35, 0.05), (5, 4, 1)),  # ... train here, though val could give one too
     (7, (0.5, 0.25, 0.25), (3, 2, 2)),  # 3.5/1.75/1.75: remainders .75 beat .5
     (6, (1.0, 0.0, 0.0), (6, 0, 0)),
 ])
