@@ -8,7 +8,7 @@ import pytest
 from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 from fastapi.testclient import TestClient
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import Request as StarletteRequest
 
 from appliance.core import errors
@@ -122,7 +122,10 @@ def test_validation_message_names_each_field(client):
     assert err["message"].startswith("Invalid request — ")
     parts = err["message"].removeprefix("Invalid request — ").split("; ")
     assert [p.split(": ")[0] for p in parts] == ["size", "colour"]  # the field, without "body."
-    assert all(len(p.split(": ", 1)[1]) > 3 for p in parts)
+    # each field carries pydantic's own message for it, obtained here from pydantic directly
+    with pytest.raises(ValidationError) as caught:
+        Item.model_validate({"name": "x", "size": "big", "colour": "red"})
+    assert [p.split(": ", 1)[1] for p in parts] == [e["msg"] for e in caught.value.errors()]
 
 
 def test_validation_of_query_and_path_names_the_parameter(client):

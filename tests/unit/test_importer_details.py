@@ -42,6 +42,22 @@ def error(root: Path, fmt: str, task: str = "detection") -> str:
     return caught.value.message
 
 
+# --------------------------------------------------------------------------- arguments
+
+
+def test_parse_source_arguments(tmp_path):
+    from appliance.core.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed) as caught:
+        parse_source(tmp_path, "xml", "detection")
+    assert caught.value.message == "format must be auto, folder, csv, coco, yolo (got 'xml')"
+    with pytest.raises(ValidationFailed) as caught:
+        parse_source(tmp_path, "auto", "segmentation")
+    assert caught.value.message == "task must be classification or detection (got 'segmentation')"
+    write(tmp_path / "notes.txt", "x")
+    assert error(tmp_path / "notes.txt", "auto") == "notes.txt: not a folder"
+
+
 # --------------------------------------------------------------------------- COCO
 
 
