@@ -24,7 +24,7 @@ def serve(
     for name, value in (("HOST", host), ("PORT", port), ("WORKSPACE", workspace)):
         if value is not None:
             os.environ[f"AISTUDIO_{name}"] = str(Path(value).resolve() if name == "WORKSPACE" else value)
-    from appliance.core.config import get_settings
+    from appliance.config import get_settings
     from appliance.runtime import start_appliance, stop_appliance
 
     settings = get_settings()
@@ -44,7 +44,7 @@ def fetch_weights(
     models: Annotated[Optional[list[str]], typer.Option("--model", help="Only these catalog models.")] = None,
 ) -> None:
     """Download the catalog's pretrained weights into the cache (Docker build time only)."""
-    from appliance.core.config import get_settings
+    from appliance.config import get_settings
     from ray_jobs.core.catalog import MODELS, download_weights
 
     folder = (dest or get_settings().weights_cache).resolve()

@@ -11,12 +11,12 @@ from fastapi.staticfiles import StaticFiles
 
 from appliance import __version__
 from appliance.api import evaluation, export, pages, projects, splits, datasets, system, training
-from appliance.core.auth import TokenAuthMiddleware
-from appliance.core.config import Settings, get_settings
-from appliance.core.db import get_engine, migrate, session_factory
-from appliance.core.envelope import install_error_handlers, request_id
-from appliance.core.jobs import JobRunner
-from appliance.core.paths import Workspace
+from appliance.http.auth import TokenAuthMiddleware
+from appliance.config import Settings, get_settings
+from appliance.store.db import get_engine, migrate, session_factory
+from appliance.http.envelope import install_error_handlers, request_id
+from appliance.services.runner import JobRunner
+from appliance.store.paths import Workspace
 from appliance.services import recovery
 from appliance.web import PACKAGE_DIR
 

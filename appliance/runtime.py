@@ -3,27 +3,40 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 import urllib.request
 
-from appliance.core.config import Settings
-from appliance.core.paths import Workspace
+from appliance.config import Settings
+from appliance.store.paths import Workspace
 
 log = logging.getLogger("aistudio")
 APP_NAME = "aistudio"
 
 
+class PortInUse(RuntimeError):
+    """The HTTP port is taken by another process; nothing of Serve was left running."""
+
+
 def start_appliance(settings: Settings, wait_healthy_s: float = 120.0) -> str:
-    """Connect to (or start) Ray, deploy the ingress on settings.host:port, wait until healthy."""
+    """Connect to (or start) Ray, deploy the ingress on settings.host:port, wait until healthy.
+
+    `settings.ray_dashboard_port = 0` lets the local Ray dashboard bind any free port itself; the
+    port it bound is written back to `settings.ray_dashboard_port`. A taken HTTP port raises
+    `PortInUse` (checked before Serve starts, and again when Serve's proxy fails to bind it), so a
+    caller may retry with another port without restarting Ray.
+    """
     import ray
     from ray import serve
 
     Workspace(settings.workspace).ensure()
+    if not settings.ray_address:  # on a cluster the proxies bind on its nodes, not here
+        _check_port_free(settings.host, settings.port)
     if not ray.is_initialized():
         if settings.ray_address:
             ray.init(address=settings.ray_address, namespace=APP_NAME)
         else:
-            ray.init(
+            context = ray.init(
                 namespace=APP_NAME,
                 include_dashboard=True,
                 dashboard_port=settings.ray_dashboard_port,
@@ -31,7 +44,15 @@ def start_appliance(settings: Settings, wait_healthy_s: float = 120.0) -> str:
                 dashboard_host="0.0.0.0" if settings.host in ("0.0.0.0", "::") else "127.0.0.1",
                 runtime_env={"env_vars": settings_env(settings)},
             )
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+            if settings.ray_dashboard_port == 0 and context.dashboard_url:
+                settings.ray_dashboard_port = int(context.dashboard_url.rsplit(":", 1)[1])
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+    except Exception as exc:  # the proxy's bind error arrives wrapped in a RayTaskError
+        if "Failed to bind" not in str(exc):
+            raise
+        serve.shutdown()
+        raise PortInUse(f"Port {settings.port} on {settings.host} is in use: Serve's HTTP proxy could not bind it") from None
     from appliance.serve import app_builder
 
     serve.run(app_builder(), name=APP_NAME, route_prefix="/", blocking=False)
@@ -49,6 +70,18 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = ",".join(str(p) for p in value)
         env[f"AISTUDIO_{name.upper()}"] = str(value)
     return env
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail fast when something already listens on the port. Serve's proxy binds with
+    SO_REUSEPORT by default, which would otherwise share the port with that process silently."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy does: TIME_WAIT is no owner
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise PortInUse(f"Port {port} on {host} is in use: {exc}") from None
 
 
 def _wait_healthy(url: str, timeout_s: float) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -11,9 +11,10 @@ Task = Literal["classification", "detection"]
 
 
 class StrictBody(BaseModel):
-    """Bodies refuse unknown fields so a typo is an error, not silently ignored."""
+    """Bodies refuse unknown fields so a typo is an error, not silently ignored, and take JSON types
+    as they are: `true` is not 1, `"5"` is not 5 (the UI sends typed JSON); NaN and infinity are refused."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True, allow_inf_nan=False)
 
 
 class ProjectCreate(StrictBody):
@@ -36,3 +37,427 @@ class ProjectPublic(BaseModel):
     updated_at: datetime
     image_count: int = 0
     experiment_count: int = 0
+
+
+# ---------------------------------------------------------------- responses (the `data` of each envelope)
+#
+# Every JSON route declares one of these as its response model, so /docs documents every field and a
+# service dict that grows a key without its field here fails (`extra="forbid"`) instead of vanishing.
+# Shapes read from JSON the Ray side stored (epoch records, per-sample results) allow extra keys, so a
+# stored record is returned as it is. The few free-form blobs are `dict[str, Any]`, described as such
+# and listed in tests/api/test_openapi_schemas.py.
+
+Timestamp = Annotated[datetime, Field(description="ISO 8601, UTC")]
+Number = int | float  # a count keeps its integer form, a mean its fraction: the JSON stays as the service made it
+
+
+class PublicModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoredRecord(BaseModel):
+    """Read from JSON the Ray side stored: the documented fields, plus any others stored with them."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Deleted(PublicModel):
+    id: str = Field(description="The id of the deleted record")
+    deleted: Literal[True] = True
+
+
+# -- system
+
+class HealthPublic(PublicModel):
+    ray: bool = Field(description="The Ray cluster answers")
+    database: bool = Field(description="The database answers `SELECT 1`")
+    workspace_writable: bool = Field(description="A file can be written in the workspace")
+    version: str = Field(description="The appliance's version")
+
+
+class HealthDown(BaseModel):
+    """503: an error envelope (so monitors see UNAVAILABLE) that still carries every part's state."""
+
+    status: Literal["error"] = "error"
+    error: dict[str, str] = Field(description="`{code: UNAVAILABLE, message: 'Down: <parts>'}`")
+    data: HealthPublic
+
+
+class GpuPublic(PublicModel):
+    index: int
+    name: str
+    memory_total: int = Field(description="Bytes")
+    memory_used: int = Field(description="Bytes")
+    utilization: int = Field(description="Percent, 0-100")
+    temperature: int = Field(description="Degrees Celsius")
+
+
+class GpusPublic(PublicModel):
+    gpus: list[GpuPublic]
+    reason: str | None = Field(description="Why the list is empty (no NVML, no GPU); null when GPUs were found")
+
+
+class ProjectUsage(PublicModel):
+    project_id: str
+    name: str
+    bytes: int = Field(description="Bytes of the project's folder (images, runs, exports)")
+
+
+class WorkspaceUsagePublic(PublicModel):
+    path: str = Field(description="The workspace folder on the server")
+    projects: list[ProjectUsage]
+    free_bytes: int
+    total_bytes: int
+
+
+class JobPublic(PublicModel):
+    kind: Literal["import", "training", "evaluation", "export"]
+    id: str
+    project_id: str
+    status: str = Field(description="queued | running")
+    done: int | None = Field(description="Items (epochs for training) done")
+    total: int | None = Field(description="Items (epochs for training) in all")
+    created_at: str = Field(description="ISO 8601, UTC (Python's isoformat, `+00:00`)")
+
+
+# -- datasets
+
+class ImportWarningPublic(PublicModel):
+    file: str = Field(description="Path relative to the dataset root (image or annotation file)")
+    reason: str
+
+
+class ImportJobPublic(PublicModel):
+    id: str
+    project_id: str
+    status: str = Field(description="queued | running | cancelling | completed | failed | cancelled")
+    format: str = Field(description="The requested format: auto | folder | csv | coco | yolo")
+    source: str = Field(description="The server folder, or `upload:<name>` for a ZIP upload")
+    detected: str = Field(description="What the reader found (e.g. `coco (1 annotation file)`); empty until parsed")
+    done: int
+    total: int
+    added: int = Field(description="Images added to the dataset")
+    skipped: int = Field(description="Files skipped (each named in warnings)")
+    duplicates: int = Field(description="Images already in the project (same content), not added again")
+    warnings: list[ImportWarningPublic]
+    error: str | None
+    created_at: Timestamp
+    finished_at: datetime | None
+
+
+class ClassCount(PublicModel):
+    name: str
+    images: int = Field(description="Images of this class (detection: images with at least one box of it)")
+    boxes: int
+
+
+class Stats(PublicModel):
+    min: Number
+    max: Number
+    mean: Number
+    median: Number
+
+
+class DatasetSummaryPublic(PublicModel):
+    project_id: str
+    task: Task
+    image_count: int
+    classes: list[ClassCount]
+    box_count: int
+    boxes_per_class: dict[str, int]
+    boxes_per_image: Stats | None = Field(description="Detection only; null for classification or no images")
+    width: Stats | None = Field(description="Pixels; null without images")
+    height: Stats | None = Field(description="Pixels; null without images")
+    aspect_ratio: Stats | None = Field(description="width / height; null without images")
+    images_without_labels: int
+    warnings: list[str] = Field(description="Dataset health warnings (e.g. strong class imbalance)")
+    last_import: ImportJobPublic | None
+
+
+class BoxPublic(PublicModel):
+    label: str
+    x1: float = Field(description="Pixels of the stored image")
+    y1: float
+    x2: float
+    y2: float
+
+
+class ImagePublic(PublicModel):
+    id: str
+    filename: str = Field(description="The stored (content-addressed) file name")
+    original_name: str = Field(description="The name in the imported dataset")
+    width: int
+    height: int
+    size_bytes: int
+    label: str | None = Field(description="Classification label; null for detection or unlabeled images")
+    subset_hint: str | None = Field(description="train | val | test when the dataset said so")
+    sha256: str
+    boxes: list[BoxPublic]
+    url: str
+    thumbnail_url: str
+
+
+# -- splits
+
+class SubsetValues(PublicModel):
+    train: float
+    val: float
+    test: float
+
+
+class SubsetCounts(PublicModel):
+    train: int
+    val: int
+    test: int
+
+
+class SplitCounts(PublicModel):
+    total: SubsetCounts
+    per_class: dict[str, dict[str, int]] = Field(description="subset → class → images")
+    classes: list[str] = Field(description="Strata: the classes (`(no boxes)` for background detection images)")
+
+
+class SplitPublic(PublicModel):
+    id: str
+    project_id: str
+    name: str
+    ratios: SubsetValues
+    seed: int
+    stratified: bool
+    counts: SplitCounts
+    created_at: Timestamp
+
+
+# -- training
+
+class ModelSpecPublic(PublicModel):
+    name: str
+    task: Task
+    parameters: int
+    default_image_size: int = Field(description="Pixels (square)")
+    weights_file: str = Field(description="The pretrained-weights file looked up in the weights cache")
+
+
+class ExperimentParams(StoredRecord):
+    """The hyperparameters the experiment was created with (see the create request), plus task and image size."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    optimizer: str
+    scheduler: str
+    image_size: int = Field(description="Pixels (square); the model's default when the request left it out")
+    augmentations: list[str]
+    pretrained: bool
+    seed: int
+    early_stopping_patience: int | None
+    mixed_precision: bool
+    class_weighted_loss: bool
+    task: Task
+
+
+class EpochPublic(StoredRecord):
+    """One validated epoch, as the run reported it (also the SSE `epoch_end` event)."""
+
+    epoch: int = Field(description="1-based")
+    epochs: int = Field(description="The run's total epochs")
+    train_loss: float | None
+    val_loss: float | None
+    val_metric: float | None = Field(description="accuracy (classification) or mAP@.5 (detection)")
+    lr: float | None
+    seconds: float
+    images_per_s: float
+
+
+class ExperimentPublic(PublicModel):
+    id: str
+    project_id: str
+    split_id: str
+    name: str
+    model: str
+    params: ExperimentParams
+    class_names: list[str]
+    status: str = Field(description="created | queued | running | completed | failed | stopped | interrupted")
+    best_metric: float | None = Field(description="Best val_metric so far")
+    epochs_done: int
+    epochs: int | None = Field(description="Total epochs (params.epochs)")
+    metric_name: str = Field(description="`accuracy` or `mAP@.5`")
+    error: str | None
+    created_at: Timestamp
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ExperimentDetailPublic(ExperimentPublic):
+    history: list[EpochPublic]
+
+
+class StopRequested(PublicModel):
+    id: str
+    stop_requested: Literal[True] = True
+
+
+# -- evaluation
+
+class ClassificationHeadline(PublicModel):
+    accuracy: float
+    macro_f1: float
+    top5: float | None = Field(description="null with 5 classes or fewer")
+
+
+class DetectionHeadline(PublicModel):
+    map: float | None = Field(description="COCO mAP@[.5:.95]")
+    map50: float | None
+    map75: float | None
+
+
+class NoHeadline(PublicModel):
+    """`{}` until the evaluation has results."""
+
+
+class EvaluationPublic(PublicModel):
+    id: str
+    project_id: str
+    experiment_id: str
+    experiment_name: str | None
+    model: str | None
+    subset: str = Field(description="test | val")
+    checkpoint: str = Field(description="best | last")
+    status: str = Field(description="queued | running | completed | failed")
+    done: int
+    total: int
+    error: str | None
+    created_at: Timestamp
+    finished_at: datetime | None
+    headline: ClassificationHeadline | DetectionHeadline | NoHeadline
+
+
+class EvaluationDetailPublic(EvaluationPublic):
+    metrics: dict[str, Any] = Field(
+        description="Free-form by task; `{}` until completed. Classification: accuracy, top5, macro/weighted "
+        "P/R/F1, per_class, confusion_matrix. Detection: map, map50, map75, mar100, per_class AP, pr_curves, "
+        "confusion_matrix (last index = background)"
+    )
+
+
+class TopScore(PublicModel):
+    index: int
+    name: str
+    score: float
+
+
+class GroundTruthBoxes(PublicModel):
+    boxes: list[list[float]] = Field(description="[x1, y1, x2, y2] in pixels")
+    labels: list[int] = Field(description="Class indices")
+
+
+class PredictedBoxes(GroundTruthBoxes):
+    scores: list[float]
+
+
+class _SampleHead(StoredRecord):
+    image_id: str
+    rank: int = Field(description="0 = worst")
+    is_error: bool
+    label: str | None = Field(description="The true class (detection: of the first true box)")
+    index: int = Field(description="Position in the evaluated subset")
+    id: int | str
+
+
+class ClassificationSample(_SampleHead):
+    true: int
+    true_name: str
+    pred: int
+    pred_name: str
+    score: float = Field(description="Score of the predicted class")
+    true_score: float = Field(description="Score of the true class")
+    correct: bool
+    cell: list[int] = Field(description="Confusion-matrix cell [truth, prediction]")
+    top: list[TopScore]
+    filename: str
+    width: int
+    height: int
+    url: str
+    thumbnail_url: str
+
+
+class DetectionSample(_SampleHead):
+    num_gt: int
+    num_pred: int
+    missed: int
+    false_positives: int
+    mislabeled: int
+    errors: int
+    max_score: float
+    cells: list[list[int]] = Field(description="Confusion-matrix cells [truth, prediction] the image falls in")
+    gt: GroundTruthBoxes
+    pred: PredictedBoxes
+    filename: str
+    width: int
+    height: int
+    url: str
+    thumbnail_url: str
+
+
+EvalSamplePublic = ClassificationSample | DetectionSample
+
+
+class _PredictionBase(PublicModel):
+    experiment_id: str
+    checkpoint: Literal["best", "last"]
+    image_id: str | None = Field(description="The dataset image; null for an upload")
+    width: int
+    height: int
+    classes: list[str] = Field(description="The experiment's class names")
+
+
+class ClassificationPrediction(_PredictionBase):
+    probs: list[float] = Field(description="Per class, in `classes` order")
+    label: int
+    class_name: str
+
+
+class DetectionPrediction(_PredictionBase):
+    boxes: list[list[float]] = Field(description="[x1, y1, x2, y2] in pixels of the image")
+    scores: list[float] = Field(description="Scores >= 0.05")
+    labels: list[int]
+    class_names: list[str]
+
+
+PredictionPublic = ClassificationPrediction | DetectionPrediction
+
+
+# -- export
+
+class ExportMetricPublic(PublicModel):
+    name: str = Field(description="`accuracy` or `mAP@.5`")
+    subset: str
+    images: int
+    pytorch: float | None
+    exported: float | None
+    delta: float | None = Field(description="exported - pytorch")
+    flagged: bool = Field(description="The exported model is more than 1 point worse")
+
+
+class ExportPublic(PublicModel):
+    id: str
+    project_id: str
+    experiment_id: str
+    experiment_name: str | None
+    model: str | None
+    format: str = Field(description="onnx | torchscript | tensorrt")
+    precision: str = Field(description="fp32 | fp16")
+    dynamic_batch: bool
+    opset: int | None
+    status: str = Field(description="queued | running | completed | failed")
+    size_bytes: int | None = Field(description="The model file's size once completed")
+    parity: dict[str, Any] | None = Field(description="Free-form: the exported model's outputs against PyTorch's "
+                                          "(max differences, tolerance, passed)")
+    latency: dict[str, Any] | None = Field(description="Free-form: PyTorch vs exported timings at batch 1 and N")
+    metric: ExportMetricPublic | None
+    stage: str | None = Field(description="exporting | verifying | done while it runs")
+    info: dict[str, Any] = Field(description="Free-form: the whole record the export job wrote")
+    error: str | None
+    created_at: Timestamp
+    finished_at: datetime | None
+    download_url: str | None = Field(description="Set once completed")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ray import serve
 
-from appliance.core.config import get_settings, job_config
+from appliance.config import get_settings, job_config
 from appliance.main import create_app
 
 DEPLOYMENT_NAME = "AIStudioIngress"

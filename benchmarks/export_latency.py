@@ -18,7 +18,7 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ray_jobs.core import exporters as ex  # noqa: E402
+from ray_jobs.core import export as ex  # noqa: E402
 
 PRE = {"image_size": 224, "resize": "stretch", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
        "scale": 1 / 255, "channel_order": "RGB", "layout": "NCHW"}

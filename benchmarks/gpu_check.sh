@@ -5,7 +5,10 @@
 #   2. gpu_eval_concurrency.py one vs four concurrent fractional-GPU evaluations (Ray tasks with
 #                              num_gpus=0.25 when Ray is installed, else four capped processes)
 #   3. gpu_export_check.py     TensorRT fp16 vs PyTorch eager fp32 (skips TensorRT when absent)
-# Each prints a JSON line; with RESULTS_DIR set, each also lands in $RESULTS_DIR/<name>.json.
+#   4. pytest -m gpu           the tests marked `gpu` (skipped on CPU hosts), e.g. a TensorRT engine
+#                              built and checked against PyTorch where TensorRT is installed
+# Each benchmark prints a JSON line; with RESULTS_DIR set, each also lands in $RESULTS_DIR/<name>.json
+# (and the tests' log and JUnit XML in $RESULTS_DIR/pytest_gpu.{log,xml}).
 # Usage: benchmarks/gpu_check.sh [--quick]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,5 +36,27 @@ else
   run gpu_check
   run gpu_eval_concurrency
   run gpu_export_check
+fi
+
+# Only the files that hold gpu tests: the rest of the suite needs Ray and the web stack, which a
+# GPU check host may lack (the Ray-free core is enough for these).
+echo "== pytest -m gpu"
+mapfile -t gpu_tests < <(grep -rl --include='test_*.py' 'pytest.mark.gpu' tests | sort)
+if ! "$py" -c 'import pytest' 2>/dev/null; then
+  echo "pytest is not installed for $py: the gpu tests did not run"
+  status=1
+elif [ "${#gpu_tests[@]}" -eq 0 ]; then
+  echo "no test is marked gpu"
+  status=1
+else
+  args=(-m pytest -p no:cacheprovider -m gpu -ra "${gpu_tests[@]}")
+  if [ -n "$out" ]; then
+    "$py" "${args[@]}" --junitxml "$out/pytest_gpu.xml" 2>&1 | tee "$out/pytest_gpu.log"
+  else
+    "$py" "${args[@]}"
+  fi
+  rc=${PIPESTATUS[0]}
+  echo "== pytest -m gpu exit $rc"
+  [ "$rc" -eq 0 ] || status=1
 fi
 exit $status

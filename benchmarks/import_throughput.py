@@ -38,11 +38,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from appliance.core.config import Settings  # noqa: E402
-from appliance.core.db import get_engine, migrate, session_scope  # noqa: E402
-from appliance.core.ids import new_id  # noqa: E402
-from appliance.core.models import ImportJob, Project  # noqa: E402
-from appliance.core.paths import Workspace  # noqa: E402
+from appliance.config import Settings  # noqa: E402
+from appliance.store.db import get_engine, migrate, session_scope  # noqa: E402
+from appliance.store.ids import new_id  # noqa: E402
+from appliance.store.tables import ImportJob, Project  # noqa: E402
+from appliance.store.paths import Workspace  # noqa: E402
 from appliance.services.datasets import run_import  # noqa: E402
 
 

@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     import ray  # noqa: F401  (imports are not part of the cold start)
     from ray import serve  # noqa: F401
 
-    from appliance.core.config import Settings
+    from appliance.config import Settings
     import appliance.serve  # noqa: F401
 
     before = machine()

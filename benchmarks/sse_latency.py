@@ -39,9 +39,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
 def make_running_experiment(db_url: str, project_id: str) -> str:
-    from appliance.core.db import session_scope
-    from appliance.core.ids import new_id
-    from appliance.core.models import Experiment, Split, utcnow
+    from appliance.store.db import session_scope
+    from appliance.store.ids import new_id
+    from appliance.store.tables import Experiment, Split, utcnow
 
     split_id, exp_id = new_id("split"), new_id("experiment")
     with session_scope(db_url) as s:
@@ -55,8 +55,8 @@ def make_running_experiment(db_url: str, project_id: str) -> str:
 
 
 def finish_experiment(db_url: str, exp_id: str) -> None:
-    from appliance.core.db import session_scope
-    from appliance.core.models import Experiment, utcnow
+    from appliance.store.db import session_scope
+    from appliance.store.tables import Experiment, utcnow
 
     with session_scope(db_url) as s:
         exp = s.get(Experiment, exp_id)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import httpx
 
-    from appliance.core.config import Settings
+    from appliance.config import Settings
     from appliance.runtime import APP_NAME, settings_env, start_appliance, stop_appliance
 
     before = machine()

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train_epoch import COLOURS, after_warmup, make_config, make_images, run_bare  # noqa: E402
 
-from appliance.core.config import Settings  # noqa: E402
+from appliance.config import Settings  # noqa: E402
 from appliance.runtime import start_appliance, stop_appliance  # noqa: E402
 
 

@@ -42,20 +42,23 @@ def predict_samples(checkpoint: str, samples: list[dict], gpu_fraction: float, o
 def compute_results(task: str, class_names: list[str], samples: list[dict], predictions: list[dict]) -> tuple[dict, list[dict]]:
     import numpy as np
 
-    from ray_jobs.core.metrics import classification_metrics, detection_metrics, rank_samples
+    from ray_jobs.core.metrics import (
+        MIN_DETECTION_SCORE, classification_metrics, confident, detection_metrics, rank_samples,
+    )
 
     if task == "classification":
         truth = [s["label"] for s in samples]
         probs = np.array([p["probs"] for p in predictions])
         return classification_metrics(truth, probs, class_names), rank_samples(task, truth, probs, class_names)
     gts = [{"boxes": s["boxes"], "labels": s["labels"]} for s in samples]
-    preds = [{"boxes": p["boxes"], "labels": p["labels"], "scores": p["scores"]} for p in predictions]
-    return detection_metrics(gts, preds, class_names), rank_samples(task, gts, preds, class_names)
+    preds = [confident(p) for p in predictions]
+    return (detection_metrics(gts, preds, class_names),
+            rank_samples(task, gts, preds, class_names, store_min_score=MIN_DETECTION_SCORE))
 
 
 @ray.remote(max_retries=0)
 def evaluation_task(db_url: str, workspace_root: str, evaluation_id: str, gpu_fraction: float) -> str:
-    from appliance.core.paths import Workspace
+    from appliance.store.paths import Workspace
     from appliance.services import evaluation as svc
 
     try:
@@ -80,9 +83,11 @@ def evaluation_task(db_url: str, workspace_root: str, evaluation_id: str, gpu_fr
 
 @ray.remote(max_retries=0)
 def predict_task(checkpoint: str, paths: list[str], gpu_fraction: float) -> list[dict]:
-    """"Try one image": the same inference code the evaluation uses."""
+    """"Try one image": the same inference code the evaluation uses, the same detections kept."""
+    from ray_jobs.core.metrics import confident
+
     _, predictions = predict_samples(checkpoint, [{"path": p} for p in paths], gpu_fraction)
-    return predictions
+    return [confident(p) if "scores" in p else p for p in predictions]
 
 
 cli = typer.Typer(add_completion=False)
@@ -96,8 +101,8 @@ def main(
     checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
 ) -> None:
     """Evaluate an experiment of a running AI Studio on this Ray cluster."""
-    from appliance.core.db import session_factory
-    from appliance.core.paths import Workspace
+    from appliance.store.db import session_factory
+    from appliance.store.paths import Workspace
     from appliance.services import evaluation as svc
     from ray_jobs.events import appliance_settings
 

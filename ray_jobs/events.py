@@ -4,6 +4,13 @@ started with `ray job submit` finds the workspace and database of the appliance 
 
 Events are kept per experiment with a sequence number; history lives in the database too
 (epochs), so the bus may be lost with a restart without losing curves.
+
+Gates are a test hook, used only when the appliance runs with `AISTUDIO_TRAINING_GATES=true`:
+a run then calls `pass_gate` at named points — `start` (its driver, before it takes the run) and
+`epoch:<n>` (the Train worker, before epoch n trains) — which records the point and the pid of the
+process there, and waits while a test keeps that gate closed. A test can thus act at an exact
+point of a run (stop it while queued, on its last epoch, kill its driver) without relying on
+epochs being slow.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ class EventBus:
         self._config = dict(config)
         self._events: dict[str, list[dict]] = {}
         self._stops: set[str] = set()
+        self._gates: set[tuple[str, str]] = set()  # closed (run_id, point) pairs
+        self._arrivals: dict[str, list[dict]] = {}
         self._seq = 0  # global, so a run's reset never reuses numbers a subscriber has seen
 
     def configure(self, config: dict) -> None:
@@ -59,6 +68,30 @@ class EventBus:
 
     def stop_requested(self, run_id: str) -> bool:
         return run_id in self._stops
+
+    # Gates (test hook, see the module docstring).
+    def close_gate(self, run_id: str, point: str) -> None:
+        self._gates.add((run_id, point))
+
+    def open_gates(self, run_id: str, point: str | None = None) -> None:
+        self._gates = {g for g in self._gates if g[0] != run_id or point not in (None, g[1])}
+
+    def arrive(self, run_id: str, point: str, pid: int) -> None:
+        self._arrivals.setdefault(run_id, []).append({"point": point, "pid": pid, "ts": time.time()})
+
+    def gate_closed(self, run_id: str, point: str) -> bool:
+        return (run_id, point) in self._gates
+
+    def arrivals(self, run_id: str) -> list[dict]:
+        return list(self._arrivals.get(run_id, ()))
+
+
+def pass_gate(bus, run_id: str, point: str, poll_s: float = 0.1) -> None:
+    """Test hook: record that this process reached `point` of the run, then wait while its gate is
+    closed. Only called when the `training_gates` setting is on."""
+    ray.get(bus.arrive.remote(run_id, point, os.getpid()))
+    while ray.get(bus.gate_closed.remote(run_id, point)):
+        time.sleep(poll_s)
 
 
 def ensure_event_bus(config: dict):

@@ -10,7 +10,6 @@ import traceback
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import ray
 import typer
 
@@ -23,50 +22,17 @@ def task_resources(fmt: str, gpu_fraction: float) -> dict:
     return {"num_gpus": (1 if fmt == "tensorrt" else gpu_fraction) if has_gpu else 0, "num_cpus": 1}
 
 
-def _batch(paths: list[str], preprocess: dict) -> np.ndarray:
-    from ray_jobs.core.exporters import preprocess_image
-
-    return np.concatenate([preprocess_image(p, preprocess)[0] for p in paths])
-
-
-def _metric(task: str, runner, samples: list[dict], preprocess: dict, class_names: list[str]) -> float | None:
-    """Accuracy (classification) or mAP@.5 (detection) of one runtime on the samples, using
-    exactly the bundle's preprocessing; detection boxes are scaled back to image pixels."""
-    from ray_jobs.core.metrics import detection_metrics
-
-    if task == "classification":
-        correct = 0
-        for start in range(0, len(samples), 32):
-            chunk = samples[start:start + 32]
-            logits = runner(_batch([s["path"] for s in chunk], preprocess))
-            correct += int((np.asarray(logits).argmax(1) == np.array([s["label"] for s in chunk])).sum())
-        return correct / len(samples)
-    from ray_jobs.core.exporters import preprocess_image
-
-    size = preprocess["image_size"]
-    preds = []
-    for s in samples:
-        x, (w, h) = preprocess_image(s["path"], preprocess)
-        det = runner(x)[0]
-        scale = np.array([w / size, h / size, w / size, h / size])
-        preds.append({"boxes": (np.asarray(det["boxes"]).reshape(-1, 4) * scale).tolist(),
-                      "labels": np.asarray(det["labels"]).astype(int).tolist(),
-                      "scores": np.asarray(det["scores"]).tolist()})
-    gts = [{"boxes": s["boxes"], "labels": s["labels"]} for s in samples]
-    return detection_metrics(gts, preds, class_names)["map50"]
-
-
 @ray.remote(max_retries=0)
 def export_task(db_url: str, workspace_root: str, export_id: str) -> str:
     import torch
 
-    from appliance.core.db import session_scope
-    from appliance.core.models import Experiment, Export
-    from appliance.core.paths import Workspace
+    from appliance.store.db import session_scope
+    from appliance.store.tables import Experiment, Export
+    from appliance.store.paths import Workspace
     from appliance.services import export as svc
     from appliance.services.evaluation import checkpoint_path
     from appliance.services.training import load_run_inputs, subset_samples
-    from ray_jobs.core import exporters
+    from ray_jobs.core import export as exporting
     from ray_jobs.core.inference import load_checkpoint
 
     workspace = Workspace(Path(workspace_root))
@@ -85,38 +51,30 @@ def export_task(db_url: str, workspace_root: str, export_id: str) -> str:
         model, meta = load_checkpoint(ckpt)
         task, preprocess, class_names = meta["task"], meta["preprocess"], meta["class_names"]
 
-        onnx_path = out_dir / exporters.MODEL_FILENAMES["onnx"]
-        if fmt == "torchscript":
-            model_file = out_dir / exporters.MODEL_FILENAMES["torchscript"]
-            info = exporters.export_torchscript(model, task, preprocess, model_file)
-        else:
-            info = exporters.export_onnx(model, task, preprocess, onnx_path, dynamic_batch=dynamic_batch, opset=opset)
-            model_file = onnx_path
-            if fmt == "tensorrt":
-                model_file = out_dir / exporters.MODEL_FILENAMES["tensorrt"]
-                info = {**info, "onnx": info, **exporters.export_tensorrt(
-                    onnx_path, model_file, precision=precision, image_size=meta["image_size"])}
+        model_file, info = exporting.export_model(fmt, model, task, preprocess, out_dir, precision=precision,
+                                                  dynamic_batch=dynamic_batch, opset=opset,
+                                                  image_size=meta["image_size"])
 
         svc.update(db_url, export_id, info={"stage": "verifying"})
         sample_paths = [s["path"] for s in (val or train)[:PARITY_IMAGES]]
-        batch = _batch(sample_paths, preprocess)
+        batch = exporting.sample_batch(sample_paths, preprocess)
         if task == "detection":
             batch = batch[:4]  # detection graphs run one image at a time
-        parity = exporters.parity_check(model, task, model_file, fmt, batch, precision=precision, device=device)
-        reference = exporters.PyTorchRunner(exporters._cpu_eval_copy(model), task, device=device)
-        runtime = exporters.load_runner(model_file, fmt, task, device=device)
-        latency = exporters.latency_report(reference, runtime, batch, batch_n=32 if task == "classification" else 4,
+        parity = exporting.parity_check(model, task, model_file, fmt, batch, precision=precision, device=device)
+        reference = exporting.PyTorchRunner(exporting.cpu_eval_copy(model), task, device=device)
+        runtime = exporting.load_runner(model_file, fmt, task, device=device)
+        latency = exporting.latency_report(reference, runtime, batch, batch_n=32 if task == "classification" else 4,
                                            iters=5 if device == "cpu" else 20)
         metric = None
         if test:
             subset = test[:METRIC_MAX_IMAGES]
-            ours, theirs = _metric(task, reference, subset, preprocess, class_names), _metric(task, runtime, subset, preprocess, class_names)
+            ours, theirs = (exporting.runtime_metric(task, r, subset, preprocess, class_names) for r in (reference, runtime))
             delta = None if ours is None or theirs is None else theirs - ours
             metric = {"name": "accuracy" if task == "classification" else "mAP@.5", "subset": "test",
                       "images": len(subset), "pytorch": ours, "exported": theirs, "delta": delta,
                       "flagged": delta is not None and delta < -svc.METRIC_DROP_FLAG}
         summary = {**info, "parity": parity, "latency": latency, "metric_delta": metric}
-        bundle = exporters.write_bundle(out_dir / svc.BUNDLE_NAME, model_file, class_names, preprocess, task, summary, fmt)
+        bundle = exporting.write_bundle(out_dir / svc.BUNDLE_NAME, model_file, class_names, preprocess, task, summary, fmt)
         svc.update(db_url, export_id, status="completed", size_bytes=model_file.stat().st_size,
                    info={"stage": "done", "export": info, "parity": parity, "latency": latency, "metric": metric,
                          "bundle": bundle})
@@ -138,8 +96,8 @@ def main(
     precision: Annotated[str, typer.Option(help="fp32, or fp16 for tensorrt")] = "fp32",
 ) -> None:
     """Export an experiment of a running AI Studio on this Ray cluster."""
-    from appliance.core.db import session_factory
-    from appliance.core.paths import Workspace
+    from appliance.store.db import session_factory
+    from appliance.store.paths import Workspace
     from appliance.services import export as svc
     from ray_jobs.events import appliance_settings
 

@@ -20,7 +20,7 @@ from typing import Annotated
 import ray
 import typer
 
-from ray_jobs.events import appliance_settings, get_event_bus
+from ray_jobs.events import appliance_settings, get_event_bus, pass_gate
 
 CHECKPOINTS_KEPT = 2
 
@@ -90,6 +90,19 @@ def report_to_ray_callback(checkpoints):
     return ReportToRay()
 
 
+def epoch_gate_callback(bus, experiment_id: str):
+    """Test hook (setting `training_gates`): rank 0 passes gate `epoch:<n>` before epoch n trains,
+    after every callback of epoch n-1 (event, checkpoint files, Ray's report) has run."""
+    from lightning.pytorch.callbacks import Callback
+
+    class EpochGate(Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.is_global_zero:
+                pass_gate(bus, experiment_id, f"epoch:{trainer.current_epoch + 1}")
+
+    return EpochGate()
+
+
 def train_loop_per_worker(cfg: dict) -> None:
     """Runs on the Train worker. Resumes from Ray's latest checkpoint of this run when present."""
     import ray.train
@@ -107,6 +120,8 @@ def train_loop_per_worker(cfg: dict) -> None:
         checkpoints,
         report_to_ray_callback(checkpoints),
     ]
+    if cfg.get("gates"):
+        callbacks.insert(0, epoch_gate_callback(reporter.bus, cfg["experiment_id"]))
     trainer = build_trainer(
         config, callbacks, accelerator="gpu" if cfg["use_gpu"] else "cpu", devices="auto",
         strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], default_root_dir=cfg["run_dir"],
@@ -136,29 +151,40 @@ def run_training(project_id: str, experiment_id: str, resume: bool = False) -> d
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from appliance.core.db import session_scope
-    from appliance.core.models import Experiment
-    from appliance.core.paths import Workspace
+    from appliance.store.db import session_scope
+    from appliance.store.tables import Experiment
+    from appliance.store.paths import Workspace
     from appliance.services import training as svc
 
     settings = appliance_settings()
     bus = get_event_bus()
+    gates = bool(settings.get("training_gates"))
     db_url, workspace = settings["db_url"], Workspace(Path(settings["workspace"]))
-    with session_scope(db_url) as s:
-        exp = s.get(Experiment, experiment_id)
-        if exp is None or exp.project_id != project_id:
-            raise SystemExit(f"Experiment {experiment_id} of project {project_id} not found")
-        params, class_names, model = dict(exp.params), list(exp.class_names), exp.model
-        run_dir = svc.run_dir(workspace, exp)
-        log_file = svc.log_path(workspace, exp)
-    # Takes the training slot: a Conflict here (another run trains) leaves this experiment as it was.
-    svc.mark_running(db_url, experiment_id, os.environ.get("RAY_JOB_SUBMISSION_ID") or "ui", resume)
+    # A driver waiting to start is alive too: heart-beat from here, so a queued run is not reaped.
+    beating = threading.Event()
+    threading.Thread(target=_heartbeat, args=(db_url, experiment_id, beating), daemon=True).start()
+    try:
+        if gates:
+            pass_gate(bus, experiment_id, "start")
+        with session_scope(db_url) as s:
+            exp = s.get(Experiment, experiment_id)
+            if exp is None or exp.project_id != project_id:
+                raise SystemExit(f"Experiment {experiment_id} of project {project_id} not found")
+            params, class_names, model = dict(exp.params), list(exp.class_names), exp.model
+            queued = exp.status == "queued"
+            run_dir = svc.run_dir(workspace, exp)
+            log_file = svc.log_path(workspace, exp)
+        if queued and ray.get(bus.stop_requested.remote(experiment_id)):
+            # Stopped while queued: end before anything is touched (history, checkpoints, log).
+            return _finish(bus, db_url, experiment_id, beating, "stopped", None)
+        # Takes the training slot: a Conflict here (another run trains) leaves this experiment as it was.
+        svc.mark_running(db_url, experiment_id, os.environ.get("RAY_JOB_SUBMISSION_ID") or "ui", resume)
+    except BaseException:
+        beating.set()
+        raise
     ray.get(bus.reset.remote(experiment_id, keep_stop=True))
     bus.publish.remote(experiment_id, "status", {"status": "running"})
 
-    beating = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(db_url, experiment_id, beating), daemon=True)
-    beat.start()
     status, error = "failed", None
     try:
         with session_scope(db_url) as s:
@@ -186,7 +212,7 @@ def run_training(project_id: str, experiment_id: str, resume: bool = False) -> d
                 "config": config, "train_samples": train_samples, "val_samples": val_samples,
                 "experiment_id": experiment_id, "db_url": db_url, "run_dir": str(run_dir),
                 "weights_dir": str(run_dir / "weights"), "log_file": str(log_file), "use_gpu": use_gpu,
-                "resume": resume, "fallback_ckpt": str(last) if last.is_file() else None,
+                "resume": resume, "fallback_ckpt": str(last) if last.is_file() else None, "gates": gates,
             },
             scaling_config=ScalingConfig(
                 num_workers=1, use_gpu=use_gpu,
@@ -210,10 +236,17 @@ def run_training(project_id: str, experiment_id: str, resume: bool = False) -> d
         if not isinstance(exc, Exception):
             raise
     finally:
-        beating.set()
-        bus.clear_stop.remote(experiment_id)
-        outcome = svc.finish_run(db_url, experiment_id, status, error)
-        bus.publish.remote(experiment_id, "complete", {k: outcome.get(k) for k in ("status", "best_metric", "error")})
+        outcome = _finish(bus, db_url, experiment_id, beating, status, error)
+    return outcome
+
+
+def _finish(bus, db_url: str, experiment_id: str, beating: threading.Event, status: str, error: str | None) -> dict:
+    from appliance.services.training import finish_run
+
+    beating.set()
+    bus.clear_stop.remote(experiment_id)
+    outcome = finish_run(db_url, experiment_id, status, error)
+    bus.publish.remote(experiment_id, "complete", {k: outcome.get(k) for k in ("status", "best_metric", "error")})
     return outcome
 
 

@@ -9,4 +9,7 @@ if [ ! -x /usr/bin/chromium ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
 fi
-exec "${AISTUDIO_VENV:-.venv}/bin/python" -m pytest -p no:cacheprovider -ra "$@"
+venv=${AISTUDIO_VENV:-.venv}
+# Lint first: a broken rule fails fast, before the slow suite.
+"$venv/bin/ruff" check --quiet appliance ray_jobs tests benchmarks
+exec "$venv/bin/python" -m pytest -p no:cacheprovider -ra "$@"

@@ -1,32 +1,64 @@
 """Shared fixtures.
 
 - `client`: the FastAPI app in-process (TestClient, lifespan on) over a fresh temp workspace and a
-  real SQLite file — fast tests where Ray is not the point.
+  real SQLite file — fast tests where Ray is not the point. No API token.
 - `server`: ONE real local Ray + Serve deployment for the whole session (Ray start-up costs
-  ~20 s); tests talk to it over real HTTP through the Serve proxy with `http`.
+  ~20 s), started WITH an API token; tests talk to it over real HTTP through the Serve proxy with
+  `server.http`, which sends `Authorization: Bearer <token>`. `server.anon()` is a client without it.
+
+Hygiene: the developer's environment can't steer the tests. Every `AISTUDIO_*` variable (and
+`RAY_ADDRESS`) is removed at import, `Settings` ignores `.env` files in this process, and Ray's
+processes start in the server's temp folder (they read no `.env` from the checkout either). The
+dashboard binds a free port itself; the HTTP port is retried when another process holds it.
+After each test that uses the server, no job it started may still be queued or running.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 import pytest
-from fastapi.testclient import TestClient
 
+if TYPE_CHECKING:
+    import httpx
+
+for _name in [n for n in os.environ if n.startswith("AISTUDIO_")] + ["RAY_ADDRESS"]:
+    os.environ.pop(_name, None)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-from appliance.core.config import Settings  # noqa: E402
-from appliance.main import create_app  # noqa: E402
+try:
+    from appliance.config import Settings, get_settings
+except ImportError:  # a GPU check host with only the Ray-free core's packages (`pytest -m gpu`)
+    Settings = None
+else:
+    # A `.env` in the working directory must not reach any Settings built in this process (the
+    # in-process app, get_settings(), other modules' fixtures): pydantic-settings reads this at
+    # each instantiation, so clearing it here covers every Settings() of the test session.
+    Settings.model_config["env_file"] = None
+    get_settings.cache_clear()
+
+# Job rows that count as work in progress (imports also pass through `cancelling`).
+ACTIVE_STATUSES = ("queued", "running", "cancelling")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def unused_port() -> int:
+    """A port that nothing listens on now, below the kernel's ephemeral range (32768+), so outgoing
+    connections never hold it, and above Ray's worker ports (10002-19999). The server binds it a
+    little later; start_appliance raises PortInUse if someone took it meanwhile, and we retry."""
+    while True:
+        port = random.randint(20000, 32767)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 @pytest.fixture
@@ -37,6 +69,10 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings):
+    from fastapi.testclient import TestClient
+
+    from appliance.main import create_app
+
     with TestClient(create_app(settings)) as c:
         yield c
 
@@ -46,26 +82,113 @@ class Server:
     url: str
     settings: Settings
     http: httpx.Client
+    token: str
 
     @property
     def import_root(self) -> Path:
         return self.settings.allowed_import_roots[0]
 
+    def anon(self, **kwargs) -> httpx.Client:
+        """A client of the same server without the token (close it: use it in a `with`)."""
+        import httpx
+
+        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+
+
+def _ray_agent_on_any_port() -> None:
+    """Ray's dashboard agent listens on 52365 in every local cluster, so a second test session on
+    the same machine gets an agent without HTTP ("No available agent to submit job"). ray.init
+    has no option for it; its RayParams do, and port 0 makes the agent bind a free port and
+    publish it. Test sessions only: the appliance keeps Ray's default."""
+    import functools
+
+    from ray._private.parameter import RayParams
+
+    if getattr(RayParams.__init__, "_any_agent_port", False):
+        return
+    original = RayParams.__init__
+
+    @functools.wraps(original)
+    def init(self, *args, **kwargs):
+        kwargs.setdefault("dashboard_agent_listen_port", 0)
+        original(self, *args, **kwargs)
+
+    init._any_agent_port = True
+    RayParams.__init__ = init
+
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    from appliance.runtime import start_appliance, stop_appliance
+    import httpx
+
+    from appliance.runtime import PortInUse, start_appliance, stop_appliance
 
     root = tmp_path_factory.mktemp("serve")
     (root / "imports").mkdir()
-    settings = Settings(
-        workspace=root / "ws", import_roots=[root / "imports"], port=free_port(),
-        ray_dashboard_port=free_port(), api_token=None,
-    )
-    url = start_appliance(settings)
-    with httpx.Client(base_url=url, timeout=60) as http:
-        yield Server(url=url, settings=settings, http=http)
+    token = secrets.token_urlsafe(24)
+    settings = Settings(workspace=root / "ws", import_roots=[root / "imports"], port=unused_port(),
+                        ray_dashboard_port=0, api_token=token,
+                        # Test hooks: runs wait at gates a test closes (tests/ray_jobs/gates.py); quiet
+                        # streams send a keep-alive every second, so a test sees one without waiting long.
+                        training_gates=True, sse_keepalive_s=1.0)
+    # Serve's proxy shares a port with any other SO_REUSEPORT listener (another session's Serve on
+    # this machine) unless told not to; then a taken port fails start_appliance and we pick again.
+    os.environ["SERVE_SOCKET_REUSE_PORT_ENABLED"] = "0"
+    _ray_agent_on_any_port()
+    cwd = os.getcwd()
+    os.chdir(root)  # Ray's processes keep the working directory of ray.init: no checkout `.env` there
+    try:
+        for attempt in range(5):
+            try:
+                url = start_appliance(settings)
+                break
+            except PortInUse:
+                if attempt == 4:
+                    raise
+                settings.port = unused_port()
+    finally:
+        os.chdir(cwd)
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url, timeout=60, headers=headers) as http:
+        yield Server(url=url, settings=settings, http=http, token=token)
     stop_appliance(settings)
+
+
+def active_jobs(settings: Settings) -> dict[str, tuple[str, str]]:
+    """id → (kind, status) of every import, experiment, evaluation and export not yet finished,
+    read from the server's database."""
+    from sqlalchemy import select
+
+    from appliance.store.db import session_scope
+    from appliance.store.tables import Evaluation, Experiment, Export, ImportJob
+
+    found = {}
+    with session_scope(settings.db_url) as s:
+        for kind, model in (("import", ImportJob), ("experiment", Experiment), ("evaluation", Evaluation),
+                            ("export", Export)):
+            for row in s.scalars(select(model).where(model.status.in_(ACTIVE_STATUSES))):
+                found[row.id] = (kind, row.status)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_job_left_active(request):
+    """A test that uses the server must wait for (or stop) every job it started."""
+    if "server" not in request.fixturenames:
+        yield
+        return
+    settings = request.getfixturevalue("server").settings
+    before = active_jobs(settings)
+    yield
+    left = {job: state for job, state in active_jobs(settings).items() if job not in before}
+    assert not left, f"{request.node.nodeid} left jobs active (wait for them or stop them): {left}"
+
+
+def pytest_runtest_setup(item):
+    from tests.host import cuda_available
+
+    if item.get_closest_marker("gpu") and not cuda_available():
+        pytest.skip("needs a CUDA GPU (benchmarks/gpu_check.sh runs these on a GPU host)")
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,9 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import Field
 
-from appliance.api.deps import LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
-from appliance.core.envelope import Envelope, Page, ok
-from appliance.schemas import StrictBody
+from appliance.http.deps import LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
+from appliance.http.envelope import Envelope, Page, ok
+from appliance.schemas import DatasetSummaryPublic, Deleted, ImagePublic, ImportJobPublic, StrictBody
 from appliance.services import datasets as service
 from appliance.web import render, wants_fragment
 
@@ -26,16 +26,14 @@ class LocalImport(StrictBody):
     format: ImportFormat = "auto"
 
 
-def _accepted(request: Request, job, status_code: int = 202):
+def _accepted(request: Request, job):
     data = service.import_public(job)
     if wants_fragment(request):
-        return render(request, "fragments/import_status.html", status_code=status_code, job=data)
-    from fastapi.responses import JSONResponse
-
-    return JSONResponse(ok(data).model_dump(mode="json"), status_code=status_code)
+        return render(request, "fragments/import_status.html", status_code=202, job=data)
+    return ok(data)
 
 
-@router.post("/import/local", status_code=202, response_model=Envelope[dict])
+@router.post("/import/local", status_code=202, response_model=Envelope[ImportJobPublic])
 def import_local(request: Request, body: LocalImport, session: SessionDep, settings: SettingsDep, runner: RunnerDep):
     """Import from a folder on the server (under an allowed import root) → 202 import job."""
     job = service.start_local_import(session, settings, body.project_id, body.source_path, body.format)
@@ -43,7 +41,7 @@ def import_local(request: Request, body: LocalImport, session: SessionDep, setti
     return _accepted(request, job)
 
 
-@router.post("/import/upload", status_code=202, response_model=Envelope[dict])
+@router.post("/import/upload", status_code=202, response_model=Envelope[ImportJobPublic])
 def import_upload(
     request: Request,
     project_id: Annotated[str, Form()],
@@ -59,7 +57,7 @@ def import_upload(
     return _accepted(request, job)
 
 
-@router.get("/{project_id}/imports/{import_id}", response_model=Envelope[dict])
+@router.get("/{project_id}/imports/{import_id}", response_model=Envelope[ImportJobPublic])
 def get_import(request: Request, project_id: ProjectId, import_id: str, session: SessionDep):
     """Import job: status, progress, counts, warnings."""
     job = service.get_import(session, project_id, import_id)
@@ -68,13 +66,13 @@ def get_import(request: Request, project_id: ProjectId, import_id: str, session:
     return ok(service.import_public(job))
 
 
-@router.delete("/{project_id}/imports/{import_id}", response_model=Envelope[dict])
+@router.delete("/{project_id}/imports/{import_id}", response_model=Envelope[ImportJobPublic])
 def cancel_import(project_id: ProjectId, import_id: str, session: SessionDep):
     """Cancel a queued or running import; the dataset stays as it was."""
     return ok(service.import_public(service.cancel_import(session, project_id, import_id)))
 
 
-@router.get("/{project_id}", response_model=Envelope[dict])
+@router.get("/{project_id}", response_model=Envelope[DatasetSummaryPublic])
 def summary(request: Request, project_id: ProjectId, session: SessionDep):
     """Health report: counts, class histogram, boxes, image sizes, unlabeled images, warnings."""
     data = service.summary(session, project_id)
@@ -83,7 +81,7 @@ def summary(request: Request, project_id: ProjectId, session: SessionDep):
     return ok(data)
 
 
-@router.get("/{project_id}/images", response_model=Envelope[Page[dict]])
+@router.get("/{project_id}/images", response_model=Envelope[Page[ImagePublic]])
 def list_images(
     request: Request, project_id: ProjectId, session: SessionDep, offset: OffsetQ = 0, limit: LimitQ = 60,
     label: str | None = None, split_id: str | None = None, subset: Literal["train", "val", "test"] | None = None,
@@ -96,13 +94,13 @@ def list_images(
     return ok(Page(items=items, total=total, offset=offset, limit=limit))
 
 
-@router.get("/{project_id}/images/{image_id}", response_model=Envelope[dict])
+@router.get("/{project_id}/images/{image_id}", response_model=Envelope[ImagePublic])
 def get_image(project_id: ProjectId, image_id: str, session: SessionDep):
     """One image's record and annotations."""
     return ok(service.image_public(service.get_image(session, project_id, image_id)))
 
 
-@router.delete("/{project_id}/images/{image_id}", response_model=Envelope[dict])
+@router.delete("/{project_id}/images/{image_id}", response_model=Envelope[Deleted])
 def delete_image(project_id: ProjectId, image_id: str, session: SessionDep, workspace: WorkspaceDep):
     """Remove one image (file, thumbnail, annotations, split assignments)."""
     service.delete_image(session, workspace, project_id, image_id)

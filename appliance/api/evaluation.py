@@ -8,12 +8,14 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
-from fastapi.responses import JSONResponse
 
-from appliance.api.deps import LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
-from appliance.core.envelope import Envelope, Page, ok
-from appliance.core.errors import InvalidDataset, PayloadTooLarge, Unavailable, ValidationFailed
-from appliance.core.ray_runtime import ray_is_up
+from appliance.http.deps import LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
+from appliance.http.envelope import Envelope, Page, ok
+from appliance.schemas import (
+    Deleted, EvalSamplePublic, EvaluationDetailPublic, EvaluationPublic, PredictionPublic,
+)
+from appliance.store.errors import InvalidDataset, PayloadTooLarge, Unavailable, ValidationFailed
+from appliance.services.ray_runtime import ray_is_up
 from appliance.services import evaluation as service
 from appliance.services.datasets import get_image
 from appliance.services.evaluation import EvaluationRun
@@ -21,10 +23,9 @@ from appliance.web import render, wants_fragment
 
 router = APIRouter(prefix="/api/evaluation", tags=["evaluation"])
 MAX_TRY_IMAGE_BYTES = 25 * 1024 * 1024
-MIN_DETECTION_SCORE = 0.05
 
 
-@router.get("/{project_id}", response_model=Envelope[list[dict]])
+@router.get("/{project_id}", response_model=Envelope[list[EvaluationPublic]])
 def list_evaluations(request: Request, project_id: ProjectId, session: SessionDep):
     """Evaluations with status, progress and headline metrics."""
     items = service.list_evaluations(session, project_id)
@@ -33,7 +34,7 @@ def list_evaluations(request: Request, project_id: ProjectId, session: SessionDe
     return ok(items)
 
 
-@router.post("/run", status_code=202, response_model=Envelope[dict])
+@router.post("/run", status_code=202, response_model=Envelope[EvaluationDetailPublic])
 def run(body: EvaluationRun, session: SessionDep, settings: SettingsDep, workspace: WorkspaceDep, runner: RunnerDep):
     """Evaluate an experiment's checkpoint on a subset → 202; several may run at once."""
     service.check_request(session, workspace, body)
@@ -42,10 +43,10 @@ def run(body: EvaluationRun, session: SessionDep, settings: SettingsDep, workspa
     evaluation = service.request_evaluation(session, workspace, body)
     runner.submit("evaluation", service.launch, settings.db_url, str(settings.workspace), evaluation.id,
                   settings.eval_gpu_fraction)
-    return JSONResponse(ok(service.evaluation_public(session, evaluation)).model_dump(mode="json"), status_code=202)
+    return ok(service.evaluation_public(session, evaluation))
 
 
-@router.post("/{project_id}/predict", response_model=Envelope[dict])
+@router.post("/{project_id}/predict", response_model=Envelope[PredictionPublic])
 def predict(
     project_id: ProjectId, session: SessionDep, settings: SettingsDep, workspace: WorkspaceDep,
     experiment_id: Annotated[str, Form()],
@@ -56,7 +57,7 @@ def predict(
     """Try one image (an upload or a dataset image) with an experiment, through the evaluation's inference code."""
     import ray
 
-    from appliance.services.importers import UnreadableImage, probe_image
+    from appliance.importers import UnreadableImage, probe_image
     from ray_jobs.evaluate import predict_task, task_resources
 
     exp, ckpt = service.trained_checkpoint(session, workspace, project_id, experiment_id, checkpoint)
@@ -85,9 +86,6 @@ def predict(
                 raise InvalidDataset(f"file {file.filename}: unreadable image ({exc.reason})") from None
         fraction = settings.eval_gpu_fraction
         result = ray.get(predict_task.options(**task_resources(fraction)).remote(str(ckpt), [str(path)], fraction))[0]
-        if "scores" in result:  # detection: drop the long tail of near-zero candidates
-            keep = [i for i, score in enumerate(result["scores"]) if score >= MIN_DETECTION_SCORE]
-            result = {key: [values[i] for i in keep] for key, values in result.items()}
         width, height = (info.width, info.height) if image_id is None else (image.width, image.height)
         return ok({"experiment_id": experiment_id, "checkpoint": checkpoint, "image_id": image_id,
                    "width": width, "height": height, "classes": exp.class_names, **result})
@@ -95,13 +93,13 @@ def predict(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-@router.get("/{project_id}/{evaluation_id}", response_model=Envelope[dict])
+@router.get("/{project_id}/{evaluation_id}", response_model=Envelope[EvaluationDetailPublic])
 def get_evaluation(project_id: ProjectId, evaluation_id: str, session: SessionDep):
     """Status and metrics: classification (accuracy, top-5, P/R/F1, confusion) or detection (COCO mAPs, PR curves…)."""
     return ok(service.evaluation_public(session, service.get_evaluation(session, project_id, evaluation_id)))
 
 
-@router.get("/{project_id}/{evaluation_id}/samples", response_model=Envelope[Page[dict]])
+@router.get("/{project_id}/{evaluation_id}/samples", response_model=Envelope[Page[EvalSamplePublic]])
 def samples(
     request: Request, project_id: ProjectId, evaluation_id: str, session: SessionDep,
     kind: Literal["errors", "all"] = "errors", label: str | None = None,
@@ -117,7 +115,7 @@ def samples(
     return ok(Page(items=items, total=total, offset=offset, limit=limit))
 
 
-@router.delete("/{project_id}/{evaluation_id}", response_model=Envelope[dict])
+@router.delete("/{project_id}/{evaluation_id}", response_model=Envelope[Deleted])
 def delete_evaluation(project_id: ProjectId, evaluation_id: str, session: SessionDep, workspace: WorkspaceDep):
     """Remove an evaluation and its per-sample results."""
     service.delete_evaluation(session, workspace, project_id, evaluation_id)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 
-from appliance.api.deps import ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
-from appliance.core.envelope import Envelope, ok
-from appliance.core.errors import Unavailable
-from appliance.core.ray_runtime import ray_is_up
+from appliance.http.deps import ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
+from appliance.http.envelope import Envelope, ok
+from appliance.schemas import Deleted, ExportPublic
+from appliance.store.errors import Unavailable
+from appliance.services.ray_runtime import ray_is_up
 from appliance.services import export as service
 from appliance.services.export import ExportRun
 from appliance.web import render, wants_fragment
@@ -16,7 +17,7 @@ from appliance.web import render, wants_fragment
 router = APIRouter(prefix="/api/export", tags=["export"])
 
 
-@router.get("/{project_id}", response_model=Envelope[list[dict]])
+@router.get("/{project_id}", response_model=Envelope[list[ExportPublic]])
 def list_exports(request: Request, project_id: ProjectId, session: SessionDep):
     """Exports with status, size, parity, metric delta and latency."""
     items = service.list_exports(session, project_id)
@@ -25,7 +26,7 @@ def list_exports(request: Request, project_id: ProjectId, session: SessionDep):
     return ok(items)
 
 
-@router.post("/run", status_code=202, response_model=Envelope[dict])
+@router.post("/run", status_code=202, response_model=Envelope[ExportPublic])
 def run(body: ExportRun, session: SessionDep, settings: SettingsDep, workspace: WorkspaceDep, runner: RunnerDep):
     """Queue an export → 202; exports run one at a time in request order. TensorRT without a GPU → 503."""
     service.check_request(session, workspace, body)
@@ -33,10 +34,10 @@ def run(body: ExportRun, session: SessionDep, settings: SettingsDep, workspace: 
         raise Unavailable("Ray is not reachable; exports run on the Ray cluster")
     export = service.request_export(session, body)
     runner.submit("export", service.launch, settings.db_url, str(settings.workspace), export.id, settings.eval_gpu_fraction)
-    return JSONResponse(ok(service.export_public(session, export)).model_dump(mode="json"), status_code=202)
+    return ok(service.export_public(session, export))
 
 
-@router.get("/{project_id}/{export_id}", response_model=Envelope[dict])
+@router.get("/{project_id}/{export_id}", response_model=Envelope[ExportPublic])
 def get_export(project_id: ProjectId, export_id: str, session: SessionDep):
     """Status, size, parity against PyTorch, metric delta, latency."""
     return ok(service.export_public(session, service.get_export(session, project_id, export_id)))
@@ -49,7 +50,7 @@ def download(project_id: ProjectId, export_id: str, session: SessionDep, workspa
     return FileResponse(path, media_type="application/zip", filename=filename)
 
 
-@router.delete("/{project_id}/{export_id}", response_model=Envelope[dict])
+@router.delete("/{project_id}/{export_id}", response_model=Envelope[Deleted])
 def delete_export(project_id: ProjectId, export_id: str, session: SessionDep, workspace: WorkspaceDep):
     """Remove an export and its files."""
     service.delete_export(session, workspace, project_id, export_id)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import secrets
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse
 
-from appliance.api.deps import ProjectId, SessionDep, SettingsDep
-from appliance.core.auth import COOKIE_NAME
+from appliance.http.deps import ProjectId, SessionDep, SettingsDep
+from appliance.http.auth import COOKIE_NAME, DEFAULT_NEXT, safe_next
 from appliance.services import datasets as dataset_service
 from appliance.services import evaluation as evaluation_service
 from appliance.services import export as export_service
@@ -102,15 +103,15 @@ def project_section(request: Request, project_id: ProjectId, section: Section, s
 
 
 @router.get("/login")
-def login_page(request: Request, next: str = "/projects"):
-    return render(request, "pages/login.html", next=next, error=None)
+def login_page(request: Request, next: str = DEFAULT_NEXT):
+    return render(request, "pages/login.html", next=safe_next(next), error=None)
 
 
 @router.post("/login")
-def login(request: Request, settings: SettingsDep, token: Annotated[str, Form()], next: Annotated[str, Form()] = "/projects"):
-    if not settings.api_token or token != settings.api_token:
-        return render(request, "pages/login.html", status_code=401, next=next, error="That token is not valid.")
-    target = next if next.startswith("/") and not next.startswith("//") else "/projects"
-    response = RedirectResponse(target, status_code=303)
+def login(request: Request, settings: SettingsDep, token: Annotated[str, Form()],
+          next: Annotated[str, Form()] = DEFAULT_NEXT):
+    if not settings.api_token or not secrets.compare_digest(token.encode(), settings.api_token.encode()):
+        return render(request, "pages/login.html", status_code=401, next=safe_next(next), error="That token is not valid.")
+    response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(COOKIE_NAME, token, httponly=True, samesite="strict")
     return response

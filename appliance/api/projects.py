@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from appliance.api.deps import LimitQ, OffsetQ, ProjectId, SessionDep, WorkspaceDep
-from appliance.core.envelope import Envelope, Page, ok
-from appliance.schemas import ProjectCreate, ProjectPublic, ProjectUpdate
+from appliance.http.deps import LimitQ, OffsetQ, ProjectId, SessionDep, WorkspaceDep
+from appliance.http.envelope import Envelope, Page, ok
+from appliance.schemas import Deleted, ProjectCreate, ProjectPublic, ProjectUpdate
 from appliance.services import projects as service
 from appliance.web import render, wants_fragment
 
@@ -48,7 +48,7 @@ def update_project(request: Request, project_id: ProjectId, body: ProjectUpdate,
     return ok(project)
 
 
-@router.delete("/{project_id}", response_model=Envelope[dict])
+@router.delete("/{project_id}", response_model=Envelope[Deleted])
 def delete_project(request: Request, project_id: ProjectId, session: SessionDep, workspace: WorkspaceDep):
     """Delete a project with all its files; 409 while one of its jobs runs."""
     service.delete_project(session, workspace, project_id)

@@ -5,15 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from appliance.api.deps import SessionDep, WorkspaceDep
-from appliance.core.envelope import Envelope, ok
+from appliance.http.deps import SessionDep, WorkspaceDep
+from appliance.http.envelope import Envelope, ok
+from appliance.schemas import GpusPublic, HealthDown, HealthPublic, JobPublic, WorkspaceUsagePublic
 from appliance.services import system as service
 from appliance.web import render, wants_fragment
 
 router = APIRouter(prefix="/api/system", tags=["system"])
 
 
-@router.get("/health", response_model=Envelope[dict])
+@router.get("/health", response_model=Envelope[HealthPublic], responses={503: {"model": HealthDown}})
 def health(request: Request, session: SessionDep, workspace: WorkspaceDep):
     """Ray, database and workspace state; 503 when a part is down."""
     parts = service.health(session, workspace)
@@ -27,19 +28,19 @@ def health(request: Request, session: SessionDep, workspace: WorkspaceDep):
     return JSONResponse(body, status_code=503)
 
 
-@router.get("/gpu", response_model=Envelope[dict])
+@router.get("/gpu", response_model=Envelope[GpusPublic])
 def gpu():
     """Per-GPU name, memory, utilisation, temperature (NVML); empty with a reason without a GPU."""
     return ok(service.gpus())
 
 
-@router.get("/workspace", response_model=Envelope[dict])
+@router.get("/workspace", response_model=Envelope[WorkspaceUsagePublic])
 def workspace_usage(session: SessionDep, workspace: WorkspaceDep):
     """Bytes per project and free space on the workspace volume."""
     return ok(service.workspace_usage(session, workspace))
 
 
-@router.get("/jobs", response_model=Envelope[list[dict]])
+@router.get("/jobs", response_model=Envelope[list[JobPublic]])
 def jobs(session: SessionDep):
     """Queued and running jobs of every kind."""
     return ok(service.active_jobs(session))

@@ -8,29 +8,29 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from appliance.api.deps import ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
-from appliance.core.envelope import Envelope, ok
-from appliance.core.errors import Unavailable
-from appliance.core.ray_runtime import ray_is_up
+from appliance.http.deps import ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
+from appliance.http.envelope import Envelope, ok
+from appliance.schemas import Deleted, ExperimentDetailPublic, ExperimentPublic, ModelSpecPublic, StopRequested
+from appliance.store.errors import Unavailable
+from appliance.services.ray_runtime import ray_is_up
 from appliance.services import training as service
 from appliance.services.training import ExperimentCreate, RunRequest
 from appliance.web import render, wants_fragment
 
 router = APIRouter(prefix="/api/training", tags=["training"])
 POLL_S = 0.1
-HEARTBEAT_S = 10.0
 DB_CHECK_S = 2.0
 
 
-@router.get("/models", response_model=Envelope[list[dict]])
+@router.get("/models", response_model=Envelope[list[ModelSpecPublic]])
 def models(task: Literal["classification", "detection"] | None = None):
     """Model catalog: name, task, parameter count, default image size."""
     return ok(service.catalog(task))
 
 
-@router.get("/{project_id}/experiments", response_model=Envelope[list[dict]])
+@router.get("/{project_id}/experiments", response_model=Envelope[list[ExperimentPublic]])
 def list_experiments(request: Request, project_id: ProjectId, session: SessionDep):
     """Experiments with status and best metric."""
     items = service.list_experiments(session, project_id)
@@ -39,7 +39,7 @@ def list_experiments(request: Request, project_id: ProjectId, session: SessionDe
     return ok(items)
 
 
-@router.post("/{project_id}/experiments", status_code=201, response_model=Envelope[dict])
+@router.post("/{project_id}/experiments", status_code=201, response_model=Envelope[ExperimentPublic])
 def create_experiment(request: Request, project_id: ProjectId, body: ExperimentCreate, session: SessionDep,
                       settings: SettingsDep):
     """Create an experiment (hyperparameters checked against the model, split and dataset)."""
@@ -50,20 +50,20 @@ def create_experiment(request: Request, project_id: ProjectId, body: ExperimentC
     return ok(exp)
 
 
-@router.get("/{project_id}/experiments/{experiment_id}", response_model=Envelope[dict])
+@router.get("/{project_id}/experiments/{experiment_id}", response_model=Envelope[ExperimentDetailPublic])
 def get_experiment(project_id: ProjectId, experiment_id: str, session: SessionDep):
     """Record and per-epoch history."""
     return ok(service.experiment_public(session, service.get_experiment(session, project_id, experiment_id), True))
 
 
-@router.delete("/{project_id}/experiments/{experiment_id}", response_model=Envelope[dict])
+@router.delete("/{project_id}/experiments/{experiment_id}", response_model=Envelope[Deleted])
 def delete_experiment(project_id: ProjectId, experiment_id: str, session: SessionDep, workspace: WorkspaceDep):
     """Delete an experiment and its checkpoints; 409 while it trains."""
     service.delete_experiment(session, workspace, project_id, experiment_id)
     return ok({"id": experiment_id, "deleted": True})
 
 
-@router.post("/run", status_code=202, response_model=Envelope[dict])
+@router.post("/run", status_code=202, response_model=Envelope[ExperimentPublic])
 def run(body: RunRequest, session: SessionDep, settings: SettingsDep, runner: RunnerDep):
     """Start (or resume / extend) a run → 202; 409 while another experiment trains."""
     if not ray_is_up():
@@ -72,13 +72,13 @@ def run(body: RunRequest, session: SessionDep, settings: SettingsDep, runner: Ru
 
     from ray_jobs.events import get_event_bus
 
-    exp = service.request_run(session, body)
-    ray.get(get_event_bus().reset.remote(exp.id))
+    bus = get_event_bus()
+    exp = service.request_run(session, body, reset_events=lambda run_id: ray.get(bus.reset.remote(run_id)))
     runner.submit("training", service.launch, settings.db_url, body.project_id, exp.id, body.resume)
-    return JSONResponse(ok(service.experiment_public(session, exp)).model_dump(mode="json"), status_code=202)
+    return ok(service.experiment_public(session, exp))
 
 
-@router.post("/{project_id}/experiments/{experiment_id}/stop", response_model=Envelope[dict])
+@router.post("/{project_id}/experiments/{experiment_id}/stop", response_model=Envelope[StopRequested])
 def stop(project_id: ProjectId, experiment_id: str, session: SessionDep):
     """Ask the run to stop after the current epoch; it keeps its last checkpoint (status `stopped`)."""
     exp = service.request_stop(session, project_id, experiment_id)
@@ -97,12 +97,17 @@ def _sse(kind: str, data: dict, event_id: int | None = None) -> str:
     return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n"
 
 
-@router.get("/{project_id}/experiments/{experiment_id}/stream")
+SSE_DOC = {200: {"description": "Server-sent events (`text/event-stream`); `epoch_end` data is an EpochPublic",
+                 "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
+
+@router.get("/{project_id}/experiments/{experiment_id}/stream", response_class=StreamingResponse, responses=SSE_DOC)
 async def stream(
     request: Request, project_id: ProjectId, experiment_id: str,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ):
     """SSE: `status`, `epoch_end` (id = epoch), `log`, `complete`. History first; honours Last-Event-ID."""
+    keepalive_s = request.app.state.settings.sse_keepalive_s
     sessions = request.app.state.sessions
     with sessions() as session:  # validate before the first yield: errors are envelopes, not empty 200s
         service.get_experiment(session, project_id, experiment_id)
@@ -111,7 +116,8 @@ async def stream(
     from ray_jobs.events import get_event_bus
 
     bus = get_event_bus()
-    sent = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    # Our ids are epoch numbers; any other id (`abc`, `-1`, `²`) is ignored: the whole history is sent.
+    sent = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else 0
 
     def snapshot() -> tuple[str, list[dict], dict]:
         with sessions() as session:
@@ -132,7 +138,8 @@ async def stream(
             return
         cursor, last_beat, last_db = 0, time.monotonic(), time.monotonic()
         while not await request.is_disconnected():
-            for ev in await bus.events_after.remote(experiment_id, cursor):
+            batch = await bus.events_after.remote(experiment_id, cursor)
+            for ev in batch:
                 cursor = ev["seq"]
                 data = ev["data"]
                 if ev["type"] == "epoch_end":
@@ -146,7 +153,9 @@ async def stream(
                     yield _sse(ev["type"], data)
             else:
                 now = time.monotonic()
-                if now - last_beat > HEARTBEAT_S:
+                if batch:
+                    last_beat = now
+                elif now - last_beat > keepalive_s:  # quiet for a while: proxies may cut an idle stream
                     last_beat = now
                     yield ": keep-alive\n\n"
                 if now - last_db <= DB_CHECK_S:

@@ -19,15 +19,15 @@ from pathlib import Path
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from appliance.core.config import Settings
-from appliance.core.db import session_scope
-from appliance.core.errors import (
+from appliance.config import Settings
+from appliance.store.db import session_scope
+from appliance.store.errors import (
     AppError, Conflict, ForbiddenPath, InvalidDataset, NotFound, PayloadTooLarge, ValidationFailed,
 )
-from appliance.core.ids import new_id
-from appliance.core.models import Box, Image, ImportJob, Project, SplitAssignment, utcnow
-from appliance.core.paths import Workspace, is_within, safe_join
-from appliance.services.importers import check_zip, extract_zip, make_thumbnail, parse_source, store_image
+from appliance.store.ids import new_id
+from appliance.store.tables import Box, Image, ImportJob, Project, SplitAssignment, utcnow
+from appliance.store.paths import Workspace, is_within, safe_join
+from appliance.importers import check_zip, extract_zip, make_thumbnail, parse_source, store_image
 from appliance.services.projects import get_owned, get_project
 
 log = logging.getLogger("aistudio.datasets")
@@ -285,17 +285,55 @@ def _finish(url: str, import_id: str, status: str, error: str) -> None:
             job.status, job.error, job.finished_at = status, error, utcnow()
 
 
+INTERRUPTED_MESSAGE = "The server stopped during this import; the dataset is unchanged. Import again."
+
+
 def recover_imports(app) -> None:
-    """At start-up: imports cut off mid-run failed (their staging is discarded); queued ones run."""
-    settings = app.state.settings
+    """At start-up: an import cut off mid-run failed and left the dataset unchanged — unless its
+    rows were committed (the process died just before closing the job), then it completed. Files
+    it had staged or already moved into the dataset folder without rows are removed, and so is
+    everything else in staging that no queued import owns (an upload cut off mid-stream, a
+    try-one-image scratch folder). Queued imports run again, in order."""
+    settings, workspace = app.state.settings, app.state.workspace
+    swept: set[str] = set()
     with session_scope(settings.db_url) as s:
         for job in s.scalars(select(ImportJob).where(ImportJob.status.in_(("running", "cancelling")))):
-            job.status, job.finished_at = "failed", utcnow()
-            job.error = "The server stopped during this import; the dataset is unchanged. Import again."
-            shutil.rmtree(app.state.workspace.staging_dir / job.id, ignore_errors=True)
+            committed = s.scalar(select(func.count()).select_from(Image).where(Image.import_id == job.id)) or 0
+            job.finished_at = utcnow()
+            if committed:
+                job.status, job.added, job.error = "completed", committed, None
+                job.done = job.total = max(job.total, committed)
+            else:
+                job.status, job.error = "failed", INTERRUPTED_MESSAGE
+            swept.add(job.project_id)
         queued = list(s.scalars(select(ImportJob.id).where(ImportJob.status == "queued").order_by(ImportJob.created_at)))
+        for project_id in swept:
+            _remove_unrecorded_images(s, workspace, project_id)
+    if workspace.staging_dir.is_dir():
+        for leftover in workspace.staging_dir.iterdir():
+            if leftover.name not in queued:
+                _remove(leftover)
     for import_id in queued:
         app.state.runner.submit("import", run_import, settings, import_id)
+
+
+def _remove_unrecorded_images(session: Session, workspace: Workspace, project_id: str) -> None:
+    """Dataset files without an image row: moved in by a commit that never reached the database."""
+    folder = workspace.images_dir(project_id)
+    if not folder.is_dir():
+        return
+    recorded = set(session.scalars(select(Image.filename).where(Image.project_id == project_id)))
+    for path in folder.iterdir():
+        if path.name not in recorded:
+            log.warning("Removing %s: no image record (an import was cut off while committing)", path)
+            _remove(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- summary and browsing

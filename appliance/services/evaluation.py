@@ -10,11 +10,11 @@ from typing import Literal
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from appliance.core.db import session_scope
-from appliance.core.errors import Conflict, ValidationFailed
-from appliance.core.ids import new_id
-from appliance.core.models import EvalSample, Evaluation, Experiment, utcnow
-from appliance.core.paths import Workspace
+from appliance.store.db import session_scope
+from appliance.store.errors import Conflict, ValidationFailed
+from appliance.store.ids import new_id
+from appliance.store.tables import EvalSample, Evaluation, Experiment, utcnow
+from appliance.store.paths import Workspace
 from appliance.schemas import StrictBody
 from appliance.services.projects import get_owned, get_project
 from appliance.services.splits import subset_images
@@ -201,13 +201,14 @@ def launch(db_url: str, workspace_root: str, evaluation_id: str, gpu_fraction: f
 
 
 def recover_evaluations(app) -> None:
-    """At start-up: evaluations cut off mid-run failed; queued ones run again."""
+    """At start-up: evaluations cut off mid-run failed (their per-sample rows are written with the
+    result, in one transaction, so none exist); queued ones run again, in order."""
     settings = app.state.settings
     with session_scope(settings.db_url) as s:
         for ev in s.scalars(select(Evaluation).where(Evaluation.status == "running")):
             ev.status, ev.finished_at = "failed", utcnow()
             ev.error = "The server stopped during this evaluation; run it again"
-        queued = list(s.scalars(select(Evaluation.id).where(Evaluation.status == "queued")))
+        queued = list(s.scalars(select(Evaluation.id).where(Evaluation.status == "queued").order_by(Evaluation.created_at)))
     for evaluation_id in queued:
         app.state.runner.submit("evaluation", launch, settings.db_url, str(settings.workspace), evaluation_id,
                                 settings.eval_gpu_fraction)

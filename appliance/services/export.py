@@ -16,12 +16,12 @@ from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from appliance.core.db import session_scope
-from appliance.core.errors import Conflict, NotFound, Unavailable, ValidationFailed
-from appliance.core.ids import new_id
-from appliance.core.models import Experiment, Export, utcnow
-from appliance.core.paths import Workspace
-from appliance.core.ray_runtime import cluster_gpus
+from appliance.store.db import session_scope
+from appliance.store.errors import Conflict, NotFound, Unavailable, ValidationFailed
+from appliance.store.ids import new_id
+from appliance.store.tables import Experiment, Export, utcnow
+from appliance.store.paths import Workspace
+from appliance.services.ray_runtime import cluster_gpus
 from appliance.schemas import StrictBody
 from appliance.services.evaluation import trained_checkpoint
 from appliance.services.projects import get_owned, get_project
@@ -51,7 +51,7 @@ def check_request(session: Session, workspace: Workspace, body: ExportRun) -> No
             "(choose format tensorrt for fp16)"
         )
     if body.format == "tensorrt":
-        from ray_jobs.core.exporters import tensorrt_available
+        from ray_jobs.core.export import tensorrt_available
 
         ready, reason = tensorrt_available()
         if not ready:
@@ -155,12 +155,14 @@ def launch(db_url: str, workspace_root: str, export_id: str, gpu_fraction: float
 
 
 def recover_exports(app) -> None:
-    """At start-up: an export cut off mid-run failed; queued ones go back in the queue, in order."""
-    settings = app.state.settings
+    """At start-up: an export cut off mid-run failed and its partial files are removed; queued ones
+    go back in the queue, in order."""
+    settings, workspace = app.state.settings, app.state.workspace
     with session_scope(settings.db_url) as s:
         for export in s.scalars(select(Export).where(Export.status == "running")):
             export.status, export.finished_at = "failed", utcnow()
             export.error = "The server stopped during this export; run it again"
+            shutil.rmtree(workspace.export_dir(export.project_id, export.id), ignore_errors=True)
         queued = list(s.scalars(select(Export.id).where(Export.status == "queued").order_by(Export.created_at)))
     for export_id in queued:
         app.state.runner.submit("export", launch, settings.db_url, str(settings.workspace), export_id,

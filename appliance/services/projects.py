@@ -7,10 +7,10 @@ import shutil
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from appliance.core.errors import Conflict, NotFound
-from appliance.core.ids import check_id, new_id
-from appliance.core.models import Evaluation, Experiment, Export, Image, ImportJob, Project
-from appliance.core.paths import Workspace
+from appliance.store.errors import Conflict, NotFound
+from appliance.store.ids import check_id, new_id
+from appliance.store.tables import Evaluation, Experiment, Export, Image, ImportJob, Project
+from appliance.store.paths import Workspace
 from appliance.schemas import ProjectCreate, ProjectPublic, ProjectUpdate
 
 ACTIVE = ("queued", "running")

@@ -13,9 +13,9 @@ from pydantic import Field, model_validator
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from appliance.core.errors import Conflict, ValidationFailed
-from appliance.core.ids import new_id
-from appliance.core.models import Box, Experiment, Image, Split, SplitAssignment
+from appliance.store.errors import Conflict, ValidationFailed
+from appliance.store.ids import new_id
+from appliance.store.tables import Box, Experiment, Image, Split, SplitAssignment
 from appliance.schemas import StrictBody
 from appliance.services.projects import get_owned, get_project
 from appliance.services.split_allocation import BACKGROUND, assign, dominant_label, summarize

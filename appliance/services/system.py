@@ -11,9 +11,9 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from appliance import __version__
-from appliance.core.models import Evaluation, Experiment, Export, ImportJob, Project
-from appliance.core.paths import Workspace
-from appliance.core.ray_runtime import ray_is_up
+from appliance.store.tables import Evaluation, Experiment, Export, ImportJob, Project
+from appliance.store.paths import Workspace
+from appliance.services.ray_runtime import ray_is_up
 
 
 def health(session: Session, workspace: Workspace) -> dict:
@@ -103,6 +103,6 @@ def active_jobs(session: Session) -> list[dict]:
                 done, total = row.epochs_done, row.params.get("epochs")
             jobs.append({
                 "kind": kind, "id": row.id, "project_id": row.project_id, "status": row.status,
-                "done": done, "total": total, "created_at": row.created_at.isoformat(),
+                "done": done, "total": total, "created_at": row.created_at,
             })
     return sorted(jobs, key=lambda j: j["created_at"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -18,11 +19,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from appliance.core.db import session_scope
-from appliance.core.errors import Conflict, ValidationFailed
-from appliance.core.ids import new_id
-from appliance.core.models import EpochRecord, Experiment, Lock, utcnow
-from appliance.core.paths import Workspace
+from appliance.store.db import session_scope
+from appliance.store.errors import Conflict, ValidationFailed
+from appliance.store.ids import new_id
+from appliance.store.tables import EpochRecord, Experiment, Lock, utcnow
+from appliance.store.paths import Workspace
 from appliance.schemas import StrictBody
 from appliance.services.projects import get_owned, get_project
 from appliance.services.splits import BACKGROUND, get_split, subset_images
@@ -180,8 +181,10 @@ def release_slot(session: Session, experiment_id: str) -> None:
     session.commit()
 
 
-def request_run(session: Session, body: RunRequest) -> Experiment:
-    """Check the request, take the slot and queue the experiment (the launch happens after)."""
+def request_run(session: Session, body: RunRequest, reset_events: Callable[[str], None] | None = None) -> Experiment:
+    """Check the request, take the slot and queue the experiment (the launch happens after).
+    `reset_events(id)` forgets the previous attempt's events and stop request; it runs before the
+    run shows as `queued`, so a stop asked for the queued run is never wiped by it."""
     exp = get_experiment(session, body.project_id, body.experiment_id)
     if exp.status in ACTIVE:
         raise Conflict(ALREADY_TRAINING if exp.status == "running" else f"Experiment {exp.id} is already queued")
@@ -197,6 +200,8 @@ def request_run(session: Session, body: RunRequest) -> Experiment:
         raise ValidationFailed("epochs: only with resume=true (to extend a run); edit a new experiment instead")
     acquire_slot(session, exp.id)
     try:
+        if reset_events is not None:
+            reset_events(exp.id)
         if body.epochs is not None:
             exp.params = {**exp.params, "epochs": body.epochs}
         exp.status, exp.error, exp.heartbeat_at = "queued", None, utcnow()
@@ -279,18 +284,24 @@ def finish_run(db_url: str, experiment_id: str, status: str, error: str | None =
         return {"status": status, "best_metric": exp.best_metric, "error": error}
 
 
-def reap_stale_runs(db_url: str, now=None) -> list[str]:
+def reap_stale_runs(db_url: str, now=None, ray_started_at=None) -> list[str]:
     """Runs whose driver stopped heart-beating died with their process: mark them `interrupted`
-    (resumable from the last checkpoint) and free the slot. Called at start-up and periodically."""
+    (resumable from the last checkpoint) and free the slot. Called at start-up and periodically.
+    With `ray_started_at` (start-up), a run last heard of before the current Ray cluster came up
+    cannot be running in it: it is interrupted at once, without waiting for the heartbeat timeout."""
     now = now or utcnow()
     reaped = []
     with session_scope(db_url) as s:
         for exp in s.scalars(select(Experiment).where(Experiment.status.in_(ACTIVE))):
             beat = exp.heartbeat_at
-            if beat is None or now - beat > STALE_AFTER:
-                exp.status, exp.finished_at = "interrupted", now
+            if beat is not None and ray_started_at is not None and beat < ray_started_at:
+                exp.error = "The server restarted during this run, which ended with it; resume to continue"
+            elif beat is None or now - beat > STALE_AFTER:
                 exp.error = "The training process stopped responding (server or job died); resume to continue"
-                reaped.append(exp.id)
+            else:
+                continue
+            exp.status, exp.finished_at = "interrupted", now
+            reaped.append(exp.id)
         for exp_id in reaped:
             s.execute(delete(Lock).where(Lock.name == TRAINING_LOCK, Lock.holder == exp_id))
         # A slot held by a run that is no longer active is stale too.
@@ -363,7 +374,9 @@ def watch_runs(db_url: str, stop, every_s: float = 10.0) -> None:
 
 def recover_runs(app) -> None:
     """At start-up: runs left active by a dead process become `interrupted`; then keep watching."""
+    from appliance.services.recovery import ray_started_at
+
     settings = app.state.settings
-    for exp_id in reap_stale_runs(settings.db_url):
+    for exp_id in reap_stale_runs(settings.db_url, ray_started_at=ray_started_at()):
         log.warning("Experiment %s was cut off by a restart; marked interrupted", exp_id)
     app.state.runner.submit("watch", watch_runs, settings.db_url, app.state.stopping)

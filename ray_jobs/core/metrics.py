@@ -437,6 +437,19 @@ def _detection_records(gts, preds, class_names, sample_ids, iou_threshold, score
     return records
 
 
+# Detections scoring below this are dropped before anything uses them (metrics, stored samples,
+# try-one-image, an export's metric), so the reported mAP can be recomputed from the detections the
+# API returns. (SSDLite proposes boxes down to 0.001; torchvision's other detectors stop at 0.05.)
+MIN_DETECTION_SCORE = 0.05
+
+
+def confident(prediction: dict) -> dict:
+    """A detection result (boxes, labels, scores, maybe class_names) without the detections
+    scoring below MIN_DETECTION_SCORE."""
+    keep = [i for i, score in enumerate(prediction["scores"]) if score >= MIN_DETECTION_SCORE]
+    return {key: [values[i] for i in keep] for key, values in prediction.items()}
+
+
 def rank_samples(
     task: str,
     targets: Sequence,

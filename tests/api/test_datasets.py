@@ -8,18 +8,20 @@ through the real Ray Serve proxy (`server`).
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 import threading
 import time
 import zipfile
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from appliance.core.config import Settings
+from appliance.config import Settings
 from appliance.main import create_app
 from appliance.services import datasets as service
 from tests.fixtures import (
@@ -37,6 +39,7 @@ from tests.fixtures import (
     write_corrupt,
     zip_dir,
 )
+from tests.htmlq import parse
 
 TASK_OF = {"folder": "classification", "folder-nested": "classification", "csv": "classification",
            "csv-boxes": "detection", "coco": "detection", "yolo": "detection"}
@@ -162,8 +165,11 @@ def test_auto_detection_reports_the_layout(client, root):
     pid = create_project(client, "detection")
     job = import_and_wait(client, pid, gen.root, fmt="auto")
     assert job["format"] == "auto"
-    assert job["detected"].startswith("Auto-detected COCO: annotations/instances_default.json with 3 images")
-    assert "(red, blue)" in job["detected"]
+    # the report names the layout, the annotation file it read, its image count and classes
+    detected = job["detected"]
+    assert detected.startswith("Auto-detected") and "COCO" in detected
+    assert "annotations/instances_default.json" in detected and "3 images" in detected
+    assert "red" in detected and "blue" in detected
 
 
 def test_auto_detection_failure_says_what_it_looked_for(client, root):
@@ -671,33 +677,67 @@ def test_fragments_for_htmx(client, cls_project):
     hx = {"HX-Request": "true"}
     job = client.get(f"/api/datasets/{pid}").json()["data"]["last_import"]
     r = client.get(f"/api/datasets/{pid}/imports/{job['id']}", headers=hx)
-    assert r.status_code == 200 and 'data-status="completed"' in r.text and "every 500ms" not in r.text
-    r = client.get(f"/api/datasets/{pid}", headers=hx)
-    assert 'id="class-chart"' in r.text and 'id="summary-images">24<' in r.text
-    r = client.get(f"/api/datasets/{pid}/images?limit=10&offset=10&label=red", headers=hx)
-    assert r.text.count('class="thumb"') == 2 and "Images 11–12 of 12" in r.text
-    assert "offset=0&amp;limit=10&amp;label=red" in r.text  # Prev keeps the filter
-    page = client.get(f"/projects/{pid}/dataset")
-    assert page.status_code == 200 and 'id="import-upload-form"' in page.text and page.text.count('class="thumb"') == 24
-    assert "/static/vendor/chart-4.6.1.umd.min.js" in page.text and "cdn" not in page.text.lower()
+    box = parse(r.text).select_one("#import-job")
+    assert r.status_code == 200 and not parse(r.text).select("html")
+    assert (box.attrs["data-status"], box.attrs["data-import-id"]) == ("completed", job["id"])
+    assert "hx-trigger" not in box.attrs and not parse(r.text).select("#cancel-import")  # finished: no polling
+    assert box.select_one(".added").text == str(job["added"]) == "24"
+
+    summary = parse(client.get(f"/api/datasets/{pid}", headers=hx).text)
+    assert summary.select_one("#summary-images").text == "24"
+    chart = json.loads(summary.select_one("canvas#class-chart").attrs["data-chart"])["data"]
+    counts = dict(zip(chart["labels"], chart["datasets"][0]["data"]))
+    assert counts == {"red": 12, "blue": 12}  # the class histogram: images per generated class
+
+    # the grid page: exactly the API's page for the same filter, and paging links that keep it
+    want = client.get(f"/api/datasets/{pid}/images?limit=10&offset=10&label=red").json()["data"]["items"]
+    grid = parse(client.get(f"/api/datasets/{pid}/images?limit=10&offset=10&label=red", headers=hx).text)
+    assert [t.attrs["data-image-id"] for t in grid.select(".thumb")] == [im["id"] for im in want]
+    assert len(want) == 2
+    prev, nxt = grid.select_one("#grid-prev"), grid.select_one("#grid-next")
+    url = urlsplit(prev.attrs["hx-get"])
+    assert url.path == f"/api/datasets/{pid}/images"
+    assert parse_qs(url.query) == {"offset": ["0"], "limit": ["10"], "label": ["red"]}
+    assert "disabled" not in prev.attrs and "disabled" in nxt.attrs  # 12 red images: no page after 10-12
+
+    page = parse(client.get(f"/projects/{pid}/dataset").text)
+    assert page.select_one("form#import-upload-form input[type=file]")
+    assert {t.attrs["data-image-id"] for t in page.select("#image-grid .thumb")} == {
+        im["id"] for im in list_all_images(client, pid)}
+    # every script and stylesheet comes from this server (the appliance works offline)
+    assets = [el.attrs["src"] for el in page.select("script[src]")] + [el.attrs["href"] for el in page.select("link[href]")]
+    assert assets and all(a.startswith("/static/") for a in assets), assets
+    assert any("chart" in a for a in assets)
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
 
 
 def test_running_import_fragment_polls(client, root, monkeypatch):
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
     real = service.parse_source
-    monkeypatch.setattr(service, "parse_source", lambda *a, **k: (release.wait(10), real(*a, **k))[1])
+
+    def held(*args, **kwargs):
+        started.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "parse_source", held)
     pid = create_project(client)
     r = start_path_import(client, pid, make_classification_folder(root / "f", per_class=1).root)
     job_id = r.json()["data"]["id"]
     try:
-        frag = client.get(f"/api/datasets/{pid}/imports/{job_id}", headers={"HX-Request": "true"}).text
-        assert 'hx-trigger="every 500ms"' in frag and 'id="cancel-import"' in frag
+        assert started.wait(30)
+        frag = parse(client.get(f"/api/datasets/{pid}/imports/{job_id}", headers={"HX-Request": "true"}).text)
     finally:
         release.set()
+    box = frag.select_one("#import-job")
+    assert box.attrs["data-status"] == "running"
+    assert box.attrs["hx-get"] == f"/api/datasets/{pid}/imports/{job_id}" and "every" in box.attrs["hx-trigger"]
+    assert frag.select_one("#cancel-import").attrs["hx-delete"] == f"/api/datasets/{pid}/imports/{job_id}"
     assert wait_import(client, pid, job_id)["status"] == "completed"
 
 
-def raw_get(url: str, path: str) -> tuple[int, bytes]:
+def raw_get(url: str, path: str, token: str) -> tuple[int, bytes]:
     """GET `path` exactly as written (no client-side dot-segment normalization)."""
     import http.client
     from urllib.parse import urlsplit
@@ -705,7 +745,7 @@ def raw_get(url: str, path: str) -> tuple[int, bytes]:
     host = urlsplit(url)
     conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
@@ -723,7 +763,7 @@ def test_traversal_and_bad_zip_through_serve(server, tmp_path):
     for kind in ("image", "thumbnail"):
         for path in ("../../../../etc/passwd", "..%2F..%2F..%2Faistudio.db", "%2e%2e%2f%2e%2e%2fimages%2f" + name,
                      "%2Fetc%2Fpasswd", "..", f"../images/{name}"):
-            status, body = raw_get(server.url, f"/api/datasets/{pid}/{kind}/{path}")
+            status, body = raw_get(server.url, f"/api/datasets/{pid}/{kind}/{path}", server.token)
             assert status == 404, (kind, path, status, body[:200])
     archive = tmp_path / "slip.zip"
     _zip(archive, [("ds/red/a.jpg", _jpeg()), ("ds/../../evil.jpg", _jpeg())])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.htmlq import parse
+
 
 def create(client, name="Cats", task="classification", **extra):
     r = client.post("/api/projects", json={"name": name, "task": task, **extra})
@@ -81,15 +83,32 @@ def test_id_with_slash_is_404(client):
     assert r.status_code == 404 and r.json()["status"] == "error"
 
 
-def test_htmx_gets_fragment(client):
-    create(client, name="Visible")
+def test_htmx_gets_the_rows_fragment_not_a_page(client):
+    made = [create(client, name=name) for name in ("Visible", "Other <b>bold</b>")]
     r = client.get("/api/projects", headers={"HX-Request": "true"})
-    assert r.headers["content-type"].startswith("text/html") and "Visible" in r.text
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = parse(r.text)
+    assert not html.select("html") and not html.select("head") and not html.select("body")  # a fragment
+    rows = html.select("#projects-table tbody tr")
+    assert {row.attrs["data-project-id"] for row in rows} == {p["id"] for p in made}
+    for row in rows:
+        project = next(p for p in made if p["id"] == row.attrs["data-project-id"])
+        link = row.select_one("a")
+        assert link.attrs["href"] == f"/projects/{project['id']}/dataset"
+        assert link.text == project["name"]  # markup in a name stays text
+        assert row.select_one("button[hx-delete]").attrs["hx-delete"] == f"/api/projects/{project['id']}"
+    # the JSON answer for the same request without HX-Request
+    assert {p["id"] for p in client.get("/api/projects").json()["data"]["items"]} == {p["id"] for p in made}
+
+
+def test_htmx_fragment_without_projects_has_no_rows(client):
+    html = parse(client.get("/api/projects", headers={"HX-Request": "true"}).text)
+    assert not html.select("tr") and html.select_one(".empty")
 
 
 def test_delete_refused_while_job_runs(client, settings):
-    from appliance.core.db import session_scope
-    from appliance.core.models import ImportJob
+    from appliance.store.db import session_scope
+    from appliance.store.tables import ImportJob
 
     p = create(client)
     with session_scope(settings.db_url) as s:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.core.db import session_scope
-from appliance.core.models import Experiment
+from appliance.store.db import session_scope
+from appliance.store.tables import Experiment
+from tests.htmlq import parse
 from tests.fixtures import (
     create_project,
     import_and_wait,
@@ -207,13 +208,29 @@ def test_unknown_ids_are_404(client, balanced):
     assert client.post("/api/splits/proj-000000000000", json=body()).status_code == 404
 
 
+def counts_table(article) -> dict[str, dict[str, int]]:
+    """class → subset → count, as the split card's table shows them."""
+    return {row.attrs["data-class"]: {td.attrs["data-subset"]: int(td.text) for td in row.select("td[data-subset]")}
+            for row in article.select("tbody tr[data-class]")}
+
+
 def test_split_fragments_for_htmx(client, balanced):
     hx = {"HX-Request": "true"}
     r = client.post(f"/api/splits/{balanced}", json=body(name="frag"), headers=hx)
-    assert r.status_code == 201 and 'class="table compact counts"' in r.text and "frag" in r.text
-    assert '<td class="num " data-subset="train">14</td>' in r.text
-    split_id = client.get(f"/api/splits/{balanced}").json()["data"][0]["id"]
-    page = client.get(f"/projects/{balanced}/split")
-    assert page.status_code == 200 and 'id="create-split"' in page.text and split_id in page.text
-    r = client.delete(f"/api/splits/{balanced}/{split_id}", headers=hx)
-    assert r.status_code == 200 and "No splits yet" in r.text
+    assert r.status_code == 201
+    html = parse(r.text)
+    assert not html.select("html")  # a fragment for the split list, not a page
+    split = client.get(f"/api/splits/{balanced}").json()["data"][0]
+    card = html.select_one(f"article[data-split-id={split['id']}]")
+    assert card.select_one("h2").text.startswith("frag")
+    # the card's table shows the split's own counts, class by class (70/20/10 of 20 each)
+    assert counts_table(card) == {cls: {sub: split["counts"]["per_class"][sub][cls] for sub in SUBSETS}
+                                  for cls in ("red", "blue", "green")}
+    assert counts_table(card)["red"] == {"train": 14, "val": 4, "test": 2}
+    totals = {th.attrs["data-subset"]: int(th.text) for th in card.select("tfoot th[data-subset]")}
+    assert totals == {"train": 42, "val": 12, "test": 6}
+    page = parse(client.get(f"/projects/{balanced}/split").text)
+    assert page.select_one("form#create-split") and page.select(f"article[data-split-id={split['id']}]")
+    r = client.delete(f"/api/splits/{balanced}/{split['id']}", headers=hx)
+    assert r.status_code == 200
+    assert not parse(r.text).select("article") and parse(r.text).select_one(".empty")

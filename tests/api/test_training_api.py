@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 
-from appliance.core.db import session_scope
-from appliance.core.models import Experiment, Lock, utcnow
+from appliance.store.db import session_scope
+from appliance.store.tables import Experiment, Lock, utcnow
 from appliance.main import create_app
 from tests.workflows import create_experiment, project_with_split
 
@@ -110,14 +111,54 @@ def test_a_live_run_is_left_alone_on_start(settings, ready, client):
         assert fresh.get(f"/api/training/{pid}/experiments/{eid}").json()["data"]["status"] == "running"
 
 
-def test_slot_is_atomic(settings, ready, client):
-    from appliance.core.errors import Conflict
-    from appliance.services.training import acquire_slot
+@pytest.mark.parametrize("interleaving", ["forced", "free"])
+def test_slot_is_atomic(settings, ready, client, interleaving):
+    """Threads, each with its own session on the real SQLite file, claim the slot at once: exactly
+    one wins. `forced` holds every claimant after it has seen the slot free and before it inserts,
+    so all of them reach the insert and the database's primary key alone decides."""
+    from sqlalchemy import event, select
+
+    from appliance.store.db import session_factory
+    from appliance.store.errors import Conflict
+    from appliance.services.training import ALREADY_TRAINING, acquire_slot, release_slot
 
     pid, sid = ready
-    a, b = create_experiment(client, pid, sid, name="a"), create_experiment(client, pid, sid, name="b")
-    with session_scope(settings.db_url) as s1, session_scope(settings.db_url) as s2:
-        acquire_slot(s1, a)
-        acquire_slot(s1, a)  # re-entrant for the holder
-        with pytest.raises(Conflict, match="An experiment is already training"):
-            acquire_slot(s2, b)
+    claimants = 6
+    eids = [create_experiment(client, pid, sid, name=f"claimant-{i}") for i in range(claimants)]
+    for _ in range(3):
+        start, inserting = threading.Barrier(claimants), threading.Barrier(claimants)
+        outcomes, inserts = {}, []
+
+        def claim(eid: str) -> None:
+            session = session_factory(settings.db_url)()
+            if interleaving == "forced":
+                @event.listens_for(session, "before_flush")
+                def _hold(*_args) -> None:
+                    inserts.append(eid)
+                    inserting.wait(timeout=60)
+            try:
+                start.wait(timeout=60)
+                acquire_slot(session, eid)
+                outcomes[eid] = "won"
+            except Conflict as exc:
+                outcomes[eid] = exc.message
+            finally:
+                session.close()
+
+        threads = [threading.Thread(target=claim, args=(eid,)) for eid in eids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        winners = [eid for eid, outcome in outcomes.items() if outcome == "won"]
+        assert len(winners) == 1 and len(outcomes) == claimants, outcomes
+        losers = [outcome for eid, outcome in outcomes.items() if eid != winners[0]]
+        assert losers == [ALREADY_TRAINING] * (claimants - 1)
+        if interleaving == "forced":
+            assert sorted(inserts) == sorted(eids)  # every claimant tried the insert
+        with session_scope(settings.db_url) as s:
+            assert [(lock.name, lock.holder) for lock in s.scalars(select(Lock))] == [("training", winners[0])]
+            acquire_slot(s, winners[0])  # re-entrant for the holder
+            with pytest.raises(Conflict, match=ALREADY_TRAINING):
+                acquire_slot(s, next(e for e in eids if e != winners[0]))
+            release_slot(s, winners[0])

@@ -24,9 +24,26 @@ def browser():
         b.close()
 
 
+@pytest.fixture(scope="session")
+def signed_in(browser, server) -> dict:
+    """The browser state of a user who signed in once through the real /login form (the server
+    runs in token mode): its HttpOnly cookie authenticates pages, HTMX, fetch and EventSource."""
+    ctx = browser.new_context(base_url=server.url)
+    pg = ctx.new_page()
+    pg.goto("/projects")  # no cookie yet: the app sends the browser to its sign-in form
+    assert "/login?next=/projects" in pg.url, pg.url
+    pg.fill("input[name=token]", server.token)
+    pg.click("form button[type=submit]")
+    pg.wait_for_url("**/projects")
+    state = ctx.storage_state()
+    ctx.close()
+    assert [c["name"] for c in state["cookies"]] == ["aistudio_token"]
+    return state
+
+
 @pytest.fixture
-def page(browser, server):
-    ctx = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
+def page(browser, server, signed_in):
+    ctx = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900}, storage_state=signed_in)
     pg = ctx.new_page()
     pg.set_default_timeout(20_000)
     yield pg

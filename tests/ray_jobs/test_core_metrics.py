@@ -110,15 +110,15 @@ def _independent_coco(gts, preds, n_classes, cat_ids=None):
     images = [{"id": i + 1} for i in range(len(gts))]
     anns, aid = [], 1
     for i, g in enumerate(gts):
-        for b, l in zip(g["boxes"], g["labels"]):
+        for b, lab in zip(g["boxes"], g["labels"]):
             w, h = b[2] - b[0], b[3] - b[1]
-            anns.append({"id": aid, "image_id": i + 1, "category_id": l + 1, "bbox": [b[0], b[1], w, h],
+            anns.append({"id": aid, "image_id": i + 1, "category_id": lab + 1, "bbox": [b[0], b[1], w, h],
                          "area": w * h, "iscrowd": 0})
             aid += 1
     res = [
-        {"image_id": i + 1, "category_id": l + 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": s}
+        {"image_id": i + 1, "category_id": lab + 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": s}
         for i, p in enumerate(preds)
-        for b, l, s in zip(p["boxes"], p["labels"], p["scores"])
+        for b, lab, s in zip(p["boxes"], p["labels"], p["scores"])
     ]
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()

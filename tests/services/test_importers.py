@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from appliance.core.errors import InvalidDataset, PayloadTooLarge
-from appliance.services.importers import (
+from appliance.store.errors import InvalidDataset, PayloadTooLarge
+from appliance.importers import (
     UnreadableImage,
     check_zip,
     extract_zip,

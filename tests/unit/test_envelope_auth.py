@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import Request as StarletteRequest
 
-from appliance.core import errors
-from appliance.core.auth import COOKIE_NAME, TokenAuthMiddleware, token_matches
-from appliance.core.envelope import Envelope, error_response, install_error_handlers, ok, request_id
+from appliance.store import errors
+from appliance.http.auth import COOKIE_NAME, TokenAuthMiddleware, token_matches
+from appliance.http.envelope import Envelope, error_response, install_error_handlers, ok, request_id
 
 # --------------------------------------------------------------------------- errors
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from appliance.core.errors import InvalidDataset
-from appliance.services.importers import make_thumbnail, parse_source, probe_image, store_image
-from appliance.services.importers import yolo
-from appliance.services.importers.formats import detect_format
-from appliance.services.importers.images import UnreadableImage
-from appliance.services.importers.sources import find_file, is_ignored, preview, subdirs, subset_of
+from appliance.store.errors import InvalidDataset
+from appliance.importers import make_thumbnail, parse_source, probe_image, store_image
+from appliance.importers import yolo
+from appliance.importers.formats import detect_format
+from appliance.importers.images import UnreadableImage
+from appliance.importers.sources import find_file, is_ignored, preview, subdirs, subset_of
 from tests.services.test_importers import (
     H,
     W,
@@ -46,7 +46,7 @@ def error(root: Path, fmt: str, task: str = "detection") -> str:
 
 
 def test_parse_source_arguments(tmp_path):
-    from appliance.core.errors import ValidationFailed
+    from appliance.store.errors import ValidationFailed
 
     with pytest.raises(ValidationFailed) as caught:
         parse_source(tmp_path, "xml", "detection")
@@ -564,13 +564,13 @@ def test_mirrored_orientation_needs_transpose_and_invalid_ones_do_not(tmp_path):
     assert probe_image(exif_image(tmp_path / "bad.jpg", 9)).needs_transpose is False
 
 
-@pytest.mark.parametrize("mode, fmt", [("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG"), ("RGBA", "PNG")])
-def test_rotated_image_keeps_its_format_and_mode(tmp_path, mode, fmt):
+@pytest.mark.parametrize("mode, fmt, stored", [("L", "JPEG", "L"), ("CMYK", "JPEG", "RGB"), ("RGB", "PNG", "RGB"), ("RGBA", "PNG", "RGBA")])
+def test_rotated_image_keeps_its_format_and_mode(tmp_path, mode, fmt, stored):
     src = exif_image(tmp_path / f"a.{fmt.lower()}", 6, mode=mode, fmt=fmt)
     info = store_image(src, tmp_path / "out" / src.name)
     assert (info.width, info.height, info.needs_transpose) == (20, 40, True)
     with Image.open(tmp_path / "out" / src.name) as im:
-        assert (im.format, im.mode, im.size) == (fmt, mode, (20, 40))
+        assert (im.format, im.mode, im.size) == (fmt, stored, (20, 40))  # CMYK is stored as RGB
 
 
 def test_thumbnail_of_rgba_and_of_refused_decoders(tmp_path):
@@ -640,8 +640,8 @@ def test_csv_syntax_error_names_file_and_line(tmp_path):
 
 
 def test_a_file_that_cannot_be_read_is_a_warning(tmp_path):
-    from appliance.services.importers.formats import _validate
-    from appliance.services.importers.sources import RawDataset, RawItem
+    from appliance.importers.formats import _validate
+    from appliance.importers.sources import RawDataset, RawItem
 
     image(tmp_path / "a.jpg")
     (tmp_path / "dir.jpg").mkdir()

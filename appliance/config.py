@@ -1,0 +1,109 @@
+"""All settings, in one place. Nothing else in the appliance reads os.environ.
+
+Every field is read from an `AISTUDIO_<NAME>` environment variable (or a `.env` file).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AISTUDIO_", env_file=".env", extra="ignore")
+
+    workspace: Path = Field(
+        default=Path("./workspace"),
+        description="Folder holding the database, datasets, checkpoints and exports.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL. Default: a SQLite file `aistudio.db` in the workspace.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the UI and API.")
+    import_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders that local-path imports may read from (JSON list or comma-separated). "
+        "Default: `<workspace>/imports`.",
+    )
+    max_upload_bytes: int = Field(
+        default=8 * 1024**3, gt=0, description="Largest ZIP upload, and largest uncompressed ZIP content."
+    )
+    api_token: str | None = Field(
+        default=None, description="When set, every API and page request needs this bearer token."
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray cluster to join (`auto`, `ray://…` or `host:port`). Default: start a local Ray.",
+    )
+    ray_dashboard_port: int = Field(default=8265, description="Dashboard / Jobs API port of the local Ray.")
+    eval_gpu_fraction: float = Field(
+        default=0.25, gt=0, le=1, description="GPU share of one evaluation task (four fit on one GPU at 0.25)."
+    )
+    train_gpu_fraction: float = Field(
+        default=1.0, gt=0, le=1,
+        description="GPU share reserved by the training worker. Below 1 lets evaluations share a single-GPU host.",
+    )
+    weights_dir: Path | None = Field(
+        default=None, description="Pretrained weights cache. Default: `<workspace>/weights`."
+    )
+    sse_keepalive_s: float = Field(
+        default=10.0, gt=0, le=300,
+        description="Seconds of quiet after which a live training stream sends a `: keep-alive` comment.",
+    )
+    training_gates: bool = Field(
+        default=False,
+        description="Test hook, off in production: a run reports where it is and waits at gates a test closes "
+        "on the event bus — before it starts and at the start of each epoch (`ray_jobs/events.py`).",
+    )
+
+    @field_validator("import_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value):
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [p for p in (s.strip() for s in value.split(",")) if p]
+        return value
+
+    @field_validator("workspace", "weights_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Ray's storage_path and temp dir must be absolute; resolve once here.
+        return value.expanduser().resolve() if value is not None else None
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.workspace / 'aistudio.db'}"
+
+    @property
+    def allowed_import_roots(self) -> list[Path]:
+        roots = self.import_roots or [self.workspace / "imports"]
+        return [Path(r).expanduser().resolve() for r in roots]
+
+    @property
+    def weights_cache(self) -> Path:
+        return self.weights_dir or self.workspace / "weights"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def job_config(settings: Settings) -> dict:
+    """The settings Ray-side jobs need, as plain values (they travel through the event bus)."""
+    return {
+        "workspace": str(settings.workspace),
+        "db_url": settings.db_url,
+        "weights_dir": str(settings.weights_cache),
+        "train_gpu_fraction": settings.train_gpu_fraction,
+        "eval_gpu_fraction": settings.eval_gpu_fraction,
+        "training_gates": settings.training_gates,
+    }

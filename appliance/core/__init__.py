@@ -1,1 +1,0 @@
-"""Cross-cutting pieces every router and service uses: settings, database, errors, ids, paths."""

@@ -1,0 +1,1 @@
+"""HTTP plumbing: token auth, the response envelope and error handlers, route dependencies."""

@@ -1,0 +1,107 @@
+"""The one envelope: `{"status":"ok","data":…}` or `{"status":"error","error":{code,message}}`.
+
+`install_error_handlers` makes every error — ours, FastAPI's 404/405/422 and unexpected
+exceptions — leave the app in that shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Generic, Literal, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from appliance.store.errors import AppError
+
+log = logging.getLogger("aistudio")
+T = TypeVar("T")
+
+_HTTP_CODES = {
+    400: "VALIDATION_ERROR", 401: "UNAUTHORIZED", 403: "FORBIDDEN_PATH", 404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED", 409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE", 422: "VALIDATION_ERROR",
+    503: "UNAVAILABLE",
+}
+
+
+class Envelope(BaseModel, Generic[T]):
+    status: Literal["ok"] = "ok"
+    data: T
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    offset: int
+    limit: int
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorEnvelope(BaseModel):
+    status: Literal["error"] = "error"
+    error: ErrorBody
+
+
+def ok(data) -> Envelope:
+    return Envelope(data=data)
+
+
+def error_response(status_code: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    body = ErrorEnvelope(error=ErrorBody(code=code, message=message))
+    return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":  # loc is ("body", <character offset>): name the body
+            detail = (err.get("ctx") or {}).get("error", "")
+            parts.append(f"body: invalid JSON at character {err['loc'][-1]}" + (f" ({detail})" if detail else ""))
+            continue
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "form")]
+        field = ".".join(loc) or "body"
+        parts.append(f"{field}: {err.get('msg', 'invalid')}")
+    return "Invalid request — " + "; ".join(parts)
+
+
+def request_id(request: Request) -> str:
+    rid = getattr(request.state, "request_id", None)
+    if rid is None:
+        rid = request.state.request_id = uuid.uuid4().hex[:12]
+    return rid
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def _app_error(_request: Request, exc: AppError):
+        return error_response(exc.status_code, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError):
+        return error_response(422, "VALIDATION_ERROR", _describe_validation(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        code = _HTTP_CODES.get(exc.status_code, "INTERNAL" if exc.status_code >= 500 else "VALIDATION_ERROR")
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"Route {request.url.path} not found"
+        if exc.status_code == 405:
+            message = f"Method {request.method} not allowed on {request.url.path}"
+        return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        rid = request_id(request)
+        log.exception("Unhandled error (request %s) on %s %s", rid, request.method, request.url.path)
+        return error_response(
+            500, "INTERNAL", f"Internal error (request id {rid}); see the server log", headers={"X-Request-ID": rid}
+        )

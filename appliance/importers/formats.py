@@ -1,0 +1,157 @@
+"""Turn an import source folder into a `ParsedDataset`.
+
+Two stages, so every format gets the same checks: a format reader (folder, csvfile, coco,
+yolo) reads annotations and lists files without decoding anything; then each image is probed
+once (hash + full decode + EXIF size) and its boxes are scaled, clipped and filtered against the
+image's real, oriented size. Problems with one image, box or row become warnings; only a
+source that is malformed as a whole, or leaves nothing to import, raises `InvalidDataset`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from appliance.store.errors import InvalidDataset, ValidationFailed
+from appliance.importers import coco, csvfile, folder, yolo
+from appliance.importers.images import UnreadableImage, probe_image
+from appliance.importers.parsed import ImportWarning, ParsedBox, ParsedDataset, ParsedItem
+from appliance.importers.sources import (
+    RawBox,
+    RawDataset,
+    RawItem,
+    count,
+    is_archive,
+    list_files,
+    preview,
+    rel,
+)
+
+FORMATS = ("folder", "csv", "coco", "yolo")
+TASKS = ("classification", "detection")
+_READERS = {"folder": folder, "csv": csvfile, "coco": coco, "yolo": yolo}
+_ACCEPTS = {
+    "classification": "class folders (folder) or a CSV of filename,label",
+    "detection": "COCO JSON, YOLO labels, or a CSV of filename,xmin,ymin,xmax,ymax,label",
+}
+_CLIP_TOLERANCE = 1.0  # pixels; exports round coordinates, so smaller overshoots are clipped silently
+NESTED_ARCHIVE = "an archive inside the dataset; archives are not extracted, so nothing in it was imported"
+
+Progress = Callable[[int, int], None]
+
+
+def parse_source(root: Path, fmt: str, task: str, *, progress: Progress | None = None) -> ParsedDataset:
+    """Parse the dataset under `root` as `fmt` ('auto' detects it) for a `task` project.
+
+    `progress(done, total)` is called after each image is probed: that is where the time goes.
+    """
+    root = Path(root)
+    if fmt != "auto" and fmt not in FORMATS:
+        raise ValidationFailed(f"format must be auto, {', '.join(FORMATS)} (got {fmt!r})")
+    if task not in TASKS:
+        raise ValidationFailed(f"task must be {' or '.join(TASKS)} (got {task!r})")
+    if not root.is_dir():
+        raise InvalidDataset(f"{root.name}: not a folder")
+    chosen = detect_format(root)[0] if fmt == "auto" else fmt
+    raw = _READERS[chosen].read(root)
+    raw.warnings += [ImportWarning(rel(p, root), NESTED_ARCHIVE) for p in _archives(root)]
+    if raw.task != task:
+        raise InvalidDataset(
+            f"{raw.detected}: that is a {raw.task} dataset, but this is a {task} project, "
+            f"which imports {_ACCEPTS[task]}"
+        )
+    dataset = _validate(root, raw, progress)
+    if fmt == "auto":
+        dataset.detected = f"Auto-detected {dataset.detected}"
+    return dataset
+
+
+def detect_format(root: Path) -> tuple[str, list[str]]:
+    """The format of `root` and the files that show it. Annotation files (COCO, YOLO, CSV) win
+    over plain class folders, since their image folders look like class folders too."""
+    found = {fmt: evidence for fmt in ("coco", "yolo", "csv") if (evidence := _READERS[fmt].find(root))}
+    if len(found) > 1:
+        listed = "; ".join(f"{fmt}: {preview(evidence, 3)}" for fmt, evidence in found.items())
+        raise InvalidDataset(f"{root.name}: ambiguous layout ({listed}); choose the format explicitly")
+    if not found and (evidence := folder.find(root)):
+        found = {"folder": evidence}
+    if not found:
+        looked_for = "; ".join(_READERS[fmt].LOOKED_FOR for fmt in ("coco", "yolo", "csv", "folder"))
+        archives = _archives(root)
+        hint = ""
+        if archives:
+            names = preview([rel(p, root) for p in archives], 3)
+            hint = f"; it holds archives ({names}), which are not extracted: unpack them first"
+        raise InvalidDataset(f"{root.name}: no known dataset layout (looked for {looked_for}){hint}")
+    return next(iter(found.items()))
+
+
+def _archives(root: Path) -> list[Path]:
+    return [p for p in list_files(root) if is_archive(p.name)]
+
+
+def _validate(root: Path, raw: RawDataset, progress: Progress | None) -> ParsedDataset:
+    warnings = list(raw.warnings)
+    items: list[ParsedItem] = []
+    seen: set[str] = set()
+    real_root = root.resolve()
+    for done, raw_item in enumerate(raw.items, 1):
+        item = _validate_item(raw_item, root, real_root, seen, warnings)
+        if item is not None:
+            items.append(item)
+        if progress:
+            progress(done, len(raw.items))
+    if not items:
+        problems = "none found"
+        if warnings:
+            problems = f"{count(len(warnings), 'problem')}, first: {warnings[0].file}: {warnings[0].reason}"
+        raise InvalidDataset(f"{raw.detected}: no usable image ({problems})")
+    return ParsedDataset(raw.format, raw.task, raw.classes, items, warnings, raw.detected)
+
+
+def _validate_item(
+    raw: RawItem, root: Path, real_root: Path, seen: set[str], warnings: list[ImportWarning]
+) -> ParsedItem | None:
+    relpath = rel(raw.source, root)
+    if relpath in seen:
+        warnings.append(ImportWarning(relpath, "listed more than once; kept the first"))
+        return None
+    seen.add(relpath)
+    if not raw.source.resolve().is_relative_to(real_root):
+        warnings.append(ImportWarning(relpath, "a link to outside the dataset folder; skipped"))
+        return None
+    try:
+        info = probe_image(raw.source)
+    except UnreadableImage as exc:
+        warnings.append(ImportWarning(relpath, f"unreadable image ({exc.reason}); skipped"))
+        return None
+    except OSError as exc:
+        warnings.append(ImportWarning(relpath, f"cannot read the file ({exc.strerror}); skipped"))
+        return None
+    scale = (info.width, info.height) if raw.normalized else (1, 1)
+    fitted = (_fit_box(b, scale, info.width, info.height, relpath, warnings) for b in raw.boxes)
+    boxes = [box for box in fitted if box is not None]
+    if (raw.boxes or raw.dropped) and not boxes:
+        # Keeping it as a background image would teach the model that its objects are background.
+        warnings.append(ImportWarning(relpath, "no valid box left; image skipped"))
+        return None
+    return ParsedItem(raw.source, relpath, raw.label, boxes, raw.subset_hint, info)
+
+
+def _fit_box(
+    b: RawBox, scale: tuple[int, int], width: int, height: int, relpath: str, warnings: list[ImportWarning]
+) -> ParsedBox | None:
+    """Box in pixels clipped to the image, or None (with a warning) when nothing of it remains."""
+    x1, y1, x2, y2 = b.x1 * scale[0], b.y1 * scale[1], b.x2 * scale[0], b.y2 * scale[1]
+    if x2 <= x1 or y2 <= y1:
+        reason = "zero-area box"
+    elif x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+        reason = "box outside the image"
+    else:
+        clipped = ParsedBox(max(x1, 0), max(y1, 0), min(x2, width), min(y2, height), b.label)
+        overshoot = max(clipped.x1 - x1, clipped.y1 - y1, x2 - clipped.x2, y2 - clipped.y2)
+        if overshoot > _CLIP_TOLERANCE:
+            warnings.append(ImportWarning(relpath, f"box clipped to the image ({b.where})"))
+        return clipped
+    warnings.append(ImportWarning(relpath, f"{reason} ({b.where}); box skipped"))
+    return None

@@ -1,0 +1,179 @@
+"""Reading, storing and thumbnailing one image file.
+
+Import speed is dominated by decoding, so each image is read and decoded exactly once:
+`probe_image` hashes the bytes it read and fully decodes them (to catch corrupt files), and
+`store_image` reuses that result and copies the bytes as they are unless EXIF says the image
+must be rotated or its colour mode is one the rest of the appliance would misread.
+
+Colour modes: everything downstream (training, evaluation, thumbnails, the exported `predict.py`)
+reads images with Pillow's `convert("RGB")`. That is right for 1, L, LA, P, PA, RGB, RGBA and
+YCbCr, so those are stored as they are. CMYK is converted to RGB once, here, so every consumer
+sees the same pixels. 16-bit greyscale (I;16) would be clipped to white by `convert("RGB")`, so
+it is scaled to 8 bits. 32-bit integer or float images (I, F) and other modes have no meaning
+we can assume: they are refused, naming the mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from appliance.store.errors import InvalidDataset
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+# Decoders Pillow may use. Content decides the decoder, not the extension, so without this list
+# a file named x.jpg could reach e.g. the EPS plugin (which runs Ghostscript). JPEG also opens
+# multi-picture JPEGs, which report the format "MPO".
+_DECODERS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF")
+_ORIENTATION_TAG = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}  # orientations that rotate by 90 degrees
+_KEPT_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "YCbCr"})
+_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_CONVERTED_MODES = {"CMYK": "RGB", **dict.fromkeys(_SIXTEEN_BIT, "L")}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int  # after EXIF orientation
+    height: int
+    sha256: str  # of the source bytes: the duplicate-detection key
+    format: str  # Pillow's name: JPEG, PNG, ...
+    needs_transpose: bool  # EXIF orientation is not "upright"
+    mode: str = "RGB"  # Pillow's colour mode of the source
+
+    @property
+    def needs_rewrite(self) -> bool:
+        """The stored file can't be the source bytes: it must be rotated or converted."""
+        return self.needs_transpose or self.mode in _CONVERTED_MODES
+
+
+class UnreadableImage(InvalidDataset):
+    """A file Pillow cannot fully decode: corrupt, truncated, or not an image."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path.name}: unreadable image ({reason})")
+        self.reason = reason
+
+
+def probe_image(path: Path) -> ImageInfo:
+    """Hash and fully decode `path` (one read), so corrupt files fail here and not in training."""
+    path = Path(path)
+    return _probe_bytes(path, path.read_bytes())
+
+
+def store_image(src: Path, dst: Path, info: ImageInfo | None = None, move: bool = False) -> ImageInfo:
+    """Write `src` to `dst` upright, atomically, and return its info.
+
+    Pass the `info` that `parse_source` already probed to skip decoding a second time. Without
+    rotation or colour conversion the bytes are copied unchanged — or, with `move` (a file we own,
+    e.g. extracted from an upload, on the same filesystem), renamed; otherwise the image is
+    re-encoded in its own format, without EXIF. The returned sha256 is always that of the source
+    bytes.
+    """
+    src, dst = Path(src), Path(dst)
+    data = None
+    if info is None:
+        data = src.read_bytes()
+        info = _probe_bytes(src, data)
+    if move and not info.needs_rewrite:
+        os.replace(src, dst)
+        return info
+    with _atomic_target(dst) as tmp:
+        if info.needs_rewrite:
+            _save_like(_storable(_decode_upright(src)), tmp, info.format)
+        elif data is not None:
+            tmp.write_bytes(data)
+        else:
+            shutil.copyfile(src, tmp)
+    return info
+
+
+def make_thumbnail(src: Path, dst: Path, size: int = 256) -> None:
+    """Write a JPEG thumbnail that fits in size x size, atomically (concurrent requests race)."""
+    src, dst = Path(src), Path(dst)
+    thumb = _decode_upright(src, draft=(size, size)).convert("RGB")
+    thumb.thumbnail((size, size))
+    with _atomic_target(dst) as tmp:
+        thumb.save(tmp, format="JPEG", quality=85)
+
+
+def _probe_bytes(path: Path, data: bytes) -> ImageInfo:
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data), formats=_DECODERS) as im:
+            im.verify()  # checksums (PNG); verify() leaves the image unusable, hence the reopen
+        with Image.open(io.BytesIO(data), formats=_DECODERS) as im:
+            fmt = im.format or "unknown"
+            orientation = _orientation(im)
+            im.load()
+            width, height, mode = *im.size, im.mode
+    except Exception as exc:  # Pillow raises many exception types on bad input
+        raise UnreadableImage(path, str(exc) or type(exc).__name__) from exc
+    if mode not in _KEPT_MODES and mode not in _CONVERTED_MODES:
+        raise UnreadableImage(path, f"unsupported colour mode {mode}; save it as 8-bit RGB or greyscale")
+    if orientation in _SWAPS_AXES:
+        width, height = height, width
+    return ImageInfo(width, height, sha256, fmt, needs_transpose=orientation in range(2, 9), mode=mode)
+
+
+def _storable(im: Image.Image) -> Image.Image:
+    """`im` in a mode every consumer reads correctly with `convert("RGB")` (see the module doc)."""
+    if im.mode in _SIXTEEN_BIT:
+        return im.convert("I").point(lambda v: v / 256).convert("L")  # 0..65535 -> 0..255
+    if im.mode in _CONVERTED_MODES:
+        return im.convert(_CONVERTED_MODES[im.mode])
+    return im
+
+
+def _orientation(im: Image.Image) -> int:
+    """EXIF orientation, 1 (upright) when absent or unreadable: bad EXIF is no reason to reject."""
+    try:
+        value = im.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _decode_upright(path: Path, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Decode `path` with EXIF orientation applied; `draft` lets JPEG decode at reduced scale."""
+    try:
+        with Image.open(path, formats=_DECODERS) as im:
+            if draft:
+                im.draft("RGB", draft)
+            upright = ImageOps.exif_transpose(im)
+            upright.load()
+            return upright
+    except Exception as exc:  # Pillow raises many exception types on bad input
+        raise UnreadableImage(path, str(exc) or type(exc).__name__) from exc
+
+
+def _save_like(im: Image.Image, dst: Path, fmt: str) -> None:
+    if fmt in ("JPEG", "MPO"):
+        if im.mode not in ("RGB", "L", "CMYK"):
+            im = im.convert("RGB")
+        im.save(dst, format="JPEG", quality=95)
+    else:
+        im.save(dst, format=fmt)
+
+
+@contextmanager
+def _atomic_target(dst: Path) -> Iterator[Path]:
+    """Yield a temp path beside `dst`; rename it over `dst` only if the block succeeds."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)

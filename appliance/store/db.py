@@ -1,0 +1,80 @@
+"""Engine, sessions and schema versioning.
+
+SQLite (the default) runs in WAL mode with foreign keys on. The schema is versioned: each
+entry of MIGRATIONS upgrades the database by one version, so an upgrade never drops data.
+Version 1 is the initial schema created from the ORM tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+from sqlalchemy import Connection, create_engine, event, func, inspect, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from appliance.store.tables import Base, SchemaVersion
+
+
+def _create_v1(conn: Connection) -> None:
+    Base.metadata.create_all(conn)
+
+
+# Append a function for each schema change; never edit a released entry.
+MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@lru_cache(maxsize=8)
+def get_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> int:
+    """Bring the schema up to SCHEMA_VERSION; return the version now in the database."""
+    with engine.begin() as conn:
+        current = 0
+        if inspect(conn).has_table(SchemaVersion.__tablename__):
+            current = conn.execute(select(func.max(SchemaVersion.version))).scalar() or 0
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"Database schema v{current} is newer than this AI Studio (v{SCHEMA_VERSION}); upgrade the appliance."
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[version - 1](conn)
+            conn.execute(SchemaVersion.__table__.insert().values(version=version))
+    return SCHEMA_VERSION
+
+
+@lru_cache(maxsize=8)
+def session_factory(url: str) -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(url: str) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error (for jobs and scripts)."""
+    session = session_factory(url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

@@ -1,0 +1,106 @@
+"""What every export format shares: errors, checks, the detection wrapper, input/output plumbing."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+TASKS = ("classification", "detection")
+PRECISIONS = ("fp32", "fp16")
+BATCH_FIXED_NOTE = (
+    "Detection models export with batch size fixed at 1 (post-processing/NMS is inside the "
+    "graph and each image yields a different number of boxes); run images one at a time."
+)
+TENSORRT_NOTE = (
+    "TensorRT engines only load on the GPU model (compute capability) and TensorRT version "
+    "where they were built; rebuild from the ONNX file for any other host."
+)
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be done here, with a reason the UI can show as is."""
+
+
+def check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ExportError(f"Invalid task {task!r}. Only {', '.join(TASKS)} are supported.")
+
+
+def check_precision(precision: str | None) -> None:
+    if precision is not None and precision not in PRECISIONS:
+        raise ExportError(f"Invalid precision {precision!r}. Only {', '.join(PRECISIONS)} are supported.")
+
+
+def image_hw(preprocess: dict) -> tuple[int, int]:
+    size = preprocess["image_size"]
+    if isinstance(size, (list, tuple)):
+        return int(size[0]), int(size[1])
+    return int(size), int(size)
+
+
+def cpu_eval_copy(model: nn.Module) -> nn.Module:
+    """Export from a CPU fp32 copy so the caller's (maybe CUDA, maybe training) model is untouched."""
+    return copy.deepcopy(model).float().cpu().eval()
+
+
+def preprocess_image(image, preprocess: dict) -> tuple[np.ndarray, tuple[int, int]]:
+    """PIL image or path -> ((1, 3, H, W) float32, original (width, height)).
+
+    The exact steps of the bundle's predict.py (PIL bilinear stretch, scale, mean/std), so
+    the appliance and the bundle see the same tensor.
+    """
+    from PIL import Image
+
+    img = image if isinstance(image, Image.Image) else Image.open(image)
+    img = img.convert("RGB")
+    size = img.size
+    h, w = image_hw(preprocess)
+    img = img.resize((w, h), Image.BILINEAR)
+    x = np.asarray(img, dtype=np.float32) * float(preprocess.get("scale", 1 / 255))
+    x = (x - np.asarray(preprocess["mean"], np.float32)) / np.asarray(preprocess["std"], np.float32)
+    if preprocess.get("channel_order", "RGB") == "BGR":
+        x = x[..., ::-1]
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32), size
+
+
+class DetectionExportWrapper(nn.Module):
+    """``(N, 3, H, W)`` float in [0, 1] -> ``boxes, scores, labels`` of image 0.
+
+    Post-processing (score filter, NMS, top-k) stays inside the torchvision model, so exported
+    files give final detections in input-tensor pixels. Scriptable and traceable.
+    """
+
+    def __init__(self, model: nn.Module, label_offset: int = 1):
+        super().__init__()
+        self.model = model
+        self.label_offset = label_offset
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        imgs = list(images.unbind(0))
+        if torch.jit.is_scripting():
+            dets = self.model(imgs)[1]  # scripted torchvision detectors return (losses, detections)
+        else:
+            dets = self.model(imgs)
+        d = dets[0]
+        return d["boxes"], d["scores"], d["labels"] - self.label_offset
+
+
+# Every runner takes a float (N, 3, H, W) batch (torch tensor or numpy, already preprocessed)
+# and returns, for classification, numpy logits (N, C); for detection, a list of per-image
+# dicts {"boxes": (n, 4), "scores": (n,), "labels": (n,)} with 0-based class labels.
+
+
+def to_numpy_dets(boxes, scores, labels) -> dict[str, np.ndarray]:
+    conv = lambda t: t.detach().cpu().numpy() if isinstance(t, Tensor) else np.asarray(t)  # noqa: E731
+    return {
+        "boxes": conv(boxes).astype(np.float32).reshape(-1, 4),
+        "scores": conv(scores).astype(np.float32).reshape(-1),
+        "labels": conv(labels).astype(np.int64).reshape(-1),
+    }
+
+
+def as_tensor(batch) -> Tensor:
+    return batch if isinstance(batch, Tensor) else torch.from_numpy(np.ascontiguousarray(batch))
