@@ -1,17 +1,12 @@
 """Splits: deterministic train/val/test assignment of a project's images, stratified by class.
 
-Stratum of an image: its label (classification) or its dominant box class (detection: the most
-frequent label, ties broken by name; images without boxes form their own stratum). Within each
-stratum, images (sorted by id) are shuffled by `random.Random(seed)` and cut by the ratios with
-largest-remainder rounding; a stratum with at least one image always puts one in train, and one
-with at least three images in each non-empty subset — so every class is present in train when it
-has enough images.
+The allocation rules themselves (strata, shuffling, rounding, the per-class guarantees) are pure
+and live in `appliance.services.split_allocation`; this module reads the strata from the database
+and stores the assignment.
 """
 
 from __future__ import annotations
 
-import math
-import random
 from collections import Counter, defaultdict
 
 from pydantic import Field, model_validator
@@ -24,9 +19,7 @@ from appliance.store.ids import new_id
 from appliance.store.tables import Box, Experiment, Image, Split, SplitAssignment
 from appliance.schemas import StrictBody
 from appliance.services.projects import get_owned, get_project
-
-SUBSETS = ("train", "val", "test")
-BACKGROUND = "(no boxes)"
+from appliance.services.split_allocation import BACKGROUND, assign, dominant_label, summarize
 
 
 class SplitCreate(StrictBody):
@@ -77,45 +70,8 @@ def image_strata(session: Session, project_id: str, task: str) -> dict[str, str]
     ):
         labels[image_id][label] += 1
     for image_id, counter in labels.items():
-        strata[image_id] = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+        strata[image_id] = dominant_label(counter)
     return strata
-
-
-def assign(strata: dict[str, str], ratios: dict[str, float], seed: int, stratified: bool) -> dict[str, str]:
-    """image id → subset. Pure and deterministic for a seed."""
-    groups: dict[str, list[str]] = defaultdict(list)
-    for image_id, stratum in strata.items():
-        groups[stratum if stratified else "all"].append(image_id)
-    rng = random.Random(seed)
-    result: dict[str, str] = {}
-    for key in sorted(groups):
-        ids = sorted(groups[key])
-        rng.shuffle(ids)
-        counts = _cut(len(ids), ratios)
-        start = 0
-        for subset in SUBSETS:
-            for image_id in ids[start:start + counts[subset]]:
-                result[image_id] = subset
-            start += counts[subset]
-    return result
-
-
-def _cut(n: int, ratios: dict[str, float]) -> dict[str, int]:
-    exact = {s: n * ratios[s] for s in SUBSETS}
-    counts = {s: math.floor(v) for s, v in exact.items()}
-    for s in sorted(SUBSETS, key=lambda s: exact[s] - counts[s], reverse=True)[: n - sum(counts.values())]:
-        counts[s] += 1
-    # Guarantees: one in train whenever possible; one in each wanted subset from three images up.
-    wanted = [s for s in SUBSETS if ratios[s] > 0]
-    minimum = {s: (1 if (s == "train" and n >= 1) or (n >= 3 and ratios[s] > 0) else 0) for s in SUBSETS}
-    for s in wanted:
-        while counts[s] < minimum[s]:
-            donor = max((d for d in SUBSETS if counts[d] > minimum[d]), key=lambda d: counts[d], default=None)
-            if donor is None:
-                break
-            counts[donor] -= 1
-            counts[s] += 1
-    return counts
 
 
 def create_split(session: Session, project_id: str, body: SplitCreate) -> dict:
@@ -125,14 +81,7 @@ def create_split(session: Session, project_id: str, body: SplitCreate) -> dict:
         raise ValidationFailed("The project has no images yet; import a dataset before splitting it")
     ratios = {"train": body.train, "val": body.val, "test": body.test}
     assignment = assign(strata, ratios, body.seed, body.stratified)
-    counts: dict[str, dict[str, int]] = {s: {} for s in SUBSETS}
-    for image_id, subset in assignment.items():
-        counts[subset][strata[image_id]] = counts[subset].get(strata[image_id], 0) + 1
-    summary = {
-        "total": {s: sum(c.values()) for s, c in counts.items()},
-        "per_class": {s: dict(sorted(c.items())) for s, c in counts.items()},
-        "classes": sorted(set(strata.values())),
-    }
+    summary = summarize(strata, assignment)
     split = Split(id=new_id("split"), project_id=project_id, name=body.name, seed=body.seed,
                   stratified=body.stratified, counts=summary, **ratios)
     session.add(split)
