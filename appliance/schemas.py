@@ -117,7 +117,7 @@ class JobPublic(PublicModel):
     status: str = Field(description="queued | running")
     done: int | None = Field(description="Items (epochs for training) done")
     total: int | None = Field(description="Items (epochs for training) in all")
-    created_at: str = Field(description="ISO 8601, UTC (Python's isoformat, `+00:00`)")
+    created_at: Timestamp
 
 
 # -- datasets
