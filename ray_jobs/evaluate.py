@@ -106,6 +106,8 @@ def main(
     checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
 ) -> None:
     """Evaluate an experiment of a running AI Studio on this Ray cluster."""
+    if subset not in ("test", "val") or checkpoint not in ("best", "last"):
+        raise typer.BadParameter("--subset is test or val, --checkpoint is best or last")
     settings = appliance_settings()
     workspace = Workspace(Path(settings["workspace"]))
     with session_factory(settings["db_url"])() as session:

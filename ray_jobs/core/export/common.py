@@ -41,6 +41,23 @@ def image_hw(preprocess: dict) -> tuple[int, int]:
     return int(size), int(size)
 
 
+def file_facts(out_path, started: float, notes: list[str], task: str, label_offset: int) -> dict:
+    """The part of an export's description every format shares: the written file, how long the
+    export took, the torch that made it, notes, and (detection) the label offset."""
+    import time
+
+    facts = {
+        "file": out_path.name,
+        "file_size_bytes": out_path.stat().st_size,
+        "export_seconds": round(time.perf_counter() - started, 3),
+        "torch_version": torch.__version__,
+        "notes": notes,
+    }
+    if task == "detection":
+        facts["label_offset"] = label_offset
+    return facts
+
+
 def cpu_eval_copy(model: nn.Module) -> nn.Module:
     """Export from a CPU fp32 copy so the caller's (maybe CUDA, maybe training) model is untouched."""
     return copy.deepcopy(model).float().cpu().eval()

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .common import (
+    file_facts,
     BATCH_FIXED_NOTE,
     DetectionExportWrapper,
     ExportError,
@@ -93,14 +94,8 @@ def export_torchscript(
         "batch_fixed": task == "detection",
         **_io_description(task, h, w),
         "image_size": [h, w],
-        "file": out_path.name,
-        "file_size_bytes": out_path.stat().st_size,
-        "export_seconds": round(time.perf_counter() - t0, 3),
-        "torch_version": torch.__version__,
-        "notes": notes,
+        **file_facts(out_path, t0, notes, task, label_offset),
     }
-    if task == "detection":
-        info["label_offset"] = label_offset
     return info
 
 
