@@ -112,11 +112,9 @@ def train_loop_per_worker(cfg: dict) -> None:
     import ray.train
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
-    from ray_jobs.core.data import ImageDataModule
-    from ray_jobs.core.fit import BestLastCheckpoint, EpochEventCallback, build_trainer
-    from ray_jobs.core.module import TrainConfig, build_module, resolve_class_weights
+    from ray_jobs.core.fit import BestLastCheckpoint, EpochEventCallback, assemble_fit
+    from ray_jobs.core.module import TrainConfig
 
-    config = resolve_class_weights(TrainConfig.from_dict(cfg["config"]), cfg["train_samples"])
     reporter = RunReporter(cfg["db_url"], cfg["experiment_id"], cfg["log_file"])
     checkpoints = BestLastCheckpoint(cfg["weights_dir"])
     callbacks = [  # in this order: the event, then the files, then Ray's copy of last.ckpt
@@ -126,17 +124,12 @@ def train_loop_per_worker(cfg: dict) -> None:
     ]
     if cfg.get("gates"):
         callbacks.insert(0, epoch_gate_callback(reporter.bus, cfg["experiment_id"]))
-    trainer = build_trainer(
-        config, callbacks, accelerator="gpu" if cfg["use_gpu"] else "cpu", devices="auto",
+    trainer, module, datamodule = assemble_fit(
+        TrainConfig.from_dict(cfg["config"]), cfg["train_samples"], cfg["val_samples"], callbacks,
+        accelerator="gpu" if cfg["use_gpu"] else "cpu", devices="auto",
         strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], default_root_dir=cfg["run_dir"],
     )
     trainer = prepare_trainer(trainer)
-    module = build_module(config)
-    datamodule = ImageDataModule(
-        config.task, cfg["train_samples"], cfg["val_samples"], image_size=config.image_size,
-        batch_size=config.batch_size, augmentations=config.augmentations, num_workers=config.num_workers,
-        seed=config.seed,
-    )
     checkpoint = ray.train.get_checkpoint() if cfg["resume"] else None
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:

@@ -1,7 +1,7 @@
 """Trainer assembly, epoch events, checkpoints and a Ray-free `fit_local`.
 
-The pieces compose: the Ray launcher builds the same trainer with Ray's strategy, plugins and
-report callback, and adds `EpochEventCallback` / `BestLastCheckpoint` itself.
+`assemble_fit` is the one way a fit is put together: `fit_local` uses it in this process, and the
+Ray Train worker (`ray_jobs.train`) uses it with Ray's strategy, plugins and report callback.
 """
 
 from __future__ import annotations
@@ -167,6 +167,31 @@ def build_trainer(
     )
 
 
+def assemble_fit(
+    config: TrainConfig,
+    train_samples: Sequence[dict],
+    val_samples: Sequence[dict],
+    callbacks: Sequence[Callback],
+    **trainer_options: Any,
+) -> tuple[L.Trainer, L.LightningModule, ImageDataModule]:
+    """The trainer, module and data of one fit: class weights from the train samples, a seeded
+    Trainer (`build_trainer` options pass through), then the module and the data module."""
+    config = resolve_class_weights(config, train_samples)
+    trainer = build_trainer(config, callbacks, **trainer_options)  # seeds: before the module
+    module = build_module(config)
+    datamodule = ImageDataModule(
+        config.task,
+        train_samples,
+        val_samples,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        augmentations=config.augmentations,
+        num_workers=config.num_workers,
+        seed=config.seed,
+    )
+    return trainer, module, datamodule
+
+
 def fit_local(
     config: TrainConfig | dict,
     train_samples: Sequence[dict],
@@ -184,7 +209,6 @@ def fit_local(
     `epochs_run` counts all completed epochs, those before a resume included.
     """
     config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-    config = resolve_class_weights(config, train_samples)
     if config.pretrained:
         weights_path(config.model, config.weights_dir)  # fail before any work if missing
     run_dir = Path(run_dir)
@@ -193,17 +217,8 @@ def fit_local(
     callbacks: list[Callback] = [checkpoints]
     if publish is not None or should_stop is not None:
         callbacks.insert(0, EpochEventCallback(publish or (lambda event: None), should_stop))
-    trainer = build_trainer(config, callbacks, accelerator=accelerator, default_root_dir=run_dir)
-    module = build_module(config)
-    datamodule = ImageDataModule(
-        config.task,
-        train_samples,
-        val_samples,
-        image_size=config.image_size,
-        batch_size=config.batch_size,
-        augmentations=config.augmentations,
-        num_workers=config.num_workers,
-        seed=config.seed,
+    trainer, module, datamodule = assemble_fit(
+        config, train_samples, val_samples, callbacks, accelerator=accelerator, default_root_dir=run_dir,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume_ckpt is None else str(resume_ckpt))
     return {
