@@ -27,7 +27,5 @@ class JobStatus(StrEnum):
 
 # Work that holds resources or a place in a queue: it blocks deletion, and start-up recovers it.
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
-# Where a job ends; nothing changes it afterwards (but a new attempt of a training run).
-TERMINAL = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.INTERRUPTED, JobStatus.CANCELLED)
 # Training runs whose checkpoints an evaluation, an export or "try one image" can use.
 EVALUABLE = (JobStatus.COMPLETED, JobStatus.STOPPED, JobStatus.INTERRUPTED)
