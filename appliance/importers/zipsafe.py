@@ -16,6 +16,11 @@ import zlib
 from pathlib import Path
 
 from appliance.store.errors import InvalidDataset, PayloadTooLarge
+
+try:  # an LZMA member's broken stream; Pythons built without lzma cannot open such members at all
+    from lzma import LZMAError
+except ImportError:  # pragma: no cover
+    LZMAError = OSError
 from appliance.importers.sources import is_archive
 
 IGNORED_DIRS = frozenset({"__MACOSX"})  # Finder's resource forks
@@ -74,7 +79,7 @@ def extract_zip(
             for info in members:
                 _extract_member(zf, info, dest, name)
         # e.g. a bad CRC, a local header that disagrees with the directory, an unreadable stream
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
+        except (zipfile.BadZipFile, zlib.error, LZMAError, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
             _empty(dest)
             raise InvalidDataset(f"{name}: cannot extract {info.filename} ({exc})") from exc
         except BaseException:
