@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Mutation testing of the pure modules (importers, ZIP safety, split allocation, metrics, auth,
 # envelope/errors) with mutmut, against the fast in-process tests only (no Ray, no server):
-# tests/unit, tests/services/test_importers.py, tests/ray_jobs/test_core_metrics.py.
+# tests/unit, tests/services/ (importers, hostile files; the app in-process at most) and
+# tests/ray_jobs/test_core_metrics.py.
 # What is mutated and which tests run is configured in pyproject.toml ([tool.mutmut]).
 #
 #   AISTUDIO_VENV  virtualenv to use (default .venv); mutmut is installed into it when missing

@@ -4,6 +4,8 @@ status and code of docs/api.md, and the token guards every route but the open on
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.responses import PlainTextResponse
@@ -12,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import Request as StarletteRequest
 
 from appliance.store import errors
-from appliance.http.auth import COOKIE_NAME, TokenAuthMiddleware, token_matches
+from appliance.http.auth import COOKIE_NAME, DEFAULT_NEXT, TokenAuthMiddleware, safe_next, token_matches
 from appliance.http.envelope import Envelope, error_response, install_error_handlers, ok, request_id
 
 # --------------------------------------------------------------------------- errors
@@ -277,3 +279,36 @@ def test_page_without_token_redirects_to_login_with_next(guarded):
 def test_htmx_request_without_token_is_401_not_a_redirect(guarded):
     r = guarded.get("/projects/a b", headers={"HX-Request": "true"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
+
+
+def test_invalid_json_names_the_character_and_the_parser_message(client):
+    body = b'{"name": "x", "size": }'
+    with pytest.raises(json.JSONDecodeError) as caught:
+        json.loads(body)
+    r = client.post("/items", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["error"]["message"] == (
+        f"Invalid request — body: invalid JSON at character {caught.value.pos} ({caught.value.msg})"
+    )
+
+
+@pytest.mark.parametrize("target, expected", [
+    (None, DEFAULT_NEXT),
+    ("", DEFAULT_NEXT),
+    ("/projects/p1?tab=runs", "/projects/p1?tab=runs"),
+    ("/a%20b", "/a%20b"),
+    ("evil.com", DEFAULT_NEXT),
+    ("https:evil.com", DEFAULT_NEXT),
+    ("//evil.com", DEFAULT_NEXT),
+    ("///evil.com", DEFAULT_NEXT),
+    ("/\\evil.com", DEFAULT_NEXT),
+    ("/%5Cevil.com", DEFAULT_NEXT),
+    ("/%2F%2Fevil.com", DEFAULT_NEXT),
+    ("/\tevil", DEFAULT_NEXT),
+    ("/\x01x", DEFAULT_NEXT),
+    ("/\x7fx", DEFAULT_NEXT),
+    ("/%7Fx", DEFAULT_NEXT),
+    ("/~x", "/~x"),
+])
+def test_safe_next_stays_on_the_site(target, expected):
+    assert safe_next(target) == expected
