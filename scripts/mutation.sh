@@ -34,9 +34,16 @@ fi
 
 export HYPOTHESIS_PROFILE=mutation  # fewer, derandomized examples: reproducible and quick
 unset PYTHONPATH                     # the tests must import the mutated copy in mutants/
+config_snapshot() {  # [tool.mutmut]: mutmut drops every cached verdict when it changes
+    "$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["tool"]["mutmut"])'
+}
 names=()
 if [ "${1:-}" = "--survivors" ]; then
     [ -d mutants ] || { echo "no previous run in mutants/" >&2; exit 2; }
+    if [ "$(config_snapshot)" != "$(cat mutants/config.snapshot 2>/dev/null)" ]; then
+        echo "[tool.mutmut] changed since the last full run: run scripts/mutation.sh without --survivors" >&2
+        exit 2
+    fi
     mapfile -t names < <("$PY" - <<'PY'
 import json
 from pathlib import Path
@@ -52,6 +59,7 @@ PY
     echo "re-running ${#names[@]} mutants" >&2
 else
     rm -rf mutants && mkdir mutants  # a fresh run (no stale results)
+    config_snapshot >mutants/config.snapshot
 fi
 started=$(date +%s)
 "$PY" -m mutmut run --max-children "${MUTMUT_JOBS:-$(nproc)}" "${names[@]}" >>mutants/run.log 2>&1 || {
