@@ -46,7 +46,8 @@ document.addEventListener("htmx:responseError", (evt) => {
   const { verb, path } = evt.detail.requestConfig;
   if (verb === "delete" && offersForce(evt.detail.xhr.status, body) && confirmForce(body.error.message)) {
     const elt = evt.detail.elt;
-    htmx.ajax("DELETE", withForce(path), { source: elt, target: elt.getAttribute("hx-target") || elt,
+    // No `source`: that would ask the element's hx-confirm question a second time.
+    htmx.ajax("DELETE", withForce(path), { target: elt.getAttribute("hx-target") || elt,
                                            swap: elt.getAttribute("hx-swap") || "innerHTML" });
     return;
   }
