@@ -23,7 +23,7 @@ from appliance.store.paths import Workspace
 from appliance.store.records import get_owned
 from appliance.store.status import JobStatus
 from appliance.store.tables import Experiment
-from ray_jobs.events import appliance_settings
+from ray_jobs.events import appliance_settings, pass_gate_if_testing
 
 BATCH = 16
 GPU_DECODE_WORKERS = 3
@@ -66,10 +66,13 @@ def compute_results(task: str, class_names: list[str], samples: list[dict], pred
 
 @ray.remote(max_retries=0)
 def evaluation_task(db_url: str, workspace_root: str, evaluation_id: str, gpu_fraction: float) -> str:
+    if not evaluations.start(db_url, evaluation_id):
+        return JobStatus.FAILED  # cancelled (or deleted) before it started: nothing to do
     try:
         inputs = evaluations.evaluation_inputs(db_url, Workspace(Path(workspace_root)), evaluation_id)
         samples = inputs["samples"]
         evaluations.set_progress(db_url, evaluation_id, 0, len(samples))
+        pass_gate_if_testing(evaluation_id, "running")
         last = [0.0]
 
         def progress(done: int, total: int) -> None:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import Field
 
-from appliance.http.deps import LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
+from appliance.http.deps import ForceQ, LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
 from appliance.http.envelope import Envelope, Page, ok
 from appliance.schemas import DatasetSummaryPublic, Deleted, ImagePublic, ImportJobPublic, StrictBody
 from appliance.services import datasets as service
@@ -101,9 +101,11 @@ def get_image(project_id: ProjectId, image_id: str, session: SessionDep):
 
 
 @router.delete("/{project_id}/images/{image_id}", response_model=Envelope[Deleted])
-def delete_image(project_id: ProjectId, image_id: str, session: SessionDep, workspace: WorkspaceDep):
-    """Remove one image (file, thumbnail, annotations, split assignments)."""
-    service.delete_image(session, workspace, project_id, image_id)
+def delete_image(project_id: ProjectId, image_id: str, session: SessionDep, workspace: WorkspaceDep,
+                 force: ForceQ = False):
+    """Remove one image (file, thumbnail, annotations, split assignments); 409 naming the jobs
+    reading it (`?force=true` stops them first)."""
+    service.delete_image(session, workspace, project_id, image_id, force)
     return ok({"id": image_id, "deleted": True})
 
 

@@ -31,6 +31,7 @@ from appliance.store.status import JobStatus
 from appliance.store.tables import Box, Image, ImportJob, SplitAssignment, utcnow
 from appliance.store.paths import Workspace, is_within, safe_join
 from appliance.importers import check_zip, extract_zip, make_thumbnail, parse_source, store_image
+from appliance.services import deletion
 from appliance.services.projects import get_owned, get_project
 
 log = logging.getLogger("aistudio.datasets")
@@ -380,8 +381,9 @@ def get_image(session: Session, project_id: str, image_id: str) -> Image:
     return get_owned(session, Image, "image", project_id, image_id)
 
 
-def delete_image(session: Session, workspace: Workspace, project_id: str, image_id: str) -> None:
+def delete_image(session: Session, workspace: Workspace, project_id: str, image_id: str, force: bool = False) -> None:
     image = get_image(session, project_id, image_id)
+    deletion.clear_the_way(session, f"Image {image_id}", deletion.image_jobs(session, image.id), force)
     filename = image.filename
     session.execute(delete(Image).where(Image.id == image_id))
     session.commit()
