@@ -61,6 +61,16 @@ def test_loopback_hosts_are_answered_through_serve(server, host):
 # --------------------------------------------------------------------------- in-process settings
 
 
+@pytest.mark.parametrize("header, name", [("localhost:8000", "localhost"), ("LocalHost", "localhost"),
+                                          ("[::1]:8000", "::1"), ("[::1]", "::1"), ("::1", "::1"),
+                                          ("127.0.0.1:80", "127.0.0.1"), ("a.example:x", "a.example:x"),
+                                          ("evil.com:80@127.0.0.1", "evil.com:80@127.0.0.1")])
+def test_host_name_drops_the_port_only(header, name):
+    from appliance.http.hosts import host_name
+
+    assert host_name(header) == name
+
+
 def app_client(settings, **changes) -> TestClient:
     from appliance.main import create_app
 

@@ -103,7 +103,7 @@ def test_forged_and_tampered_cookies_are_refused(server):
         f"{session_id[:-1]}x.{signature}",              # the id changed, the signature kept
         sign_session(session_id, server.token + "x"),   # signed with another key
         sign_session(secrets.token_urlsafe(32), server.token),  # a genuine signature of an unknown id
-        f"{value}.{signature}", "", ".", "é.é",
+        f"{value}.{signature}", "", ".", "%C3%A9.%C3%A9",
     ]
     with server.anon(follow_redirects=False) as anon:
         for cookie in forged:
@@ -249,3 +249,49 @@ def test_bearer_clients_get_no_logout_button_and_need_no_cookie(token_app):
         r = c.get("/projects")
         assert r.status_code == 200 and not parse(r.text).select("form#logout")
         assert "set-cookie" not in r.headers
+
+
+# --------------------------------------------------------------------------- in the browser
+
+
+@pytest.mark.ray
+@pytest.mark.browser
+def test_log_out_in_the_browser(server):
+    """Sign in through the form, press Log out: back at /login, the cookie gone, and a copy of it
+    put back into a fresh browser no longer opens a page."""
+    from pathlib import Path
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser.conftest import ARGS, CHROMIUM
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            ctx = browser.new_context(base_url=server.url)
+            pg = ctx.new_page()
+            pg.set_default_timeout(20_000)
+            pg.goto("/projects")
+            pg.fill("input[name=token]", server.token)
+            pg.click("form button[type=submit]")
+            pg.wait_for_url("**/projects")
+            (cookie,) = ctx.cookies()
+            assert cookie["name"] == "aistudio_session" and cookie["value"] != server.token
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            pg.click("header form#logout button")
+            pg.wait_for_url("**/login")
+            assert ctx.cookies() == []
+            pg.goto("/projects")
+            assert "/login?next=/projects" in pg.url
+            ctx.close()
+
+            replay = browser.new_context(base_url=server.url)
+            replay.add_cookies([{k: cookie[k] for k in ("name", "value", "domain", "path")}])
+            pg = replay.new_page()
+            pg.goto("/projects")
+            assert "/login?next=/projects" in pg.url
+            replay.close()
+        finally:
+            browser.close()
