@@ -16,8 +16,9 @@ from appliance.web import render, wants_fragment
 
 router = APIRouter(prefix="/api/datasets", tags=["datasets"])
 ImportFormat = Literal["auto", "folder", "csv", "coco", "yolo"]
-# Content-addressed names (one id per stored file) never change: cache them for good.
-IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
+# Content-addressed names (one id per stored file) never change: cache them for good — in the
+# user's own browser only (`private`): they may sit behind the API token.
+IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}
 
 
 class LocalImport(StrictBody):
