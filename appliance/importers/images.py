@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -81,17 +82,23 @@ class UnreadableImage(InvalidDataset):
 class ImageTooLarge(UnreadableImage):
     """More pixels than `max_pixels`: refused from the header, before any decoding."""
 
-    def __init__(self, path: Path, size: tuple[int, int], max_pixels: int):
-        width, height = size
-        super().__init__(path, f"too large: {width}x{height} = {width * height:,} pixels, over the limit of "
-                               f"{max_pixels:,} (AISTUDIO_MAX_IMAGE_PIXELS)")
+    def __init__(self, path: Path, pixels: int, max_pixels: int, size: tuple[int, int] | None = None):
+        shape = f"{size[0]}x{size[1]} = " if size else ""
+        super().__init__(path, f"too large: {shape}{pixels:,} pixels, over the limit of {max_pixels:,} "
+                               "(AISTUDIO_MAX_IMAGE_PIXELS)")
         self.message = f"{Path(path).name}: {self.reason}"
-        self.size = size
+        self.pixels, self.size = pixels, size
 
 
 def check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
     if size[0] * size[1] > max_pixels:
-        raise ImageTooLarge(Path(path), size, max_pixels)
+        raise ImageTooLarge(Path(path), size[0] * size[1], max_pixels, size)
+
+
+def _bomb(path: Path, exc: Image.DecompressionBombError, max_pixels: int) -> ImageTooLarge:
+    """Pillow's own guard fired first (at twice `Image.MAX_IMAGE_PIXELS`): same error, from its count."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return ImageTooLarge(path, int(found.group(1)) if found else 0, max_pixels)
 
 
 def apply_pixel_limit(max_pixels: int) -> None:
@@ -157,6 +164,8 @@ def make_thumbnail(src: Path, dst: Path, size: int = THUMBNAIL_SIZE, max_pixels:
             thumb = thumb.convert("RGB")
     except UnreadableImage:
         raise
+    except Image.DecompressionBombError as exc:
+        raise _bomb(src, exc, max_pixels) from exc
     except Exception as exc:  # Pillow raises many exception types on bad input
         raise UnreadableImage(src, str(exc) or type(exc).__name__) from exc
     with _atomic_target(dst) as tmp:
@@ -176,8 +185,8 @@ def _probe_bytes(path: Path, data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PI
             width, height, mode = *im.size, im.mode
     except UnreadableImage:
         raise
-    except Image.DecompressionBombError as exc:  # Pillow's guard (2x its limit) fired first
-        raise UnreadableImage(path, f"too large: {exc}") from exc
+    except Image.DecompressionBombError as exc:
+        raise _bomb(path, exc, max_pixels) from exc
     except Exception as exc:  # Pillow raises many exception types on bad input
         raise UnreadableImage(path, str(exc) or type(exc).__name__) from exc
     if mode not in _KEPT_MODES and mode not in _CONVERTED_MODES:

@@ -8,6 +8,7 @@ not applied). Labels are class indices into the run's `class_names`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -123,14 +124,23 @@ def set_max_image_pixels(max_pixels: int | None) -> None:
 def load_rgb(path: str) -> Image.Image:
     """8-bit RGB, as every model here reads images. 16-bit greyscale is scaled to 8 bits (65535 ->
     255) the way the import stores it: `convert("RGB")` alone would clip it to white."""
-    with Image.open(path) as image:
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as exc:  # Pillow's guard, at twice the limit
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_large(path, int(found.group(1)) if found else 0) from None
+    with image:
         width, height = image.size
         if width * height > _max_pixels:
-            raise ValueError(f"{Path(path).name}: too large: {width}x{height} = {width * height:,} pixels, over "
-                             f"the limit of {_max_pixels:,} (AISTUDIO_MAX_IMAGE_PIXELS)")
+            raise _too_large(path, width * height, f"{width}x{height} = ")
         if image.mode in _SIXTEEN_BIT:
             return image.convert("I").point(lambda v: v / 256).convert("L").convert("RGB")
         return image.convert("RGB")
+
+
+def _too_large(path: str, pixels: int, shape: str = "") -> ValueError:
+    return ValueError(f"{Path(path).name}: too large: {shape}{pixels:,} pixels, over the limit of "
+                      f"{_max_pixels:,} (AISTUDIO_MAX_IMAGE_PIXELS)")
 
 
 class ClassificationDataset(Dataset):

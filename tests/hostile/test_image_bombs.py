@@ -124,6 +124,27 @@ def test_probe_refuses_from_the_header(tmp_path):
     assert decoded and set(decoded) == {(8, 8)}  # the small image was decoded, the bomb never
 
 
+def test_pillows_own_guard_gives_the_same_error(tmp_path):
+    """In the ingress Pillow's MAX_IMAGE_PIXELS is the limit too, and it fires first beyond twice it."""
+    from appliance.importers import ImageTooLarge, apply_pixel_limit, make_thumbnail, probe_image
+
+    Image.new("RGB", (200, 101)).save(tmp_path / "far.png")
+    before = Image.MAX_IMAGE_PIXELS
+    apply_pixel_limit(10_000)
+    try:
+        with pytest.raises(Image.DecompressionBombError):
+            Image.open(tmp_path / "far.png")
+        for call in (lambda: probe_image(tmp_path / "far.png", 10_000),
+                     lambda: make_thumbnail(tmp_path / "far.png", tmp_path / "t.jpg", max_pixels=10_000)):
+            with pytest.raises(ImageTooLarge) as caught:
+                call()
+            assert caught.value.message == "far.png: too large: 20,200 pixels, over the limit of 10,000 " \
+                                           "(AISTUDIO_MAX_IMAGE_PIXELS)"
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+    assert not (tmp_path / "t.jpg").exists()
+
+
 # ----------------------------------------------------------------------------- thumbnails
 
 
@@ -326,7 +347,45 @@ def test_load_rgb_refuses_an_image_over_the_limit(tmp_path):
         assert data.load_rgb(str(tmp_path / "at.png")).size == (100, 100)
         with pytest.raises(ValueError, match=r"^over.png: too large: 101x100 = 10,100 pixels, over the limit of 10,000"):
             data.load_rgb(str(tmp_path / "over.png"))
+        Image.new("RGB", (200, 101)).save(tmp_path / "far.png")  # over twice the limit: Pillow's guard fires first
+        with pytest.raises(ValueError, match=r"^far.png: too large: 20,200 pixels, over the limit of 10,000 \("):
+            data.load_rgb(str(tmp_path / "far.png"))
     finally:
         data._max_pixels, Image.MAX_IMAGE_PIXELS = before
     with pytest.raises(ValueError, match="over.png: too large: 13000x13000 = 169,000,000 pixels, over the limit of 64,000,000"):
         data.load_rgb(str(write_bomb(tmp_path / "over.png")))
+
+
+# ----------------------------------------------------------------------------- try one image (real Ray)
+
+
+def try_one(server, pid: str, eid: str, path: Path):
+    return server.http.post(f"/api/evaluation/{pid}/predict", data={"experiment_id": eid},
+                            files={"file": (path.name, path.read_bytes(), "image/png")})
+
+
+def test_try_one_image_reads_16_bit_grey_as_grey(server, trained_classifier, tmp_path):
+    pid, _, eid = trained_classifier
+    Image.new("I;16", (48, 40), 100 * 256).save(tmp_path / "deep.png")
+    Image.new("L", (48, 40), 100).save(tmp_path / "grey.png")
+    Image.new("L", (48, 40), 255).save(tmp_path / "white.png")
+    answers = {}
+    for name in ("deep", "grey", "white"):
+        r = try_one(server, pid, eid, tmp_path / f"{name}.png")
+        assert r.status_code == 200, r.text
+        answers[name] = r.json()["data"]["probs"]
+    assert answers["grey"] != pytest.approx(answers["white"], abs=1e-6)  # the model tells them apart
+    assert answers["deep"] == pytest.approx(answers["grey"], abs=1e-6)
+
+
+def test_try_one_image_refuses_a_bomb_before_decoding_it(server, trained_classifier, tmp_path):
+    pid, _, eid = trained_classifier
+    r = try_one(server, pid, eid, write_bomb(tmp_path / "bomb.png"))
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "INVALID_DATASET"
+    # Pillow's own guard (set to the limit in the ingress) may fire first: the size is then its pixel count.
+    assert error["message"] in (
+        f"file bomb.png: unreadable image (too large: {shape}169,000,000 pixels, over the limit of 64,000,000 "
+        "(AISTUDIO_MAX_IMAGE_PIXELS))" for shape in ("13000x13000 = ", "")
+    ), error
