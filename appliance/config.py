@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=8 * 1024**3, gt=0, description="Largest ZIP upload, and largest uncompressed ZIP content."
     )
+    max_image_pixels: int = Field(
+        default=64_000_000, gt=0,
+        description="Largest image (width x height) that is ever decoded: larger ones are skipped at import "
+        "with a warning, and never decoded for thumbnails, training, evaluation or try-one-image. 64 MP "
+        "holds any camera up to 61 MP and decodes to at most 256 MB (RGBA).",
+    )
     api_token: str | None = Field(
         default=None, description="When set, every API and page request needs this bearer token."
     )
@@ -137,4 +143,5 @@ def job_config(settings: Settings) -> dict:
         "train_gpu_fraction": settings.train_gpu_fraction,
         "eval_gpu_fraction": settings.eval_gpu_fraction,
         "training_gates": settings.training_gates,
+        "max_image_pixels": settings.max_image_pixels,
     }

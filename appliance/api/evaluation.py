@@ -81,7 +81,7 @@ def predict(
                         raise PayloadTooLarge(f"file: larger than {MAX_TRY_IMAGE_BYTES} bytes")
                     out.write(chunk)
             try:
-                info = probe_image(path)
+                info = probe_image(path, settings.max_image_pixels)
             except UnreadableImage as exc:
                 raise InvalidDataset(f"file {file.filename}: unreadable image ({exc.reason})") from None
         fraction = settings.eval_gpu_fraction

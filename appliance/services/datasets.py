@@ -30,7 +30,9 @@ from appliance.store.imports import CANCELLED_MESSAGE
 from appliance.store.status import JobStatus
 from appliance.store.tables import Box, Image, ImportJob, SplitAssignment, utcnow
 from appliance.store.paths import Workspace, is_within, safe_join
-from appliance.importers import check_zip, extract_zip, make_thumbnail, parse_source, store_image
+from appliance.importers import (
+    DEFAULT_MAX_IMAGE_PIXELS, check_zip, extract_zip, make_thumbnail, parse_source, store_image,
+)
 from appliance.services import deletion
 from appliance.services.projects import get_owned, get_project
 
@@ -151,10 +153,11 @@ def run_import(settings: Settings, import_id: str) -> None:
         project_id, task, fmt, source = started
         root = _source_root(settings, stage, source)
         tracker = _Progress(url, import_id)
-        parsed = parse_source(root, fmt, task, progress=tracker)
+        parsed = parse_source(root, fmt, task, progress=tracker, max_pixels=settings.max_image_pixels)
         tracker.check_cancel()
         added, duplicates = _stage_and_commit(url, workspace, project_id, import_id, parsed, stage, tracker,
-                                              owned=source.startswith("upload:"))
+                                              owned=source.startswith("upload:"),
+                                              max_pixels=settings.max_image_pixels)
         warnings = [{"file": w.file, "reason": w.reason} for w in parsed.warnings]
         imports.complete(url, import_id, parsed.detected, added, duplicates, warnings, len(parsed.items))
     except ImportCancelled:
@@ -201,11 +204,13 @@ class _Progress:
 
 
 def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, stage: Path, tracker,
-                      owned: bool = False) -> tuple[int, int]:
-    """`owned`: the source files are ours (an extracted upload), so they are moved, not copied."""
+                      owned: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """`owned`: the source files are ours (an extracted upload), so they are moved, not copied.
+    Each image's thumbnail is made here, from the staged file, so no page view ever decodes a
+    full image; one that fails is left to the lazy path (`services/thumbnails.py`)."""
     with session_scope(url) as s:
         known = set(s.scalars(select(Image.sha256).where(Image.project_id == project_id)))
-    staged_dir = stage / "images"
+    staged_dir, staged_thumbs = stage / "images", stage / "thumbs"
     staged_dir.mkdir(parents=True, exist_ok=True)
     rows, boxes, duplicates = [], [], 0
     for item in parsed.items:
@@ -217,6 +222,7 @@ def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, 
         image_id = new_id("image")
         filename = image_id + _EXTENSIONS.get(info.format, Path(item.relpath).suffix.lower())
         store_image(item.source, staged_dir / filename, info, move=owned)
+        _stage_thumbnail(staged_dir / filename, staged_thumbs / _thumb_name(filename), max_pixels)
         rows.append({
             "id": image_id, "project_id": project_id, "filename": filename, "original_name": item.relpath,
             "sha256": info.sha256, "width": info.width, "height": info.height,
@@ -226,11 +232,16 @@ def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, 
         boxes += [{"image_id": image_id, "label": b.label, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2} for b in item.boxes]
     tracker.check_cancel()
     # Commit: move files in, insert rows in one transaction; undo the moves if the insert fails.
-    target = workspace.images_dir(project_id)
+    target, thumbs = workspace.images_dir(project_id), workspace.thumbs_dir(project_id)
     target.mkdir(parents=True, exist_ok=True)
+    thumbs.mkdir(parents=True, exist_ok=True)
     moved: list[Path] = []
     try:
         for row in rows:
+            thumb = staged_thumbs / _thumb_name(row["filename"])
+            if thumb.is_file():
+                os.replace(thumb, thumbs / thumb.name)
+                moved.append(thumbs / thumb.name)
             dst = target / row["filename"]
             os.replace(staged_dir / row["filename"], dst)
             moved.append(dst)
@@ -244,6 +255,13 @@ def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, 
             path.unlink(missing_ok=True)
         raise
     return len(rows), duplicates
+
+
+def _stage_thumbnail(image: Path, thumb: Path, max_pixels: int) -> None:
+    try:
+        make_thumbnail(image, thumb, max_pixels=max_pixels)
+    except Exception:  # the image passed its probe; a thumbnail problem must not fail the import
+        log.warning("No thumbnail for %s at import; it will be made on request", image.name, exc_info=True)
 
 
 def recover_imports(app) -> None:
@@ -405,12 +423,3 @@ def image_file(session: Session, workspace: Workspace, project_id: str, filename
     if not path.is_file():
         raise NotFound(f"File {filename} not found")
     return path
-
-
-def thumbnail_file(session: Session, workspace: Workspace, project_id: str, filename: str) -> Path:
-    source = image_file(session, workspace, project_id, filename)
-    thumb = safe_join(workspace.thumbs_dir(project_id), _thumb_name(filename))
-    if not thumb.is_file():
-        thumb.parent.mkdir(parents=True, exist_ok=True)
-        make_thumbnail(source, thumb)
-    return thumb

@@ -599,19 +599,23 @@ def test_image_file_and_thumbnail_cached_once(client, settings, root, monkeypatc
     assert r.content == (root / "big" / "green" / "a.png").read_bytes()
     assert "immutable" in r.headers["cache-control"]
 
+    # Made at import: a request only reads it (tests/hostile/test_image_bombs.py covers the lazy path).
+    thumb = settings.workspace / "projects" / pid / "dataset" / ".thumbs" / (Path(im["filename"]).stem + ".jpg")
+    assert thumb.is_file()
+    from appliance.services import thumbnails
+
     calls = []
-    real = service.make_thumbnail
-    monkeypatch.setattr(service, "make_thumbnail", lambda *a, **k: (calls.append(a), real(*a, **k))[1])
+    real = thumbnails.make_thumbnail
+    monkeypatch.setattr(thumbnails, "make_thumbnail", lambda *a, **k: (calls.append(a), real(*a, **k))[1])
     first = client.get(im["thumbnail_url"])
     assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
     assert "immutable" in first.headers["cache-control"] and "max-age=31536000" in first.headers["cache-control"]
     assert first.headers.get("etag")
-    thumb = settings.workspace / "projects" / pid / "dataset" / ".thumbs" / (Path(im["filename"]).stem + ".jpg")
-    assert thumb.is_file() and Image.open(thumb).size == (256, 128)
+    assert Image.open(thumb).size == (256, 128)
     mtime = thumb.stat().st_mtime_ns
     second = client.get(im["thumbnail_url"])
     assert second.content == first.content and second.headers["etag"] == first.headers["etag"]
-    assert thumb.stat().st_mtime_ns == mtime and len(calls) == 1
+    assert thumb.stat().st_mtime_ns == mtime and calls == []
 
 
 @pytest.mark.parametrize("kind", ["image", "thumbnail"])
@@ -647,6 +651,7 @@ def test_traversal_attempts_are_404(client, settings, root, tmp_path, kind):
     thumbs = settings.workspace / "projects" / pid / "dataset" / ".thumbs"
     thumbs.mkdir(exist_ok=True)
     intact = mine[1]["filename"]
+    (thumbs / (Path(intact).stem + ".jpg")).unlink(missing_ok=True)  # made at import
     (thumbs / (Path(intact).stem + ".jpg")).symlink_to(secret)
     r = client.get(f"/api/datasets/{pid}/thumbnail/{intact}")
     assert r.status_code == 404
