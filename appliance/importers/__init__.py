@@ -17,7 +17,7 @@ from appliance.importers.images import (
     store_image,
 )
 from appliance.importers.parsed import ImportWarning, ParsedBox, ParsedDataset, ParsedItem
-from appliance.importers.zipsafe import check_zip, extract_zip
+from appliance.importers.zipsafe import check_free_space, check_zip, extract_zip
 
 __all__ = [
     "FORMATS",
@@ -29,6 +29,7 @@ __all__ = [
     "ParsedDataset",
     "ParsedItem",
     "UnreadableImage",
+    "check_free_space",
     "check_zip",
     "detect_format",
     "extract_zip",
