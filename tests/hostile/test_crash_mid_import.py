@@ -151,3 +151,29 @@ def test_an_import_being_cancelled_is_listed_as_a_job(client, settings, monkeypa
         release(source).touch()
     assert wait_job(client, f"/api/datasets/{pid}/imports/{job_id}", timeout=120)["status"] == "cancelled"
     assert data(client.get("/api/system/jobs")) == []
+
+
+def test_start_up_sweeps_orphans_of_every_project(settings, tmp_path):
+    """In-process, no kill: the files crashes leave in a project that had no import cut off (a
+    deletion cut off between its row and its files, a commit's file without its row) and
+    thumbnails of no recorded image are removed at start-up; recorded files are kept."""
+    from fastapi.testclient import TestClient
+
+    from appliance.main import create_app
+
+    ws = settings.workspace
+    with TestClient(create_app(settings)) as client:
+        pid = data(client.post("/api/projects", json={"name": "p", "task": "classification"}), 201)["id"]
+        source = make_classification_folder(settings.allowed_import_roots[0] / "f", per_class=3).root
+        job = data(client.post("/api/datasets/import/local", json={"project_id": pid, "source_path": str(source)}), 202)
+        assert wait_job(client, f"/api/datasets/{pid}/imports/{job['id']}", timeout=120)["status"] == "completed"
+        for image in data(client.get(f"/api/datasets/{pid}/images"))["items"]:
+            assert client.get(image["thumbnail_url"]).status_code == 200
+        before = dataset(client, ws, pid)
+    base = ws / "projects" / pid / "dataset"
+    (base / "images" / "image-00000000000000000000cut.png").write_bytes(b"no row")
+    (base / ".thumbs" / "image-00000000000000000000cut.jpg").write_bytes(b"no row")
+    (base / ".thumbs" / "image-000000000000000000gone.jpg").write_bytes(b"no row")
+    with TestClient(create_app(settings)) as client:
+        assert dataset(client, ws, pid) == before
+    assert len(before["files"]) == 6 and len(before["thumbs"]) == 6
