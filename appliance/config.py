@@ -41,6 +41,20 @@ class Settings(BaseSettings):
         "with a warning, and never decoded for thumbnails, training, evaluation or try-one-image. 64 MP "
         "holds any camera up to 61 MP and decodes to at most 256 MB (RGBA).",
     )
+    max_annotation_bytes: int = Field(
+        default=256 * 1024**2, gt=0,
+        description="Largest annotation content one import reads: each COCO JSON or CSV file, and all YOLO "
+        "label files together. Over it the import fails with INVALID_DATASET naming the file.",
+    )
+    disk_free_margin_bytes: int = Field(
+        default=1024**3, ge=0,
+        description="Free disk space an upload or a ZIP extraction must leave in the workspace, on top of "
+        "its own size; short of it the request is refused with 507 (the job fails) before writing.",
+    )
+    max_active_imports: int = Field(
+        default=16, gt=0,
+        description="Imports that may be queued or running at once; one more is refused with 429.",
+    )
     api_token: str | None = Field(
         default=None, description="When set, every API and page request needs this bearer token."
     )

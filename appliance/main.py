@@ -18,7 +18,7 @@ from appliance.store.db import get_engine, migrate, session_factory
 from appliance.http.envelope import install_error_handlers, request_id
 from appliance.services.runner import JobRunner
 from appliance.store.paths import Workspace
-from appliance.services import recovery
+from appliance.services import datasets as dataset_service, recovery
 from appliance.web import PACKAGE_DIR
 
 log = logging.getLogger("aistudio")
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         app.state.stopping.set()
         app.state.runner.shutdown()
+        dataset_service.stop_import_workers(settings.workspace)
 
     app = FastAPI(
         title="AI Studio",

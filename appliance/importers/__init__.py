@@ -21,7 +21,7 @@ from appliance.importers.images import (
     store_image,
 )
 from appliance.importers.parsed import ImportWarning, ParsedBox, ParsedDataset, ParsedItem
-from appliance.importers.zipsafe import check_zip, extract_zip
+from appliance.importers.zipsafe import check_free_space, check_zip, extract_zip
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
@@ -37,6 +37,7 @@ __all__ = [
     "ParsedItem",
     "UnreadableImage",
     "apply_pixel_limit",
+    "check_free_space",
     "check_zip",
     "detect_format",
     "extract_zip",

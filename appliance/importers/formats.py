@@ -40,12 +40,16 @@ NESTED_ARCHIVE = "an archive inside the dataset; archives are not extracted, so 
 Progress = Callable[[int, int], None]
 
 
-def parse_source(root: Path, fmt: str, task: str, *, progress: Progress | None = None,
-                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ParsedDataset:
+def parse_source(
+    root: Path, fmt: str, task: str, *, progress: Progress | None = None,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_annotation_bytes: int | None = None,
+) -> ParsedDataset:
     """Parse the dataset under `root` as `fmt` ('auto' detects it) for a `task` project.
 
     `progress(done, total)` is called after each image is probed: that is where the time goes.
-    Images over `max_pixels` are skipped with a warning, undecoded.
+    Images over `max_pixels` are skipped with a warning, undecoded. `max_annotation_bytes`: the
+    most annotation content read (each file, and all of them together), checked from the files'
+    sizes before any is read.
     """
     root = Path(root)
     if fmt != "auto" and fmt not in FORMATS:
@@ -55,6 +59,8 @@ def parse_source(root: Path, fmt: str, task: str, *, progress: Progress | None =
     if not root.is_dir():
         raise InvalidDataset(f"{root.name}: not a folder")
     chosen = detect_format(root)[0] if fmt == "auto" else fmt
+    if max_annotation_bytes is not None:
+        check_annotation_size(root, chosen, max_annotation_bytes)
     raw = _READERS[chosen].read(root)
     raw.warnings += [ImportWarning(rel(p, root), NESTED_ARCHIVE) for p in _archives(root)]
     if raw.task != task:
@@ -86,6 +92,26 @@ def detect_format(root: Path) -> tuple[str, list[str]]:
             hint = f"; it holds archives ({names}), which are not extracted: unpack them first"
         raise InvalidDataset(f"{root.name}: no known dataset layout (looked for {looked_for}){hint}")
     return next(iter(found.items()))
+
+
+def check_annotation_size(root: Path, fmt: str, limit: int) -> None:
+    """Refuse, naming the file, annotation files over `limit` bytes alone or together: they are
+    read whole, and parsed they take many times their size in memory."""
+    files = getattr(_READERS[fmt], "annotation_files", lambda _root: [])(root)
+    total = 0
+    for path in files:
+        size = path.stat().st_size
+        if size > limit:
+            raise InvalidDataset(
+                f"{rel(path, root)}: the annotation file holds {size} bytes, over the limit of {limit} bytes "
+                "(AISTUDIO_MAX_ANNOTATION_BYTES)"
+            )
+        total += size
+        if total > limit:
+            raise InvalidDataset(
+                f"{rel(path, root)}: with it the {fmt} annotation files hold {total} bytes together, over the "
+                f"limit of {limit} bytes (AISTUDIO_MAX_ANNOTATION_BYTES)"
+            )
 
 
 def _archives(root: Path) -> list[Path]:
