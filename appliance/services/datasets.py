@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import delete, func, insert, select
@@ -272,10 +274,12 @@ def stop_import_workers(workspace: Path) -> None:
 
 
 def run_import_here(settings: Settings, import_id: str) -> None:
-    """The import itself, in the calling process (the worker process calls it)."""
+    """The import itself, in the calling process (the worker process calls it). Its staging folder
+    is removed before the job's end is recorded, so a finished job never has staging left."""
     workspace = Workspace(settings.workspace)
     stage = workspace.staging_dir / import_id
     url = settings.db_url
+    finish: Callable[[], None] | None = None
     try:
         started = imports.start(url, import_id)
         if started is None:
@@ -290,19 +294,22 @@ def run_import_here(settings: Settings, import_id: str) -> None:
                                               owned=source.startswith("upload:"),
                                               max_pixels=settings.max_image_pixels)
         warnings = [{"file": w.file, "reason": w.reason} for w in parsed.warnings]
-        imports.complete(url, import_id, parsed.detected, added, duplicates, warnings, len(parsed.items))
+        finish = partial(imports.complete, url, import_id, parsed.detected, added, duplicates, warnings,
+                         len(parsed.items))
     except ImportCancelled:
-        imports.finish(url, import_id, JobStatus.CANCELLED, CANCELLED_MESSAGE)
+        finish = partial(imports.finish, url, import_id, JobStatus.CANCELLED, CANCELLED_MESSAGE)
     except AppError as exc:
-        imports.finish(url, import_id, JobStatus.FAILED, exc.message)
+        finish = partial(imports.finish, url, import_id, JobStatus.FAILED, exc.message)
     except MemoryError:
-        imports.finish(url, import_id, JobStatus.FAILED,
-                       "The import ran out of memory; the dataset is unchanged. Split the dataset or its annotation files")
+        finish = partial(imports.finish, url, import_id, JobStatus.FAILED,
+                         "The import ran out of memory; the dataset is unchanged. Split the dataset or its annotation files")
     except Exception as exc:  # a bug or an OS error: fail the job, never leave it running
         log.exception("Import %s failed", import_id)
-        imports.finish(url, import_id, JobStatus.FAILED, f"Unexpected error: {exc}")
+        finish = partial(imports.finish, url, import_id, JobStatus.FAILED, f"Unexpected error: {exc}")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if finish is not None:
+            finish()
 
 
 def _source_root(settings: Settings, stage: Path, source: str) -> Path:
