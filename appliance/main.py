@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from appliance import __version__
 from appliance.api import evaluation, export, pages, projects, splits, datasets, system, training
 from appliance.http.auth import TokenAuthMiddleware
+from appliance.http.limits import BodyLimitMiddleware
 from appliance.config import Settings, get_settings
 from appliance.store.db import get_engine, migrate, session_factory
 from appliance.http.envelope import install_error_handlers, request_id
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     if settings.api_token:
         app.add_middleware(TokenAuthMiddleware, token=settings.api_token)
+    # Added last = outermost of ours: bodies are counted before any other layer reads them.
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
     install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static")
     for module in (projects, datasets, splits, training, evaluation, export, system, pages):
