@@ -16,15 +16,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import tempfile
 import zipfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from appliance.config import Settings
 from tests.fixtures import create_project, make_classification_folder, wait_import, zip_dir
-from tests.hostile.rawhttp import exchange, multipart, pieces
+from tests.hostile.rawhttp import exchange, multipart, pieces, request_head
 from tests.workflows import wait_for
 
 MiB = 1024 * 1024
@@ -235,6 +237,30 @@ def test_upload_streams_straight_to_its_staging_file_and_imports(server, tmp_pat
     job = wait_import(server.http, pid, import_id, timeout=120)
     assert job["status"] == "completed" and job["added"] == gen.count, job
     assert job["source"] == "upload:streamed.zip"
+
+
+def test_a_client_leaving_mid_upload_leaves_nothing(server):
+    """The client sends 3 MiB of an upload, the replica is seen writing it to staging, then the
+    client closes the connection: the partial file and its staging folder go, no file stays open."""
+    pid = create_project(server.http, name="left mid-upload")
+    replica = replica_pid()
+    before = staging(server)
+    head, _ = multipart("b0und", {"project_id": pid}, "file", "partial.zip")
+    parts = urlsplit(server.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=60) as sock:
+        sock.sendall(request_head("POST", "/api/datasets/import/upload", parts.netloc,
+                                  auth(server, **{"Content-Type": "multipart/form-data; boundary=b0und"}), None))
+        for piece in [head, *pieces(3 * MiB)]:
+            sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+
+        def writing():
+            held = [f for f in open_files(replica) if f.endswith("/upload.zip")]
+            return held if held and staging(server) - before else None
+
+        wait_for(writing, lambda held: held is not None, timeout=60)
+    wait_for(lambda: (staging(server) - before, [f for f in open_files(replica) if "/staging/" in f]),
+             lambda left: left == (set(), []), timeout=60)
+    assert temp_files(replica) == []
 
 
 # ----------------------------------------------------------------------------- the guard itself, in-process
