@@ -94,8 +94,15 @@ async def import_upload(
     arrives, checked before extraction) → 202 import job."""
     import_id, archive = service.new_upload_stage(workspace)
     try:
+        async def before_file(fields: dict[str, str]) -> None:
+            # project_id usually comes first (the page's form, curl -F in order): refuse an unknown
+            # project before the archive is received, not after.
+            if isinstance(fields.get("project_id"), str):
+                await run_in_threadpool(service.check_upload_project, session, fields["project_id"])
+
         form = await receive_file_form(request, "file", archive, settings.max_upload_bytes,
-                                       too_large=lambda: service.upload_too_large(settings.max_upload_bytes))
+                                       too_large=lambda: service.upload_too_large(settings.max_upload_bytes),
+                                       before_file=before_file)
         fields = _upload_fields(form)
         job, data = await run_in_threadpool(_queue_upload, session, settings, workspace, fields, import_id,
                                             form.filename)

@@ -11,7 +11,7 @@ going away — the partial file is removed before the error propagates.
 from __future__ import annotations
 
 import codecs
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -110,11 +110,14 @@ class _Parts:
 
 
 async def receive_file_form(
-    request: Request, file_field: str, dest: Path, max_file_bytes: int, too_large: Callable[[], Exception]
+    request: Request, file_field: str, dest: Path, max_file_bytes: int, too_large: Callable[[], Exception],
+    before_file: Callable[[dict[str, str]], Awaitable[None]] | None = None,
 ) -> StreamedForm:
     """Parse the request's multipart body as it streams; write part `file_field` to `dest`.
 
-    More than `max_file_bytes` in that part raises `too_large()` at once. A body that is not
+    More than `max_file_bytes` in that part raises `too_large()` at once. `before_file`, when
+    given, is awaited with the text fields that came before the file part, as that part begins
+    and before any of it is written: it may refuse the request before the bulk of the body. A body that is not
     `multipart/form-data` reads as an empty form (the caller's field checks then name what is
     missing). The caller owns `dest`'s folder; `dest` itself is removed here on any failure.
     """
@@ -137,6 +140,7 @@ async def receive_file_form(
         "on_headers_finished": parts.on_headers_finished, "on_end": parts.on_end,
     })
     out = None
+    checked = before_file is None
     try:
         out = await run_in_threadpool(dest.open, "wb")
         async for chunk in request.stream():
@@ -144,6 +148,9 @@ async def receive_file_form(
                 parser.write(chunk)
             except FormParserError as exc:
                 raise ValidationFailed(f"body: malformed multipart form ({exc})") from None
+            if not checked and parts.form.filename is not None:
+                checked = True
+                await before_file(dict(parts.form.fields))
             if parts.form.size > max_file_bytes:
                 raise too_large()
             if len(parts.pending) >= _FLUSH_BYTES:

@@ -106,6 +106,11 @@ def new_upload_stage(workspace: Workspace) -> tuple[str, Path]:
     return import_id, stage / _STAGED_ZIP
 
 
+def check_upload_project(session: Session, project_id: str) -> None:
+    """404 for an upload to a project that does not exist (checked before its archive arrives)."""
+    get_project(session, project_id)
+
+
 def discard_stage(workspace: Workspace, import_id: str) -> None:
     shutil.rmtree(workspace.staging_dir / import_id, ignore_errors=True)
 

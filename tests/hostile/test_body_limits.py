@@ -195,6 +195,16 @@ def test_upload_over_the_limit_is_413_while_streaming_and_leaves_nothing(server,
     assert server.http.get(f"/api/datasets/{pid}").json()["data"]["image_count"] == 0
 
 
+def test_upload_to_an_unknown_project_is_refused_before_the_archive_arrives(server):
+    before = staging(server)
+    head, tail = multipart("b0und", {"project_id": "proj-000000000000"}, "file", "orphan.zip")
+    result = exchange(server.url, "POST", "/api/datasets/import/upload",
+                      auth(server, **{"Content-Type": "multipart/form-data; boundary=b0und"}),
+                      [head, *pieces(2 * MiB)], [*pieces(2 * MiB), tail])
+    assert "proj-000000000000" in refused(result, 404, "NOT_FOUND")
+    wait_for(lambda: staging(server), lambda left: left == before, timeout=30)
+
+
 def test_upload_streams_straight_to_its_staging_file_and_imports(server, tmp_path):
     """A chunked upload, looked at half-way: the replica writes it to staging/<import>/upload.zip and
     holds no temp file; then the import completes as with any upload."""
