@@ -13,12 +13,13 @@ from appliance import __version__
 from appliance.api import evaluation, export, pages, projects, splits, datasets, system, training
 from appliance.http.auth import TokenAuthMiddleware
 from appliance.http.limits import BodyLimitMiddleware
+from appliance.http.hosts import AllowedHostsMiddleware
 from appliance.config import Settings, get_settings
 from appliance.store.db import get_engine, migrate, session_factory
 from appliance.http.envelope import install_error_handlers, request_id
 from appliance.services.runner import JobRunner
 from appliance.store.paths import Workspace
-from appliance.services import recovery
+from appliance.services import datasets as dataset_service, recovery
 from appliance.web import PACKAGE_DIR
 
 log = logging.getLogger("aistudio")
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         app.state.stopping.set()
         app.state.runner.shutdown()
+        dataset_service.stop_import_workers(settings.workspace)
 
     app = FastAPI(
         title="AI Studio",
@@ -57,8 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     if settings.api_token:
         app.add_middleware(TokenAuthMiddleware, token=settings.api_token)
-    # Added last = outermost of ours: bodies are counted before any other layer reads them.
+    # Counts request bodies as they stream, before any other layer reads them (added after
+    # auth: outside it); the host check is added last, so it is the outermost.
     app.add_middleware(BodyLimitMiddleware, settings=settings)
+    app.add_middleware(AllowedHostsMiddleware, allowed=settings.trusted_hosts)  # outermost: DNS rebinding
     install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static")
     for module in (projects, datasets, splits, training, evaluation, export, system, pages):

@@ -15,15 +15,20 @@ from sqlalchemy import Connection, create_engine, event, func, inspect, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.store.tables import Base, SchemaVersion
+from appliance.store.tables import Base, LoginSession, SchemaVersion
 
 
 def _create_v1(conn: Connection) -> None:
     Base.metadata.create_all(conn)
 
 
+def _login_sessions(conn: Connection) -> None:
+    # A new database got the table from v1's create_all already.
+    LoginSession.__table__.create(conn, checkfirst=True)
+
+
 # Append a function for each schema change; never edit a released entry.
-MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1, _login_sessions]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
