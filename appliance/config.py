@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=8 * 1024**3, gt=0, description="Largest ZIP upload, and largest uncompressed ZIP content."
     )
+    max_json_body_bytes: int = Field(
+        default=1024**2, gt=0,
+        description="Largest request body of a JSON (or any other non-upload) route; larger bodies get 413.",
+    )
+    max_predict_image_bytes: int = Field(
+        default=32 * 1024**2, gt=0, description="Largest image sent to \"try one image\" (predict); larger get 413."
+    )
     max_image_pixels: int = Field(
         default=64_000_000, gt=0,
         description="Largest image (width x height) that is ever decoded: larger ones are skipped at import "

@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from appliance import __version__
 from appliance.api import evaluation, export, pages, projects, splits, datasets, system, training
 from appliance.http.auth import TokenAuthMiddleware
+from appliance.http.limits import BodyLimitMiddleware
 from appliance.http.hosts import AllowedHostsMiddleware
 from appliance.config import Settings, get_settings
 from appliance.store.db import get_engine, migrate, session_factory
@@ -58,6 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     if settings.api_token:
         app.add_middleware(TokenAuthMiddleware, token=settings.api_token)
+    # Counts request bodies as they stream, before any other layer reads them (added after
+    # auth: outside it); the host check is added last, so it is the outermost.
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(AllowedHostsMiddleware, allowed=settings.trusted_hosts)  # outermost: DNS rebinding
     install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static")

@@ -135,7 +135,9 @@ def server(tmp_path_factory):
                         ray_dashboard_port=0, api_token=token,
                         # Test hooks: runs wait at gates a test closes (tests/ray_jobs/gates.py); quiet
                         # streams send a keep-alive every second, so a test sees one without waiting long.
-                        training_gates=True, sse_keepalive_s=1.0)
+                        training_gates=True, sse_keepalive_s=1.0,
+                        # Small enough that tests/hostile/test_body_limits.py can stream past it.
+                        max_upload_bytes=64 * 1024**2)
     # Serve's proxy shares a port with any other SO_REUSEPORT listener (another session's Serve on
     # this machine) unless told not to; then a taken port fails start_appliance and we pick again.
     os.environ["SERVE_SOCKET_REUSE_PORT_ENABLED"] = "0"

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal, get_args
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
-from pydantic import Field
 
 from appliance.http.deps import ForceQ, LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
 from appliance.http.envelope import Envelope, Page, ok
+from appliance.http.uploads import StreamedForm, receive_file_form
 from appliance.schemas import DatasetSummaryPublic, Deleted, ImagePublic, ImportJobPublic, StrictBody
 from appliance.services import datasets as service
 from appliance.services import thumbnails
@@ -29,8 +31,8 @@ class LocalImport(StrictBody):
     format: ImportFormat = "auto"
 
 
-def _accepted(request: Request, job):
-    data = service.import_public(job)
+def _accepted(request: Request, job, data: dict | None = None):
+    data = data if data is not None else service.import_public(job)
     if wants_fragment(request):
         return render(request, "fragments/import_status.html", status_code=202, job=data)
     return ok(data)
@@ -44,20 +46,84 @@ def import_local(request: Request, body: LocalImport, session: SessionDep, setti
     return _accepted(request, job)
 
 
-@router.post("/import/upload", status_code=202, response_model=Envelope[ImportJobPublic])
-def import_upload(
-    request: Request,
-    project_id: Annotated[str, Form()],
-    file: Annotated[UploadFile, File(description="A ZIP archive of the dataset")],
-    session: SessionDep, settings: SettingsDep, workspace: WorkspaceDep, runner: RunnerDep,
-    format: Annotated[ImportFormat, Form()] = "auto",
+class UploadFields(BaseModel):
+    """The text fields of the upload form (the file part is streamed, not held)."""
+
+    project_id: str
+    format: ImportFormat = "auto"
+
+
+# The form as FastAPI would describe it: the route reads the body itself (see receive_file_form).
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "title": "Body_import_upload_api_datasets_import_upload_post", "type": "object",
+    "required": ["project_id", "file"],
+    "properties": {
+        "project_id": {"type": "string", "title": "Project Id"},
+        "file": {"type": "string", "contentMediaType": "application/octet-stream", "title": "File",
+                 "description": "A ZIP archive of the dataset"},
+        "format": {"type": "string", "enum": list(get_args(ImportFormat)), "title": "Format", "default": "auto"},
+    },
+}}}}}
+
+
+def _upload_fields(form: StreamedForm) -> UploadFields:
+    """422 naming each bad field, as FastAPI's own form validation would."""
+    errors = [{"type": "value_error", "loc": ("body", name), "msg": "expected text, got a file", "input": None}
+              for name in sorted(form.file_parts - {"file"}) if name in UploadFields.model_fields]
+    if form.filename is None:
+        if "file" in form.fields:
+            errors.append({"type": "value_error", "loc": ("body", "file"), "input": None,
+                           "msg": "expected a file (a ZIP archive), got a text field"})
+        else:
+            errors.append({"type": "missing", "loc": ("body", "file"), "msg": "Field required", "input": None})
+    fields = {k: v for k, v in form.fields.items() if k in UploadFields.model_fields and k not in form.file_parts}
+    try:
+        parsed = UploadFields.model_validate(fields)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()
+                  if e["loc"] and e["loc"][0] not in form.file_parts] + errors
+        parsed = None
+    if errors:
+        raise RequestValidationError(errors)
+    return parsed
+
+
+@router.post("/import/upload", status_code=202, response_model=Envelope[ImportJobPublic], openapi_extra=UPLOAD_BODY)
+async def import_upload(
+    request: Request, session: SessionDep, settings: SettingsDep, workspace: WorkspaceDep, runner: RunnerDep,
 ):
-    """Import a ZIP upload (streamed to disk, size-limited, checked before extraction) → 202 import job."""
+    """Import a ZIP upload (streamed straight to the import's staging file, size-limited while it
+    arrives, checked before extraction) → 202 import job."""
     length = request.headers.get("content-length")
     declared = int(length) if length and length.isdigit() else None
-    job = service.start_upload_import(session, settings, workspace, project_id, format, file, declared)
+    # The queue cap (429) and the free disk for a declared size (507), before a byte is written.
+    await run_in_threadpool(service.admit_import, session, settings, workspace, declared)
+    import_id, archive = service.new_upload_stage(workspace)
+    try:
+        async def before_file(fields: dict[str, str]) -> None:
+            # project_id usually comes first (the page's form, curl -F in order): refuse an unknown
+            # project before the archive is received, not after.
+            if isinstance(fields.get("project_id"), str):
+                await run_in_threadpool(service.check_upload_project, session, fields["project_id"])
+
+        form = await receive_file_form(request, "file", archive, settings.max_upload_bytes,
+                                       too_large=lambda: service.upload_too_large(settings.max_upload_bytes),
+                                       before_file=before_file)
+        fields = _upload_fields(form)
+        job, data = await run_in_threadpool(_queue_upload, session, settings, workspace, fields, import_id,
+                                            form.filename)
+    except BaseException:
+        service.discard_stage(workspace, import_id)
+        raise
     runner.submit("import", service.run_import, settings, job.id)
-    return _accepted(request, job)
+    return _accepted(request, job, data)
+
+
+def _queue_upload(session, settings, workspace, fields: UploadFields, import_id: str, filename: str | None):
+    """In a worker thread: the database work of an upload (the route itself is async)."""
+    job = service.queue_staged_upload(session, settings, workspace, fields.project_id, fields.format, import_id,
+                                      filename or "")
+    return job, service.import_public(job)
 
 
 @router.get("/{project_id}/imports/{import_id}", response_model=Envelope[ImportJobPublic])

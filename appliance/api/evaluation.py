@@ -22,7 +22,6 @@ from appliance.services.evaluation import EvaluationRun
 from appliance.web import render, wants_fragment
 
 router = APIRouter(prefix="/api/evaluation", tags=["evaluation"])
-MAX_TRY_IMAGE_BYTES = 25 * 1024 * 1024
 
 
 @router.get("/{project_id}", response_model=Envelope[list[EvaluationPublic]])
@@ -77,8 +76,9 @@ def predict(
                 written = 0
                 while chunk := file.file.read(1 << 20):
                     written += len(chunk)
-                    if written > MAX_TRY_IMAGE_BYTES:
-                        raise PayloadTooLarge(f"file: larger than {MAX_TRY_IMAGE_BYTES} bytes")
+                    if written > settings.max_predict_image_bytes:
+                        raise PayloadTooLarge(f"file: larger than {settings.max_predict_image_bytes} bytes "
+                                              "(AISTUDIO_MAX_PREDICT_IMAGE_BYTES)")
                     out.write(chunk)
             try:
                 info = probe_image(path, settings.max_image_pixels)

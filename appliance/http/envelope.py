@@ -82,7 +82,9 @@ def request_id(request: Request) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_request: Request, exc: AppError):
-        return error_response(exc.status_code, exc.code, exc.message)
+        # A 413 leaves the rest of the body unread: the server closes instead of draining it.
+        return error_response(exc.status_code, exc.code, exc.message,
+                              headers={"Connection": "close"} if exc.status_code == 413 else None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError):

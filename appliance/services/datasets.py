@@ -85,33 +85,65 @@ def start_local_import(session: Session, settings: Settings, project_id: str, so
 def start_upload_import(
     session: Session, settings: Settings, workspace: Workspace, project_id: str, fmt: str, upload, declared_size: int | None
 ) -> ImportJob:
-    """Stream the uploaded ZIP to staging (bounded memory, size-limited), check it, queue the job."""
+    """Copy a file-like upload to staging (bounded memory, size-limited), check it, queue the job.
+    The HTTP route streams the request body straight to staging instead (`new_upload_stage` +
+    `queue_staged_upload`); this is for callers that already hold the file."""
     get_project(session, project_id)
     check_format(fmt)
     admit_import(session, settings, workspace, declared_size)
     limit = settings.max_upload_bytes
     if declared_size is not None and declared_size > limit + 1024 * 1024:
-        raise _too_large(limit)
-    import_id = new_id("import")
+        raise upload_too_large(limit)
+    import_id, archive = new_upload_stage(workspace)
     name = Path(getattr(upload, "filename", None) or _STAGED_ZIP).name
-    stage = workspace.staging_dir / import_id
-    stage.mkdir(parents=True)
-    archive = stage / _STAGED_ZIP
     try:
         written = 0
         with archive.open("wb") as out:
             while chunk := upload.file.read(1 << 20):
                 written += len(chunk)
                 if written > limit:
-                    raise _too_large(limit)
+                    raise upload_too_large(limit)
                 out.write(chunk)
-        _check_upload(archive, settings, stage)
+    except BaseException:
+        discard_stage(workspace, import_id)
+        raise
+    return queue_staged_upload(session, settings, workspace, project_id, fmt, import_id, name)
+
+
+def new_upload_stage(workspace: Workspace) -> tuple[str, Path]:
+    """A new import id and the path its uploaded ZIP is to be written to (its folder exists)."""
+    import_id = new_id("import")
+    stage = workspace.staging_dir / import_id
+    stage.mkdir(parents=True)
+    return import_id, stage / _STAGED_ZIP
+
+
+def check_upload_project(session: Session, project_id: str) -> None:
+    """404 for an upload to a project that does not exist (checked before its archive arrives)."""
+    get_project(session, project_id)
+
+
+def discard_stage(workspace: Workspace, import_id: str) -> None:
+    shutil.rmtree(workspace.staging_dir / import_id, ignore_errors=True)
+
+
+def queue_staged_upload(
+    session: Session, settings: Settings, workspace: Workspace, project_id: str, fmt: str, import_id: str, filename: str
+) -> ImportJob:
+    """Check the ZIP already written by `new_upload_stage`'s caller and queue its import; on any
+    refusal the staged upload is removed."""
+    name = Path(filename or _STAGED_ZIP).name
+    try:
+        get_project(session, project_id)
+        check_format(fmt)
+        stage = workspace.staging_dir / import_id
+        _check_upload(stage / _STAGED_ZIP, settings, stage)
+        return _queue(session, project_id, fmt, f"upload:{name}", import_id=import_id)
     except BaseException as exc:
-        shutil.rmtree(stage, ignore_errors=True)
+        discard_stage(workspace, import_id)
         if isinstance(exc, AppError):
             _name_upload(exc, name)
         raise
-    return _queue(session, project_id, fmt, f"upload:{name}", import_id=import_id)
 
 
 def admit_import(session: Session, settings: Settings, workspace: Workspace | None, declared_size: int | None) -> None:
@@ -143,7 +175,7 @@ def _name_upload(exc: AppError, name: str) -> None:
         exc.message = name + exc.message[len(_STAGED_ZIP):]
 
 
-def _too_large(limit: int) -> PayloadTooLarge:
+def upload_too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"file: the upload is larger than the limit of {limit} bytes (AISTUDIO_MAX_UPLOAD_BYTES)")
 
 
