@@ -6,7 +6,9 @@ What survives a restart, by kind (the restart tests in tests/recovery/ kill real
 - imports: a cut-off one fails ("the dataset is unchanged"), its staged and half-moved files are
   removed; queued ones run again, in order.
 - training: a run whose last sign of life predates the current Ray cluster cannot be running in
-  it and becomes `interrupted` (resumable) at once; later ones are watched by their heartbeat.
+  it and becomes `interrupted` (resumable) at once; so does one whose driver (the Ray job or task
+  recorded with the run) Ray reports ended — on an external cluster too, at start-up and by the
+  watcher; the others are watched by their heartbeat.
 - evaluations and exports: a cut-off one fails (an export's partial files are removed); queued
   ones run again, in order.
 """
@@ -33,17 +35,49 @@ def recover_all(app: FastAPI) -> None:
 
 
 def ray_started_at() -> datetime | None:
-    """When the Ray cluster this process is connected to came up (the start of its oldest job),
-    or None without Ray. Nothing started before it can be running in it: when the appliance
-    started its own Ray, every run of an earlier process is gone."""
+    """When the Ray cluster this process is connected to came up (the start of its oldest job, from
+    Ray's public State API), or None without Ray. Nothing started before it can be running in it:
+    when the appliance started its own Ray, every run of an earlier process is gone."""
     try:
         import ray
-        from ray._private import state
+        from ray.util.state import list_jobs
 
         if not ray.is_initialized():
             return None
-        starts = [job["StartTime"] for job in state.jobs() if job.get("StartTime")]
+        jobs = list_jobs(detail=True, limit=10_000, raise_on_missing_output=False)
+        starts = [start for start in (getattr(job, "start_time", None) for job in jobs) if start]
     except Exception:
         log.exception("Could not read the Ray cluster's start time")
         return None
     return datetime.fromtimestamp(min(starts) / 1000, tz=timezone.utc) if starts else None
+
+
+ALIVE_JOB = ("PENDING", "RUNNING")
+ENDED_TASK = ("FINISHED", "FAILED")
+
+
+def ray_driver_alive(driver: str) -> bool | None:
+    """Ask Ray whether a run's driver (`ray_driver` of the run: `job:<submission id>`,
+    `driver:<job id>` or `task:<task id>`, recorded by `runs.mark_running`) still runs. True or
+    False as Ray reports it; None when Ray cannot say (no Ray, State API unreachable, forgotten)."""
+    kind, _, ident = driver.partition(":")
+    try:
+        import ray
+        from ray.util import state
+
+        if not ray.is_initialized() or not ident:
+            return None
+        if kind == "job":
+            job = state.get_job(ident)
+            return None if job is None else str(job.status) in ALIVE_JOB
+        if kind == "driver":
+            jobs = state.list_jobs(filters=[("job_id", "=", ident)], detail=True, raise_on_missing_output=False)
+            return None if not jobs else str(jobs[0].status) in ALIVE_JOB
+        if kind == "task":
+            task = state.get_task(ident)
+            if isinstance(task, list):  # older Ray: one entry per attempt
+                task = task[-1] if task else None
+            return None if task is None else str(task.state) not in ENDED_TASK
+    except Exception:
+        log.warning("Could not ask Ray whether %s is alive", driver, exc_info=True)
+    return None
