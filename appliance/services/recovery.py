@@ -44,7 +44,7 @@ def ray_started_at() -> datetime | None:
 
         if not ray.is_initialized():
             return None
-        jobs = list_jobs(detail=True, limit=10_000, raise_on_missing_output=False)
+        jobs = list_jobs(address=_gcs_address(), detail=True, limit=10_000, raise_on_missing_output=False)
         starts = [start for start in (getattr(job, "start_time", None) for job in jobs) if start]
     except Exception:
         log.exception("Could not read the Ray cluster's start time")
@@ -54,6 +54,18 @@ def ray_started_at() -> datetime | None:
 
 ALIVE_JOB = ("PENDING", "RUNNING")
 ENDED_TASK = ("FINISHED", "FAILED")
+
+
+def _gcs_address() -> str:
+    """The connected cluster's address for the State API (without it, the API looks for a local
+    Ray and fails when a host runs more than one)."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def _name(value) -> str:
+    return str(getattr(value, "value", value))  # Ray's status enums, or plain strings
 
 
 def ray_driver_alive(driver: str) -> bool | None:
@@ -67,17 +79,19 @@ def ray_driver_alive(driver: str) -> bool | None:
 
         if not ray.is_initialized() or not ident:
             return None
+        address = _gcs_address()
         if kind == "job":
-            job = state.get_job(ident)
-            return None if job is None else str(job.status) in ALIVE_JOB
+            job = state.get_job(ident, address=address)
+            return None if job is None else _name(job.status) in ALIVE_JOB
         if kind == "driver":
-            jobs = state.list_jobs(filters=[("job_id", "=", ident)], detail=True, raise_on_missing_output=False)
-            return None if not jobs else str(jobs[0].status) in ALIVE_JOB
+            jobs = state.list_jobs(address=address, filters=[("job_id", "=", ident)], detail=True,
+                                   raise_on_missing_output=False)
+            return None if not jobs else _name(jobs[0].status) in ALIVE_JOB
         if kind == "task":
-            task = state.get_task(ident)
+            task = state.get_task(ident, address=address)
             if isinstance(task, list):  # older Ray: one entry per attempt
                 task = task[-1] if task else None
-            return None if task is None else str(task.state) not in ENDED_TASK
+            return None if task is None else _name(task.state) not in ENDED_TASK
     except Exception:
         log.warning("Could not ask Ray whether %s is alive", driver, exc_info=True)
     return None
