@@ -121,7 +121,7 @@ def test_sixteen_racing_starts_one_run_and_a_refused_job_submit(server):
         token_file = Path.home() / ".ray" / "auth_token"
         headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"} if token_file.is_file() else None
         jobs = JobSubmissionClient(f"http://127.0.0.1:{server.settings.ray_dashboard_port}", headers=headers)
-        entrypoint = f"{sys.executable} -m ray_jobs.train --project {pid} --experiment {eid}"
+        entrypoint = f"{_pin_cluster()}{sys.executable} -m ray_jobs.train --project {pid} --experiment {eid}"
         job = wait_for(lambda: _submit(jobs, entrypoint), lambda submitted: submitted is not None, timeout=120, every=2)
         ended = wait_for(lambda: jobs.get_job_status(job), lambda s: s.is_terminal(), timeout=300, every=1)
         logs = jobs.get_job_logs(job)
@@ -149,6 +149,15 @@ def test_sixteen_racing_starts_one_run_and_a_refused_job_submit(server):
     after = experiment(server.http, pid, eid)
     assert (after["status"], after["history"], after["epochs_done"]) == ("completed", done["history"], 2)
     assert (weights / "last.ckpt").stat().st_mtime_ns == stamp
+
+
+def _pin_cluster() -> str:
+    """An entrypoint prefix naming this session's cluster: Ray's job supervisor hands the job
+    `RAY_ADDRESS` of the local cluster started *last* (/tmp/ray/ray_current_cluster), which on a
+    host running several test sessions may be another session's."""
+    import ray
+
+    return f"RAY_ADDRESS={ray.get_runtime_context().gcs_address} "
 
 
 def _submit(client, entrypoint: str) -> str | None:
