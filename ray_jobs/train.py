@@ -211,7 +211,7 @@ def run_training(experiment_id: str, resume: bool, claim_id: str, ray_driver: st
     return `{"status", "best_metric", "error"}`. A record that is no longer queued under that claim
     (claimed again, stopped, reaped, deleted) is refused with a 409 `Conflict` and left untouched.
     Never leaves a run it took `running`: every exit path goes through `runs.finish`.
-    `ray_driver` identifies this driver to Ray (`job:…`, `task:…`), so a reaper can ask Ray later."""
+    `ray_driver` identifies this driver to Ray (`task:…`, `driver:…`), so a reaper can ask Ray later."""
     settings = appliance_settings()
     bus = get_event_bus()
     gates = bool(settings.get("training_gates"))
@@ -252,10 +252,8 @@ def run_training(experiment_id: str, resume: bool, claim_id: str, ray_driver: st
 
 
 def _driver_identity() -> str | None:
-    """This process as Ray knows it, outside a task: its submission job, or its driver job."""
-    submission = os.environ.get("RAY_JOB_SUBMISSION_ID")
-    if submission:
-        return f"job:{submission}"
+    """This process as Ray knows it, outside a task: its job (a `ray job submit` entrypoint is the
+    driver of the submission's job; Ray's State API reports the submission's status under it)."""
     try:
         return f"driver:{ray.get_runtime_context().get_job_id()}"
     except Exception:

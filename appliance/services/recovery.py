@@ -69,9 +69,10 @@ def _name(value) -> str:
 
 
 def ray_driver_alive(driver: str) -> bool | None:
-    """Ask Ray whether a run's driver (`ray_driver` of the run: `job:<submission id>`,
-    `driver:<job id>` or `task:<task id>`, recorded by `runs.mark_running`) still runs. True or
-    False as Ray reports it; None when Ray cannot say (no Ray, State API unreachable, forgotten)."""
+    """Ask Ray whether a run's driver (`ray_driver` of the run, recorded by `runs.mark_running`:
+    `task:<task id>` for the UI's driver task, `driver:<job id>` for a `ray job submit` entrypoint
+    or any other driver process) still runs. True or False as Ray reports it; None when Ray cannot
+    say (no Ray, State API unreachable, forgotten)."""
     kind, _, ident = driver.partition(":")
     try:
         import ray
@@ -80,9 +81,6 @@ def ray_driver_alive(driver: str) -> bool | None:
         if not ray.is_initialized() or not ident:
             return None
         address = _gcs_address()
-        if kind == "job":
-            job = state.get_job(ident, address=address)
-            return None if job is None else _name(job.status) in ALIVE_JOB
         if kind == "driver":
             jobs = state.list_jobs(address=address, filters=[("job_id", "=", ident)], detail=True,
                                    raise_on_missing_output=False)

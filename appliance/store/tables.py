@@ -153,7 +153,7 @@ class Experiment(Base):
     job_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
     # Set by each claim (`runs.claim`); the driver of that claim is the only one that may move the run on.
     claim_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    # Who drives the run in Ray, to ask Ray whether it still lives: `job:<submission id>` or `task:<task id>`.
+    # Who drives the run in Ray, to ask Ray whether it still lives: `task:<task id>` or `driver:<job id>`.
     ray_driver: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # Written every few seconds by the process driving the run; a stale one means the run died.
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -62,7 +62,7 @@ def test_a_run_whose_ray_job_died_is_interrupted_when_ray_says_so(server):
         gates.wait_arrival("epoch:1")  # running: its Train worker waits before epoch 1
         with session_scope(server.settings.db_url) as s:
             driver = s.get(Experiment, eid).ray_driver
-        assert driver == f"job:{job}" and ray_driver_alive(driver) is True
+        assert driver == f"driver:{jobs.get_job_info(job).job_id}" and ray_driver_alive(driver) is True
         assert reap_stale_runs(server.settings.db_url, driver_alive=ray_driver_alive) == []  # alive: left alone
 
         os.kill(gates.arrivals("start")[0]["pid"], signal.SIGKILL)  # the job's entrypoint process
@@ -72,7 +72,7 @@ def test_a_run_whose_ray_job_died_is_interrupted_when_ray_says_so(server):
 
         reap_stale_runs(server.settings.db_url, driver_alive=ray_driver_alive)  # (the watcher may have done it first)
         exp = experiment(server.http, pid, eid)
-        assert exp["status"] == "interrupted" and f"Ray reports the run's driver (job:{job}) has ended" in exp["error"], exp
+        assert exp["status"] == "interrupted" and f"Ray reports the run's driver ({driver}) has ended" in exp["error"], exp
     finally:
         gates.open()
 
