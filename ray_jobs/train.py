@@ -169,7 +169,8 @@ def resume_point(reporter: RunReporter | None, cfg: dict, ray_checkpoint_file: s
     if chosen is None:
         reporter.log("no checkpoint to resume from: training from the start")
         return None
-    note = f"; recorded epochs {dropped[0]}-{dropped[-1]} are not in it and are trained again" if dropped else ""
+    span = f" {dropped[0]}" if len(dropped) == 1 else f"s {dropped[0]}-{dropped[-1]}" if dropped else ""
+    note = f"; recorded epoch{span} not in it, trained again" if dropped else ""
     reporter.log(f"resuming after epoch {epoch} from {chosen[0]}{note}")
     return chosen[1]
 
