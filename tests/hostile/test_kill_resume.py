@@ -77,3 +77,46 @@ def test_kill_9_after_three_epochs_then_resume_trains_every_epoch_once(appliance
     assert len(resumed) == 1, log
     assert int(resumed[0][0]) >= KILL_AFTER - 1, log  # the newest checkpoint: at most the epoch being saved is redone
     assert done["best_metric"] == max(h["val_metric"] for h in done["history"])
+
+
+def test_resume_picks_the_newest_checkpoint_and_rewinds_history_and_log(client, settings, tmp_path):
+    """In-process, real SQLite and real checkpoint files: Ray's latest lags the run's own
+    `last.ckpt` (Ray registers a reported checkpoint a moment later); the newer one is chosen, and
+    the epochs recorded after it leave the history and the log (they are trained again)."""
+    import torch
+
+    from appliance.store import runs
+    from appliance.store.tables import Experiment
+    from ray_jobs.train import newest_checkpoint, rewind_log, write_log
+
+    def checkpoint(path, epochs_done: int, steps: int) -> str:  # the keys Lightning writes, epoch 0-based
+        torch.save({"epoch": epochs_done - 1, "global_step": steps, "state_dict": {}}, path)
+        return str(path)
+
+    ray_ckpt, last = checkpoint(tmp_path / "ray.ckpt", 1, 3), checkpoint(tmp_path / "last.ckpt", 2, 6)
+    (tmp_path / "torn.ckpt").write_bytes(b"PK\x03\x04 cut off by kill -9")
+    assert newest_checkpoint([("Ray's checkpoint", ray_ckpt), ("the run's last.ckpt", last)]) == ("the run's last.ckpt", last, 2)
+    assert newest_checkpoint([("Ray's checkpoint", last), ("the run's last.ckpt", last)])[0] == "Ray's checkpoint"
+    assert newest_checkpoint([("torn", str(tmp_path / "torn.ckpt")), ("ray", ray_ckpt)]) == ("ray", ray_ckpt, 1)
+    assert newest_checkpoint([("torn", str(tmp_path / "torn.ckpt"))]) is None
+
+    pid, sid = project_with_split(client, settings.allowed_import_roots[0], per_class=6)
+    eid = create_experiment(client, pid, sid, epochs=EPOCHS)
+    with runs.session_scope(settings.db_url) as s:
+        claim = runs.claim(s, s.get(Experiment, eid))
+    runs.mark_running(settings.db_url, eid, claim, "ui", resume=False)
+    log = tmp_path / "train.log"
+    write_log(str(log), "starting resnet18")
+    for epoch, metric in ((1, 0.5), (2, 0.6), (3, 0.9)):
+        event = {"epoch": epoch, "epochs": EPOCHS, "train_loss": 1.0, "val_loss": 1.0, "val_metric": metric,
+                 "lr": 0.001, "seconds": 1.0, "images_per_s": 10.0}
+        runs.record_epoch(settings.db_url, eid, event, claim)
+        write_log(str(log), f"epoch {epoch}/{EPOCHS}  train_loss 1  val_loss 1  val_metric {metric}")
+    assert runs.rewind(settings.db_url, eid, 2, "f" * 16) == []  # not this run's claim: nothing changes
+    assert runs.rewind(settings.db_url, eid, 2, claim) == [3]
+    rewind_log(str(log), 2)
+    exp = experiment(client, pid, eid)
+    assert [h["epoch"] for h in exp["history"]] == [1, 2] and exp["epochs_done"] == 2 and exp["best_metric"] == 0.6
+    assert re.findall(rf"  epoch (\d+)/{EPOCHS}  ", log.read_text()) == ["1", "2"]
+    assert "starting resnet18" in log.read_text()
+    runs.finish(settings.db_url, eid, "interrupted", claim_id=claim)
