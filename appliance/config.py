@@ -35,8 +35,38 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=8 * 1024**3, gt=0, description="Largest ZIP upload, and largest uncompressed ZIP content."
     )
+    max_image_pixels: int = Field(
+        default=64_000_000, gt=0,
+        description="Largest image (width x height) that is ever decoded: larger ones are skipped at import "
+        "with a warning, and never decoded for thumbnails, training, evaluation or try-one-image. 64 MP "
+        "holds any camera up to 61 MP and decodes to at most 256 MB (RGBA).",
+    )
+    max_annotation_bytes: int = Field(
+        default=256 * 1024**2, gt=0,
+        description="Largest annotation content one import reads: each COCO JSON or CSV file, and all YOLO "
+        "label files together. Over it the import fails with INVALID_DATASET naming the file.",
+    )
+    disk_free_margin_bytes: int = Field(
+        default=1024**3, ge=0,
+        description="Free disk space an upload or a ZIP extraction must leave in the workspace, on top of "
+        "its own size; short of it the request is refused with 507 (the job fails) before writing.",
+    )
+    max_active_imports: int = Field(
+        default=16, gt=0,
+        description="Imports that may be queued or running at once; one more is refused with 429.",
+    )
     api_token: str | None = Field(
         default=None, description="When set, every API and page request needs this bearer token."
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names (`Host` header, any port) the app answers besides localhost, 127.0.0.1, ::1 "
+        "and the bind address; others get 400 HOST_NOT_ALLOWED (DNS-rebinding guard). Comma or JSON list; "
+        "`*.example.com` matches subdomains; `*` allows any host (behind a proxy that checks it).",
+    )
+    session_max_age_s: int = Field(
+        default=7 * 24 * 3600, gt=0,
+        description="Lifetime of a browser sign-in (token mode): the session row and its cookie expire after it.",
     )
     ray_address: str | None = Field(
         default=None,
@@ -72,6 +102,15 @@ class Settings(BaseSettings):
             return [p for p in (s.strip() for s in value.split(",")) if p]
         return value
 
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value):
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [h for h in (s.strip() for s in value.split(",")) if h]
+        return value
+
     @field_validator("workspace", "weights_dir", mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
@@ -86,6 +125,18 @@ class Settings(BaseSettings):
     def allowed_import_roots(self) -> list[Path]:
         roots = self.import_roots or [self.workspace / "imports"]
         return [Path(r).expanduser().resolve() for r in roots]
+
+    @property
+    def trusted_hosts(self) -> list[str]:
+        """Host names the app answers: loopback (never a DNS-rebinding vector), the bind address and
+        AISTUDIO_ALLOWED_HOSTS, lower-case, without ports or IPv6 brackets."""
+        names = ["localhost", "127.0.0.1", "::1", self.host, *self.allowed_hosts]
+        return list(dict.fromkeys(n.strip().strip("[]").lower() for n in names if n.strip()))
+
+    @property
+    def exposed_without_token(self) -> bool:
+        """Bound to every interface with no API token: anyone on the network can drive the appliance."""
+        return self.host in ("0.0.0.0", "::") and not self.api_token
 
     @property
     def weights_cache(self) -> Path:
@@ -106,4 +157,5 @@ def job_config(settings: Settings) -> dict:
         "train_gpu_fraction": settings.train_gpu_fraction,
         "eval_gpu_fraction": settings.eval_gpu_fraction,
         "training_gates": settings.training_gates,
+        "max_image_pixels": settings.max_image_pixels,
     }

@@ -12,12 +12,13 @@ from fastapi.staticfiles import StaticFiles
 from appliance import __version__
 from appliance.api import evaluation, export, pages, projects, splits, datasets, system, training
 from appliance.http.auth import TokenAuthMiddleware
+from appliance.http.hosts import AllowedHostsMiddleware
 from appliance.config import Settings, get_settings
 from appliance.store.db import get_engine, migrate, session_factory
 from appliance.http.envelope import install_error_handlers, request_id
 from appliance.services.runner import JobRunner
 from appliance.store.paths import Workspace
-from appliance.services import recovery
+from appliance.services import datasets as dataset_service, recovery
 from appliance.web import PACKAGE_DIR
 
 log = logging.getLogger("aistudio")
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         app.state.stopping.set()
         app.state.runner.shutdown()
+        dataset_service.stop_import_workers(settings.workspace)
 
     app = FastAPI(
         title="AI Studio",
@@ -56,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     if settings.api_token:
         app.add_middleware(TokenAuthMiddleware, token=settings.api_token)
+    app.add_middleware(AllowedHostsMiddleware, allowed=settings.trusted_hosts)  # outermost: DNS rebinding
     install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static")
     for module in (projects, datasets, splits, training, evaluation, export, system, pages):

@@ -30,6 +30,11 @@ def start_appliance(settings: Settings, wait_healthy_s: float = 120.0) -> str:
     from ray import serve
 
     Workspace(settings.workspace).ensure()
+    if settings.exposed_without_token:
+        log.warning(
+            "AI Studio binds %s without an API token: anyone who can reach port %s on this network can use it "
+            "(import server files, train, delete). Set AISTUDIO_API_TOKEN, or bind 127.0.0.1.",
+            settings.host, settings.port)
     if not settings.ray_address:  # on a cluster the proxies bind on its nodes, not here
         _check_port_free(settings.host, settings.port)
     if not ray.is_initialized():
@@ -66,7 +71,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """AISTUDIO_* variables for Ray's processes, so the ingress replica sees the CLI's settings."""
     env = {}
     for name, value in settings.model_dump(exclude_none=True).items():
-        if name == "import_roots":
+        if isinstance(value, list):  # import_roots, allowed_hosts: the comma form the settings parse
             value = ",".join(str(p) for p in value)
         env[f"AISTUDIO_{name.upper()}"] = str(value)
     return env

@@ -114,7 +114,7 @@ class JobPublic(PublicModel):
     kind: Literal["import", "training", "evaluation", "export"]
     id: str
     project_id: str
-    status: str = Field(description="queued | running")
+    status: str = Field(description="queued | running | cancelling (an import asked to stop)")
     done: int | None = Field(description="Items (epochs for training) done")
     total: int | None = Field(description="Items (epochs for training) in all")
     created_at: Timestamp

@@ -17,6 +17,9 @@ DEPLOYMENT_NAME = "AIStudioIngress"
 
 def build_fastapi_app():
     """Built on the replica (the app holds pools and engines that must not be pickled)."""
+    from appliance.importers import apply_pixel_limit
+
+    apply_pixel_limit(get_settings().max_image_pixels)  # Pillow's own guard, for this whole process
     return create_app()
 
 

@@ -89,7 +89,8 @@ def baseline(paths: list[Path], dest: Path) -> Timer:
 
 
 class RssSampler:
-    """Peak RSS of this process while the block runs (sampled; Pillow and SQLite included)."""
+    """Peak RSS of this process plus its children while the block runs (sampled; the import job
+    runs in a worker process of its own, where Pillow and SQLite do their work)."""
 
     def __init__(self, every_s: float = 0.01):
         self.every_s, self.proc = every_s, psutil.Process()
@@ -104,17 +105,26 @@ class RssSampler:
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.peak = max(self.peak, self._rss())
             time.sleep(self.every_s)
+
+    def _rss(self) -> int:
+        total = self.proc.memory_info().rss
+        for child in self.proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self.peak = max(self.peak, self._rss())
 
 
 def appliance_import(work: Path, source: Path | None, archive: Path | None) -> tuple[Timer, dict, RssSampler]:
-    """Run one import job in-process into a fresh workspace; return (seconds, job record, rss)."""
+    """Run one import job (its worker process included) into a fresh workspace; return (seconds, job record, rss)."""
     settings = Settings(workspace=work / "ws", import_roots=[source.parent if source else work], api_token=None,
                         max_upload_bytes=64 * 1024**3)
     Workspace(settings.workspace).ensure()

@@ -23,7 +23,7 @@ from appliance.store.paths import Workspace
 from appliance.store.records import get_owned
 from appliance.store.status import JobStatus
 from appliance.store.tables import Experiment
-from ray_jobs.events import appliance_settings
+from ray_jobs.events import appliance_settings, pass_gate_if_testing
 
 BATCH = 16
 GPU_DECODE_WORKERS = 3
@@ -64,12 +64,26 @@ def compute_results(task: str, class_names: list[str], samples: list[dict], pred
             rank_samples(task, gts, preds, class_names, store_min_score=MIN_DETECTION_SCORE))
 
 
+def apply_image_limit() -> None:
+    """The appliance's AISTUDIO_MAX_IMAGE_PIXELS, in this worker (from the event bus)."""
+    from ray_jobs.core.data import set_max_image_pixels
+
+    try:
+        set_max_image_pixels(appliance_settings().get("max_image_pixels"))
+    except Exception:  # no appliance on this cluster: the default limit stays
+        pass
+
+
 @ray.remote(max_retries=0)
 def evaluation_task(db_url: str, workspace_root: str, evaluation_id: str, gpu_fraction: float) -> str:
+    if not evaluations.start(db_url, evaluation_id):
+        return JobStatus.FAILED  # cancelled (or deleted) before it started: nothing to do
     try:
+        apply_image_limit()
         inputs = evaluations.evaluation_inputs(db_url, Workspace(Path(workspace_root)), evaluation_id)
         samples = inputs["samples"]
         evaluations.set_progress(db_url, evaluation_id, 0, len(samples))
+        pass_gate_if_testing(evaluation_id, "running")
         last = [0.0]
 
         def progress(done: int, total: int) -> None:
@@ -91,6 +105,7 @@ def predict_task(checkpoint: str, paths: list[str], gpu_fraction: float) -> list
     """"Try one image": the same inference code the evaluation uses, the same detections kept."""
     from ray_jobs.core.metrics import confident
 
+    apply_image_limit()
     _, predictions = predict_samples(checkpoint, [{"path": p} for p in paths], gpu_fraction)
     return [confident(p) if "scores" in p else p for p in predictions]
 

@@ -7,7 +7,8 @@ Events are kept per experiment with a sequence number; history lives in the data
 
 Gates are a test hook, used only when the appliance runs with `AISTUDIO_TRAINING_GATES=true`:
 a run then calls `pass_gate` at named points — `start` (its driver, before it takes the run) and
-`epoch:<n>` (the Train worker, before epoch n trains) — which records the point and the pid of the
+`epoch:<n>` (the Train worker, before epoch n trains); evaluations and exports pass `running` (keyed
+by their own id) once their record says running — which records the point and the pid of the
 process there, and waits while a test keeps that gate closed. A test can thus act at an exact
 point of a run (stop it while queued, on its last epoch, kill its driver) without relying on
 epochs being slow.
@@ -92,6 +93,17 @@ def pass_gate(bus, run_id: str, point: str, poll_s: float = 0.1) -> None:
     ray.get(bus.arrive.remote(run_id, point, os.getpid()))
     while ray.get(bus.gate_closed.remote(run_id, point)):
         time.sleep(poll_s)
+
+
+def pass_gate_if_testing(job_id: str, point: str) -> None:
+    """`pass_gate` for jobs without a bus handle of their own (evaluations, exports): only when the
+    appliance runs with the `training_gates` setting, else nothing (not even a bus lookup fails)."""
+    try:
+        bus = get_event_bus()
+    except RuntimeError:
+        return
+    if ray.get(bus.config.remote()).get("training_gates"):
+        pass_gate(bus, job_id, point)
 
 
 def ensure_event_bus(config: dict):

@@ -21,7 +21,7 @@ from appliance.store.records import get_owned
 from appliance.store.runs import trained_checkpoint
 from appliance.store.status import JobStatus
 from appliance.store.tables import Experiment
-from ray_jobs.events import appliance_settings
+from ray_jobs.events import appliance_settings, pass_gate_if_testing
 
 PARITY_IMAGES = 8
 METRIC_MAX_IMAGES = 500
@@ -58,12 +58,15 @@ def export_task(db_url: str, workspace_root: str, export_id: str) -> str:
     from ray_jobs.core.inference import load_checkpoint
 
     workspace = Workspace(Path(workspace_root))
+    if not exports.start(db_url, export_id):
+        return JobStatus.FAILED  # cancelled (or deleted) before it started: nothing to do
     try:
         job = exports.plan(db_url, workspace, export_id)
         fmt, precision, dynamic_batch, opset = job.format, job.precision, job.dynamic_batch, job.opset
         ckpt, out_dir, train, val, test = job.checkpoint, job.out_dir, job.train, job.val, job.test
-        exports.update(db_url, export_id, status=JobStatus.RUNNING, info={"stage": "exporting"})
+        exports.update(db_url, export_id, info={"stage": "exporting"})
         out_dir.mkdir(parents=True, exist_ok=True)
+        pass_gate_if_testing(export_id, "running")
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
         model, meta = load_checkpoint(ckpt)
         task, preprocess, class_names = meta["task"], meta["preprocess"], meta["class_names"]

@@ -180,9 +180,11 @@ def train_loop_per_worker(cfg: dict) -> None:
     import ray.train
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
+    from ray_jobs.core.data import set_max_image_pixels
     from ray_jobs.core.fit import BestLastCheckpoint, EpochEventCallback, assemble_fit
     from ray_jobs.core.module import TrainConfig
 
+    set_max_image_pixels(cfg.get("max_image_pixels"))
     reporter = RunReporter(cfg["db_url"], cfg["experiment_id"], cfg["log_file"], cfg.get("claim_id"))
     checkpoints = BestLastCheckpoint(cfg["weights_dir"])
     callbacks = [  # in this order: the event, then the files, then Ray's copy of last.ckpt
@@ -288,6 +290,7 @@ def _train(settings: dict, bus, workspace: Workspace, experiment_id: str, run: r
             "experiment_id": experiment_id, "db_url": db_url, "run_dir": str(run_dir),
             "weights_dir": str(run_dir / "weights"), "log_file": str(log_file), "use_gpu": use_gpu,
             "resume": resume, "gates": gates, "claim_id": claim_id,
+            "max_image_pixels": settings.get("max_image_pixels"),
         },
         scaling_config=ScalingConfig(
             num_workers=1, use_gpu=use_gpu,

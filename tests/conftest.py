@@ -42,6 +42,11 @@ else:
     # each instantiation, so clearing it here covers every Settings() of the test session.
     Settings.model_config["env_file"] = None
     get_settings.cache_clear()
+    # Starlette's TestClient sends `Host: testserver`: in-process apps of this session answer it too
+    # (the Serve server runs in Ray's processes with the real defaults; tests/hostile/test_hosts.py).
+    from appliance.http.hosts import AllowedHostsMiddleware
+
+    AllowedHostsMiddleware.test_hosts = ("testserver",)
 
 # Job rows that count as work in progress (imports also pass through `cancelling`).
 ACTIVE_STATUSES = ("queued", "running", "cancelling")

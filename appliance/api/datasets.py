@@ -5,19 +5,22 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
 from pydantic import Field
 
-from appliance.http.deps import LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
+from appliance.http.deps import ForceQ, LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
 from appliance.http.envelope import Envelope, Page, ok
 from appliance.schemas import DatasetSummaryPublic, Deleted, ImagePublic, ImportJobPublic, StrictBody
 from appliance.services import datasets as service
+from appliance.services import thumbnails
 from appliance.web import render, wants_fragment
 
 router = APIRouter(prefix="/api/datasets", tags=["datasets"])
 ImportFormat = Literal["auto", "folder", "csv", "coco", "yolo"]
-# Content-addressed names (one id per stored file) never change: cache them for good.
-IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
+# Content-addressed names (one id per stored file) never change: cache them for good — in the
+# user's own browser only (`private`): they may sit behind the API token.
+IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}
 
 
 class LocalImport(StrictBody):
@@ -101,9 +104,11 @@ def get_image(project_id: ProjectId, image_id: str, session: SessionDep):
 
 
 @router.delete("/{project_id}/images/{image_id}", response_model=Envelope[Deleted])
-def delete_image(project_id: ProjectId, image_id: str, session: SessionDep, workspace: WorkspaceDep):
-    """Remove one image (file, thumbnail, annotations, split assignments)."""
-    service.delete_image(session, workspace, project_id, image_id)
+def delete_image(project_id: ProjectId, image_id: str, session: SessionDep, workspace: WorkspaceDep,
+                 force: ForceQ = False):
+    """Remove one image (file, thumbnail, annotations, split assignments); 409 naming the jobs
+    reading it (`?force=true` stops them first)."""
+    service.delete_image(session, workspace, project_id, image_id, force)
     return ok({"id": image_id, "deleted": True})
 
 
@@ -114,7 +119,13 @@ def image(project_id: ProjectId, filename: str, session: SessionDep, workspace: 
 
 
 @router.get("/{project_id}/thumbnail/{filename}", response_class=FileResponse)
-def thumbnail(project_id: ProjectId, filename: str, session: SessionDep, workspace: WorkspaceDep):
-    """A ≤256 px JPEG thumbnail, made on first request and cached under `.thumbs/`."""
-    return FileResponse(service.thumbnail_file(session, workspace, project_id, filename), headers=IMMUTABLE,
-                        media_type="image/jpeg")
+async def thumbnail(request: Request, project_id: ProjectId, filename: str, session: SessionDep,
+                    settings: SettingsDep, workspace: WorkspaceDep):
+    """A ≤256 px JPEG thumbnail, made at import and cached under `.thumbs/` (for older datasets: made on
+    first request, a few at a time; a grey placeholder for an image over AISTUDIO_MAX_IMAGE_PIXELS)."""
+    target = await run_in_threadpool(thumbnails.thumbnail_target, session, workspace, project_id, filename)
+    limit = settings.max_image_pixels
+    path = await thumbnails.ensure_thumbnail(thumbnails.slots_of(request.app.state, limit), target, limit)
+    if path is None:
+        return Response(thumbnails.placeholder(), media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
+    return FileResponse(path, headers=IMMUTABLE, media_type="image/jpeg")

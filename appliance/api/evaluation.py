@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
-from appliance.http.deps import LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
+from appliance.http.deps import ForceQ, LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
 from appliance.http.envelope import Envelope, Page, ok
 from appliance.schemas import (
     Deleted, EvalSamplePublic, EvaluationDetailPublic, EvaluationPublic, PredictionPublic,
@@ -81,7 +81,7 @@ def predict(
                         raise PayloadTooLarge(f"file: larger than {MAX_TRY_IMAGE_BYTES} bytes")
                     out.write(chunk)
             try:
-                info = probe_image(path)
+                info = probe_image(path, settings.max_image_pixels)
             except UnreadableImage as exc:
                 raise InvalidDataset(f"file {file.filename}: unreadable image ({exc.reason})") from None
         fraction = settings.eval_gpu_fraction
@@ -116,7 +116,8 @@ def samples(
 
 
 @router.delete("/{project_id}/{evaluation_id}", response_model=Envelope[Deleted])
-def delete_evaluation(project_id: ProjectId, evaluation_id: str, session: SessionDep, workspace: WorkspaceDep):
-    """Remove an evaluation and its per-sample results."""
-    service.delete_evaluation(session, workspace, project_id, evaluation_id)
+def delete_evaluation(project_id: ProjectId, evaluation_id: str, session: SessionDep, workspace: WorkspaceDep,
+                      force: ForceQ = False):
+    """Remove an evaluation and its per-sample results; 409 while it runs (`?force=true` cancels it first)."""
+    service.delete_evaluation(session, workspace, project_id, evaluation_id, force)
     return ok({"id": evaluation_id, "deleted": True})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
-from appliance.http.deps import ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
+from appliance.http.deps import ForceQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
 from appliance.http.envelope import Envelope, ok
 from appliance.schemas import Deleted, ExportPublic
 from appliance.store.errors import Unavailable
@@ -51,7 +51,8 @@ def download(project_id: ProjectId, export_id: str, session: SessionDep, workspa
 
 
 @router.delete("/{project_id}/{export_id}", response_model=Envelope[Deleted])
-def delete_export(project_id: ProjectId, export_id: str, session: SessionDep, workspace: WorkspaceDep):
-    """Remove an export and its files."""
-    service.delete_export(session, workspace, project_id, export_id)
+def delete_export(project_id: ProjectId, export_id: str, session: SessionDep, workspace: WorkspaceDep,
+                  force: ForceQ = False):
+    """Remove an export and its files; 409 while it is queued or runs (`?force=true` cancels it first)."""
+    service.delete_export(session, workspace, project_id, export_id, force)
     return ok({"id": export_id, "deleted": True})

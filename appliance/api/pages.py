@@ -10,7 +10,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse
 
 from appliance.http.deps import ProjectId, SessionDep, SettingsDep
-from appliance.http.auth import COOKIE_NAME, DEFAULT_NEXT, safe_next
+from appliance.http.auth import DEFAULT_NEXT, end_session, safe_next, start_session
 from appliance.store.status import EVALUABLE
 from appliance.services import datasets as dataset_service
 from appliance.services import evaluation as evaluation_service
@@ -107,10 +107,18 @@ def login_page(request: Request, next: str = DEFAULT_NEXT):
 
 
 @router.post("/login")
-def login(request: Request, settings: SettingsDep, token: Annotated[str, Form()],
+def login(request: Request, session: SessionDep, settings: SettingsDep, token: Annotated[str, Form()],
           next: Annotated[str, Form()] = DEFAULT_NEXT):
     if not settings.api_token or not secrets.compare_digest(token.encode(), settings.api_token.encode()):
         return render(request, "pages/login.html", status_code=401, next=safe_next(next), error="That token is not valid.")
     response = RedirectResponse(safe_next(next), status_code=303)
-    response.set_cookie(COOKIE_NAME, token, httponly=True, samesite="strict")
+    start_session(session, request, response, settings.api_token, settings.session_max_age_s)
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, session: SessionDep, settings: SettingsDep):
+    """Delete this browser's session server-side and clear its cookie (open: logging out needs no token)."""
+    response = RedirectResponse("/login" if settings.api_token else DEFAULT_NEXT, status_code=303)
+    end_session(session, request, response, settings.api_token)
     return response

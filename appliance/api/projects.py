@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from appliance.http.deps import LimitQ, OffsetQ, ProjectId, SessionDep, WorkspaceDep
+from appliance.http.deps import ForceQ, LimitQ, OffsetQ, ProjectId, SessionDep, WorkspaceDep
 from appliance.http.envelope import Envelope, Page, ok
 from appliance.schemas import Deleted, ProjectCreate, ProjectPublic, ProjectUpdate
 from appliance.services import projects as service
@@ -49,9 +49,10 @@ def update_project(request: Request, project_id: ProjectId, body: ProjectUpdate,
 
 
 @router.delete("/{project_id}", response_model=Envelope[Deleted])
-def delete_project(request: Request, project_id: ProjectId, session: SessionDep, workspace: WorkspaceDep):
-    """Delete a project with all its files; 409 while one of its jobs runs."""
-    service.delete_project(session, workspace, project_id)
+def delete_project(request: Request, project_id: ProjectId, session: SessionDep, workspace: WorkspaceDep,
+                   force: ForceQ = False):
+    """Delete a project with all its files; 409 naming the jobs that use it (`?force=true` stops them first)."""
+    service.delete_project(session, workspace, project_id, force)
     if wants_fragment(request):
         items, _ = service.list_projects(session, 0, 500)
         return render(request, "fragments/project_list.html", projects=items)

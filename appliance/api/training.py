@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from appliance.http.deps import ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
+from appliance.http.deps import ForceQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
 from appliance.http.envelope import Envelope, ok
 from appliance.schemas import Deleted, ExperimentDetailPublic, ExperimentPublic, ModelSpecPublic, StopRequested
 from appliance.store.errors import Unavailable
@@ -58,9 +58,11 @@ def get_experiment(project_id: ProjectId, experiment_id: str, session: SessionDe
 
 
 @router.delete("/{project_id}/experiments/{experiment_id}", response_model=Envelope[Deleted])
-def delete_experiment(project_id: ProjectId, experiment_id: str, session: SessionDep, workspace: WorkspaceDep):
-    """Delete an experiment and its checkpoints; 409 while it trains."""
-    service.delete_experiment(session, workspace, project_id, experiment_id)
+def delete_experiment(project_id: ProjectId, experiment_id: str, session: SessionDep, workspace: WorkspaceDep,
+                      force: ForceQ = False):
+    """Delete an experiment with its checkpoints, evaluations and exports; 409 naming the one of
+    them that runs (`?force=true` stops them first)."""
+    service.delete_experiment(session, workspace, project_id, experiment_id, force)
     return ok({"id": experiment_id, "deleted": True})
 
 

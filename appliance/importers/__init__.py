@@ -9,26 +9,35 @@ No database and no web here. The import job is expected to run:
 
 from appliance.importers.formats import FORMATS, TASKS, detect_format, parse_source
 from appliance.importers.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
     IMAGE_EXTENSIONS,
+    THUMBNAIL_SIZE,
     ImageInfo,
+    ImageTooLarge,
     UnreadableImage,
+    apply_pixel_limit,
     make_thumbnail,
     probe_image,
     store_image,
 )
 from appliance.importers.parsed import ImportWarning, ParsedBox, ParsedDataset, ParsedItem
-from appliance.importers.zipsafe import check_zip, extract_zip
+from appliance.importers.zipsafe import check_free_space, check_zip, extract_zip
 
 __all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "FORMATS",
     "IMAGE_EXTENSIONS",
     "TASKS",
+    "THUMBNAIL_SIZE",
     "ImageInfo",
+    "ImageTooLarge",
     "ImportWarning",
     "ParsedBox",
     "ParsedDataset",
     "ParsedItem",
     "UnreadableImage",
+    "apply_pixel_limit",
+    "check_free_space",
     "check_zip",
     "detect_format",
     "extract_zip",

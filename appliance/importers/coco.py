@@ -160,3 +160,8 @@ def _subset_and_bases(path: Path, root: Path) -> tuple[str | None, list[Path]]:
         return subset_of(subset_name), bases
     hint = subset_of(folder.name) if folder != root else None
     return hint, list(dict.fromkeys([folder, folder / "images", root / "images", root]))
+
+
+def annotation_files(root: Path) -> list[Path]:
+    """The files `read` loads whole (held to the annotation size limit before reading)."""
+    return _json_files(root)

@@ -218,3 +218,8 @@ def _rows(path: Path, name: str) -> list[tuple[int, list[str]]]:
     except csv.Error as exc:
         raise InvalidDataset(f"{name} line {reader.line_num}: {exc}") from exc
     return rows
+
+
+def annotation_files(root: Path) -> list[Path]:
+    """The files `read` loads whole (held to the annotation size limit before reading)."""
+    return _csv_files(root)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from appliance.store.errors import InvalidDataset, ValidationFailed
 from appliance.importers import coco, csvfile, folder, yolo
-from appliance.importers.images import UnreadableImage, probe_image
+from appliance.importers.images import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, UnreadableImage, probe_image
 from appliance.importers.parsed import ImportWarning, ParsedBox, ParsedDataset, ParsedItem
 from appliance.importers.sources import (
     RawBox,
@@ -40,10 +40,16 @@ NESTED_ARCHIVE = "an archive inside the dataset; archives are not extracted, so 
 Progress = Callable[[int, int], None]
 
 
-def parse_source(root: Path, fmt: str, task: str, *, progress: Progress | None = None) -> ParsedDataset:
+def parse_source(
+    root: Path, fmt: str, task: str, *, progress: Progress | None = None,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_annotation_bytes: int | None = None,
+) -> ParsedDataset:
     """Parse the dataset under `root` as `fmt` ('auto' detects it) for a `task` project.
 
     `progress(done, total)` is called after each image is probed: that is where the time goes.
+    Images over `max_pixels` are skipped with a warning, undecoded. `max_annotation_bytes`: the
+    most annotation content read (each file, and all of them together), checked from the files'
+    sizes before any is read.
     """
     root = Path(root)
     if fmt != "auto" and fmt not in FORMATS:
@@ -53,6 +59,8 @@ def parse_source(root: Path, fmt: str, task: str, *, progress: Progress | None =
     if not root.is_dir():
         raise InvalidDataset(f"{root.name}: not a folder")
     chosen = detect_format(root)[0] if fmt == "auto" else fmt
+    if max_annotation_bytes is not None:
+        check_annotation_size(root, chosen, max_annotation_bytes)
     raw = _READERS[chosen].read(root)
     raw.warnings += [ImportWarning(rel(p, root), NESTED_ARCHIVE) for p in _archives(root)]
     if raw.task != task:
@@ -60,7 +68,7 @@ def parse_source(root: Path, fmt: str, task: str, *, progress: Progress | None =
             f"{raw.detected}: that is a {raw.task} dataset, but this is a {task} project, "
             f"which imports {_ACCEPTS[task]}"
         )
-    dataset = _validate(root, raw, progress)
+    dataset = _validate(root, raw, progress, max_pixels)
     if fmt == "auto":
         dataset.detected = f"Auto-detected {dataset.detected}"
     return dataset
@@ -86,17 +94,38 @@ def detect_format(root: Path) -> tuple[str, list[str]]:
     return next(iter(found.items()))
 
 
+def check_annotation_size(root: Path, fmt: str, limit: int) -> None:
+    """Refuse, naming the file, annotation files over `limit` bytes alone or together: they are
+    read whole, and parsed they take many times their size in memory."""
+    files = getattr(_READERS[fmt], "annotation_files", lambda _root: [])(root)
+    total = 0
+    for path in files:
+        size = path.stat().st_size
+        if size > limit:
+            raise InvalidDataset(
+                f"{rel(path, root)}: the annotation file holds {size} bytes, over the limit of {limit} bytes "
+                "(AISTUDIO_MAX_ANNOTATION_BYTES)"
+            )
+        total += size
+        if total > limit:
+            raise InvalidDataset(
+                f"{rel(path, root)}: with it the {fmt} annotation files hold {total} bytes together, over the "
+                f"limit of {limit} bytes (AISTUDIO_MAX_ANNOTATION_BYTES)"
+            )
+
+
 def _archives(root: Path) -> list[Path]:
     return [p for p in list_files(root) if is_archive(p.name)]
 
 
-def _validate(root: Path, raw: RawDataset, progress: Progress | None) -> ParsedDataset:
+def _validate(root: Path, raw: RawDataset, progress: Progress | None,
+              max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ParsedDataset:
     warnings = list(raw.warnings)
     items: list[ParsedItem] = []
     seen: set[str] = set()
     real_root = root.resolve()
     for done, raw_item in enumerate(raw.items, 1):
-        item = _validate_item(raw_item, root, real_root, seen, warnings)
+        item = _validate_item(raw_item, root, real_root, seen, warnings, max_pixels)
         if item is not None:
             items.append(item)
         if progress:
@@ -110,7 +139,8 @@ def _validate(root: Path, raw: RawDataset, progress: Progress | None) -> ParsedD
 
 
 def _validate_item(
-    raw: RawItem, root: Path, real_root: Path, seen: set[str], warnings: list[ImportWarning]
+    raw: RawItem, root: Path, real_root: Path, seen: set[str], warnings: list[ImportWarning],
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ParsedItem | None:
     relpath = rel(raw.source, root)
     if relpath in seen:
@@ -121,7 +151,10 @@ def _validate_item(
         warnings.append(ImportWarning(relpath, "a link to outside the dataset folder; skipped"))
         return None
     try:
-        info = probe_image(raw.source)
+        info = probe_image(raw.source, max_pixels)
+    except ImageTooLarge as exc:
+        warnings.append(ImportWarning(relpath, f"{exc.reason}; skipped"))
+        return None
     except UnreadableImage as exc:
         warnings.append(ImportWarning(relpath, f"unreadable image ({exc.reason}); skipped"))
         return None

@@ -11,6 +11,12 @@ YCbCr, so those are stored as they are. CMYK is converted to RGB once, here, so 
 sees the same pixels. 16-bit greyscale (I;16) would be clipped to white by `convert("RGB")`, so
 it is scaled to 8 bits. 32-bit integer or float images (I, F) and other modes have no meaning
 we can assume: they are refused, naming the mode.
+
+Decompression bombs: an image's pixel count is read from its header and checked against
+`max_pixels` (the `AISTUDIO_MAX_IMAGE_PIXELS` setting) before anything is decoded; a larger image
+raises `ImageTooLarge`, so a 650 KB PNG of 13000 x 13000 never becomes 500 MB of pixels.
+Thumbnails are made at import, from the stored file (JPEG decodes at reduced scale), so pages never
+decode a full image.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -39,6 +46,14 @@ _SWAPS_AXES = {5, 6, 7, 8}  # orientations that rotate by 90 degrees
 _KEPT_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "YCbCr"})
 _SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _CONVERTED_MODES = {"CMYK": "RGB", **dict.fromkeys(_SIXTEEN_BIT, "L")}
+# The default of the AISTUDIO_MAX_IMAGE_PIXELS setting: any camera up to 61 MP fits, and one decode
+# is at most 256 MB (RGBA). Pillow's own default only warns up to ~179 MP.
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+THUMBNAIL_SIZE = 256
+# What exif_transpose does for each orientation, applied here to the (small) thumbnail.
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
 
 
 @dataclass(frozen=True)
@@ -64,10 +79,39 @@ class UnreadableImage(InvalidDataset):
         self.reason = reason
 
 
-def probe_image(path: Path) -> ImageInfo:
-    """Hash and fully decode `path` (one read), so corrupt files fail here and not in training."""
+class ImageTooLarge(UnreadableImage):
+    """More pixels than `max_pixels`: refused from the header, before any decoding."""
+
+    def __init__(self, path: Path, pixels: int, max_pixels: int, size: tuple[int, int] | None = None):
+        shape = f"{size[0]}x{size[1]} = " if size else ""
+        super().__init__(path, f"too large: {shape}{pixels:,} pixels, over the limit of {max_pixels:,} "
+                               "(AISTUDIO_MAX_IMAGE_PIXELS)")
+        self.message = f"{Path(path).name}: {self.reason}"
+        self.pixels, self.size = pixels, size
+
+
+def check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
+    if size[0] * size[1] > max_pixels:
+        raise ImageTooLarge(Path(path), size[0] * size[1], max_pixels, size)
+
+
+def _bomb(path: Path, exc: Image.DecompressionBombError, max_pixels: int) -> ImageTooLarge:
+    """Pillow's own guard fired first (at twice `Image.MAX_IMAGE_PIXELS`): same error, from its count."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return ImageTooLarge(path, int(found.group(1)) if found else 0, max_pixels)
+
+
+def apply_pixel_limit(max_pixels: int) -> None:
+    """Pillow's own guard for this process, at the same limit (it errors at twice `MAX_IMAGE_PIXELS`
+    and only warns above it, so every decode here also checks `max_pixels` itself)."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def probe_image(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ImageInfo:
+    """Hash and fully decode `path` (one read), so corrupt files fail here and not in training.
+    An image over `max_pixels` raises `ImageTooLarge` without being decoded."""
     path = Path(path)
-    return _probe_bytes(path, path.read_bytes())
+    return _probe_bytes(path, path.read_bytes(), max_pixels)
 
 
 def store_image(src: Path, dst: Path, info: ImageInfo | None = None, move: bool = False) -> ImageInfo:
@@ -97,25 +141,52 @@ def store_image(src: Path, dst: Path, info: ImageInfo | None = None, move: bool 
     return info
 
 
-def make_thumbnail(src: Path, dst: Path, size: int = 256) -> None:
-    """Write a JPEG thumbnail that fits in size x size, atomically (concurrent requests race)."""
+def make_thumbnail(src: Path, dst: Path, size: int = THUMBNAIL_SIZE, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+    """Write a JPEG thumbnail that fits in size x size, atomically (concurrent requests race).
+
+    Memory stays near one decode of the source: its size is checked against `max_pixels` from the
+    header, a JPEG decodes at 1/2..1/8 scale (`draft`), the image is reduced in its own mode, and
+    only the small result is rotated (EXIF) and converted to RGB."""
     src, dst = Path(src), Path(dst)
-    thumb = _decode_upright(src, draft=(size, size)).convert("RGB")
-    thumb.thumbnail((size, size))
+    try:
+        with Image.open(src, formats=_DECODERS) as im:
+            check_pixels(src, im.size, max_pixels)
+            orientation = _orientation(im)
+            im.draft("RGB", (size, size))
+            im.load()
+            thumb = _storable(im) if im.mode in _SIXTEEN_BIT else im
+            if thumb.mode in ("1", "P"):  # resized with NEAREST only: get close first, then convert
+                thumb.thumbnail((size * 4, size * 4))
+                thumb = thumb.convert("RGBA" if "transparency" in thumb.info else "RGB")
+            thumb.thumbnail((size, size), reducing_gap=2.0)
+            if orientation in _TRANSPOSE:
+                thumb = thumb.transpose(_TRANSPOSE[orientation])
+            thumb = thumb.convert("RGB")
+    except UnreadableImage:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise _bomb(src, exc, max_pixels) from exc
+    except Exception as exc:  # Pillow raises many exception types on bad input
+        raise UnreadableImage(src, str(exc) or type(exc).__name__) from exc
     with _atomic_target(dst) as tmp:
         thumb.save(tmp, format="JPEG", quality=85)
 
 
-def _probe_bytes(path: Path, data: bytes) -> ImageInfo:
+def _probe_bytes(path: Path, data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ImageInfo:
     sha256 = hashlib.sha256(data).hexdigest()
     try:
         with Image.open(io.BytesIO(data), formats=_DECODERS) as im:
+            check_pixels(path, im.size, max_pixels)  # from the header: nothing decoded yet
             im.verify()  # checksums (PNG); verify() leaves the image unusable, hence the reopen
         with Image.open(io.BytesIO(data), formats=_DECODERS) as im:
             fmt = im.format or "unknown"
             orientation = _orientation(im)
             im.load()
             width, height, mode = *im.size, im.mode
+    except UnreadableImage:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise _bomb(path, exc, max_pixels) from exc
     except Exception as exc:  # Pillow raises many exception types on bad input
         raise UnreadableImage(path, str(exc) or type(exc).__name__) from exc
     if mode not in _KEPT_MODES and mode not in _CONVERTED_MODES:

@@ -175,3 +175,9 @@ def _text(path: Path, name: str) -> str:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidDataset(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
+def annotation_files(root: Path) -> list[Path]:
+    """The names file and the label files `read` loads (held to the annotation size limit together)."""
+    names = [root / n for n in (*_YAML_FILES, *_TEXT_FILES) if (root / n).is_file()][:1]
+    return names + [p for p in (_label_path(image, root) for image in list_images(root)) if p.is_file()]

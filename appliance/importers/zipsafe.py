@@ -15,7 +15,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from appliance.store.errors import InvalidDataset, PayloadTooLarge
+from appliance.store.errors import InsufficientStorage, InvalidDataset, PayloadTooLarge
 
 try:  # an LZMA member's broken stream; Pythons built without lzma cannot open such members at all
     from lzma import LZMAError
@@ -28,8 +28,12 @@ IGNORED_FILES = frozenset({".DS_Store", "Thumbs.db"})
 _ENCRYPTED = 0x1 | 0x40  # general purpose flag bits: traditional and strong encryption
 _PATCHED = 0x20  # "compressed patched data": PKWARE's delta format, which nothing here can read
 # Small files (label .txt, JSON) legitimately compress far better than images; only members
-# this large are held to max_ratio. The total-size limit bounds everything else.
+# this large are held to max_ratio on their own. Smaller ones are judged together, twice: all
+# members, and the members that compress at all (more than _INCOMPRESSIBLE times), so one big
+# incompressible member (a JPEG, random bytes) cannot dilute a pile of small bombs. The
+# total-size limit and the free-disk check bound everything else.
 _RATIO_FLOOR = 1 << 20
+_INCOMPRESSIBLE = 2
 _CHUNK = 1 << 20
 
 
@@ -62,11 +66,13 @@ def extract_zip(
     max_total_bytes: int,
     max_ratio: float = 200,
     max_entries: int = 200_000,
+    free_margin: int | None = None,
 ) -> Path:
     """Extract into the empty or missing folder `dest`; return the dataset root.
 
     The root is the archive's single top-level folder when it has one (the usual "zip the
-    folder" case), else `dest`. On failure `dest` is left empty.
+    folder" case), else `dest`. On failure `dest` is left empty. With `free_margin`, the disk
+    holding `dest` must have the uncompressed size plus that margin free before anything is written.
     """
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
@@ -74,6 +80,8 @@ def extract_zip(
     name = Path(zip_path).name
     with _open_zip(zip_path) as zf:
         members = _check(zf, name, max_total_bytes, max_ratio, max_entries)
+        if free_margin is not None:
+            check_free_space(dest, sum(info.file_size for info in members), free_margin, f"{name}: extracting it")
         dest.mkdir(parents=True, exist_ok=True)
         try:
             for info in members:
@@ -86,6 +94,20 @@ def extract_zip(
             _empty(dest)
             raise
     return _dataset_root(dest, members)
+
+
+def check_free_space(folder: Path, needed: int, margin: int, what: str) -> None:
+    """Refuse when the disk holding `folder` (or its nearest existing parent) has less than
+    `needed + margin` bytes free. `what` starts the message ("big.zip: extracting it")."""
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed + margin > free:
+        raise InsufficientStorage(
+            f"{what} needs {needed} bytes plus a margin of {margin} bytes (AISTUDIO_DISK_FREE_MARGIN_BYTES), "
+            f"but the workspace disk has only {free} bytes free"
+        )
 
 
 def _open_zip(zip_path: Path) -> zipfile.ZipFile:
@@ -102,6 +124,7 @@ def _check(
     if len(infos) > max_entries:
         raise InvalidDataset(f"{name}: {len(infos)} entries, more than the {max_entries} allowed")
     members, total, packed = [], 0, 0
+    squeezed, squeezed_packed = 0, 0  # members that compress more than _INCOMPRESSIBLE times
     seen: dict[tuple[str, ...], zipfile.ZipInfo] = {}  # where each member lands, to find clashes
     folders: dict[tuple[str, ...], zipfile.ZipInfo] = {}
     for info in infos:
@@ -126,6 +149,9 @@ def _check(
             )
         total += info.file_size
         packed += info.compress_size
+        if info.file_size > _INCOMPRESSIBLE * info.compress_size:
+            squeezed += info.file_size
+            squeezed_packed += info.compress_size
         if parts and not _ignored(parts):
             _check_clash(info, parts, seen, folders, name)
             members.append(info)
@@ -136,6 +162,12 @@ def _check(
     if total >= _RATIO_FLOOR and total > max_ratio * max(packed, 1):
         ratio = total // max(packed, 1)
         raise InvalidDataset(f"{name}: content expands {ratio}x; refusing a likely ZIP bomb")
+    if squeezed >= _RATIO_FLOOR and squeezed > max_ratio * max(squeezed_packed, 1):
+        ratio = squeezed // max(squeezed_packed, 1)
+        raise InvalidDataset(
+            f"{name}: its compressed members expand {ratio}x together ({squeezed} bytes from {squeezed_packed}); "
+            "refusing a likely ZIP bomb"
+        )
     files = [info for info in members if not info.is_dir()]
     if files and all(is_archive(info.filename) for info in files):
         listed = ", ".join(info.filename for info in files[:3]) + (", …" if len(files) > 3 else "")

@@ -8,10 +8,15 @@ it was; a failure during the commit removes the files it had moved.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import signal
 import statistics
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,15 +27,18 @@ from sqlalchemy.orm import Session, selectinload
 from appliance.config import Settings
 from appliance.store.db import session_scope
 from appliance.store.errors import (
-    AppError, ForbiddenPath, InvalidDataset, NotFound, PayloadTooLarge, ValidationFailed,
+    AppError, ForbiddenPath, InvalidDataset, NotFound, PayloadTooLarge, TooManyRequests, ValidationFailed,
 )
 from appliance.store import imports
 from appliance.store.ids import new_id
-from appliance.store.imports import CANCELLED_MESSAGE
+from appliance.store.imports import CANCELLED_MESSAGE, INTERRUPTED_MESSAGE
 from appliance.store.status import JobStatus
-from appliance.store.tables import Box, Image, ImportJob, SplitAssignment, utcnow
+from appliance.store.tables import Box, Image, ImportJob, Project, SplitAssignment, utcnow
 from appliance.store.paths import Workspace, is_within, safe_join
-from appliance.importers import check_zip, extract_zip, make_thumbnail, parse_source, store_image
+from appliance.importers import (
+    DEFAULT_MAX_IMAGE_PIXELS, check_free_space, check_zip, extract_zip, make_thumbnail, parse_source, store_image,
+)
+from appliance.services import deletion
 from appliance.services.projects import get_owned, get_project
 
 log = logging.getLogger("aistudio.datasets")
@@ -57,6 +65,7 @@ def check_format(fmt: str) -> str:
 def start_local_import(session: Session, settings: Settings, project_id: str, source_path: str, fmt: str) -> ImportJob:
     get_project(session, project_id)
     check_format(fmt)
+    admit_import(session, settings, None, None)
     source = Path(source_path).expanduser()
     if not source.is_absolute():
         raise ValidationFailed(f"source_path: must be an absolute path on the server (got {source_path!r})")
@@ -77,6 +86,7 @@ def start_upload_import(
     """Stream the uploaded ZIP to staging (bounded memory, size-limited), check it, queue the job."""
     get_project(session, project_id)
     check_format(fmt)
+    admit_import(session, settings, workspace, declared_size)
     limit = settings.max_upload_bytes
     if declared_size is not None and declared_size > limit + 1024 * 1024:
         raise _too_large(limit)
@@ -93,13 +103,36 @@ def start_upload_import(
                 if written > limit:
                     raise _too_large(limit)
                 out.write(chunk)
-        check_zip(archive, max_total_bytes=limit)
+        _check_upload(archive, settings, stage)
     except BaseException as exc:
         shutil.rmtree(stage, ignore_errors=True)
         if isinstance(exc, AppError):
             _name_upload(exc, name)
         raise
     return _queue(session, project_id, fmt, f"upload:{name}", import_id=import_id)
+
+
+def admit_import(session: Session, settings: Settings, workspace: Workspace | None, declared_size: int | None) -> None:
+    """Before a new import is accepted (and before an upload's body is written): at most
+    `max_active_imports` imports queued or running (429 beyond), and for an upload, room on the
+    workspace disk for its declared size plus the margin (507)."""
+    active = session.scalar(
+        select(func.count()).select_from(ImportJob).where(ImportJob.status.in_(imports.IN_PROGRESS))
+    ) or 0
+    if active >= settings.max_active_imports:
+        raise TooManyRequests(
+            f"{active} imports are already queued or running, the most allowed (AISTUDIO_MAX_ACTIVE_IMPORTS); "
+            "wait for one to finish and try again"
+        )
+    if workspace is not None and declared_size is not None:
+        check_free_space(workspace.staging_dir, declared_size, settings.disk_free_margin_bytes, "file: the upload")
+
+
+def _check_upload(archive: Path, settings: Settings, stage: Path) -> None:
+    """The archive's directory is safe, and the disk has room to extract it."""
+    members = check_zip(archive, max_total_bytes=settings.max_upload_bytes)
+    check_free_space(stage, sum(info.file_size for info in members), settings.disk_free_margin_bytes,
+                     f"{archive.name}: extracting it")
 
 
 def _name_upload(exc: AppError, name: str) -> None:
@@ -138,8 +171,108 @@ def import_public(job: ImportJob) -> dict:
 
 # ---------------------------------------------------------------- the import job
 
+# The import runs in a process of its own (`appliance.services.import_worker`): parsing a huge
+# annotation file or probing thousands of images costs that process's memory, never the web
+# server's, and a worker killed for memory fails its job instead of the server.
+WORKER_ENTRY = "appliance.services.import_worker:main"  # "module:function"; tests point it elsewhere
+CANCEL_GRACE_S = 5.0  # a cancelled import's worker gets this long to stop by itself, then is killed
+_POLL_S = 0.25
+_WORKER_BOOT = (
+    "import importlib, json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+    "module, _, name = sys.argv[2].partition(':'); sys.exit(getattr(importlib.import_module(module), name)(sys.argv[3:]))"
+)
+_workers: dict[subprocess.Popen, Path] = {}  # running workers and their workspace
+_stopped: set[subprocess.Popen] = set()  # killed because their server stopped
+_workers_lock = threading.Lock()
+
+
 def run_import(settings: Settings, import_id: str) -> None:
-    """The job body (runs in the runner's import lane)."""
+    """The job body (runs in the runner's import lane): start the job's worker process and wait
+    for it. A cancel the worker does not act on within CANCEL_GRACE_S (stuck reading a file)
+    kills it; a worker that dies (killed for memory, a crash) fails the job with a message, and
+    whatever it had moved into the dataset folder without rows is removed."""
+    try:
+        proc = _start_worker(settings, import_id)
+    except OSError as exc:
+        _close_after_worker(settings, import_id, JobStatus.FAILED, f"Could not start the import's worker process ({exc})")
+        return
+    cancel_seen, killed_for_cancel = None, False
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=_POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if imports.cancel_requested(settings.db_url, import_id):
+                cancel_seen = cancel_seen or time.monotonic()
+                if time.monotonic() - cancel_seen >= CANCEL_GRACE_S:
+                    log.warning("Import %s: the worker did not stop within %ss of the cancel; killing it",
+                                import_id, CANCEL_GRACE_S)
+                    proc.kill()
+                    killed_for_cancel = True
+    finally:
+        with _workers_lock:
+            _workers.pop(proc, None)
+            stopped = proc in _stopped
+            _stopped.discard(proc)
+    if killed_for_cancel:
+        _close_after_worker(settings, import_id, JobStatus.CANCELLED, CANCELLED_MESSAGE)
+    elif stopped:
+        _close_after_worker(settings, import_id, JobStatus.FAILED, INTERRUPTED_MESSAGE)
+    else:
+        # Exit 0 closes the job itself; anything left open now was cut off.
+        _close_after_worker(settings, import_id, JobStatus.FAILED, _worker_death(code))
+
+
+def _start_worker(settings: Settings, import_id: str) -> subprocess.Popen:
+    path = json.dumps([p or os.getcwd() for p in sys.path])  # the very code this process runs
+    argv = [sys.executable, "-c", _WORKER_BOOT, path, WORKER_ENTRY, import_id, str(os.getpid())]
+    with _workers_lock:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fds=True)
+        _workers[proc] = settings.workspace
+    try:
+        proc.stdin.write(settings.model_dump_json().encode())
+        proc.stdin.close()
+    except OSError:  # it died at once; its exit code tells
+        pass
+    log.info("Import %s: worker process %s started", import_id, proc.pid)
+    return proc
+
+
+def _worker_death(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        cause = ", most likely for lack of memory" if -code == signal.SIGKILL else ""
+        return f"The import's worker process was killed ({name}){cause}; the dataset is unchanged"
+    return f"The import's worker process exited with code {code} (see the server log); the dataset is unchanged"
+
+
+def _close_after_worker(settings: Settings, import_id: str, status: JobStatus, message: str) -> None:
+    workspace = Workspace(settings.workspace)
+    with session_scope(settings.db_url) as s:
+        project_id = imports.close_cut_off(s, import_id, status, message)
+        if project_id is not None:
+            log.warning("Import %s closed after its worker ended: %s", import_id, message)
+            _remove_unrecorded_images(s, workspace, project_id)
+    shutil.rmtree(workspace.staging_dir / import_id, ignore_errors=True)
+
+
+def stop_import_workers(workspace: Path) -> None:
+    """At shutdown: kill the import workers of this workspace; their jobs fail as interrupted
+    (or start-up recovery closes them, if this process is gone first)."""
+    with _workers_lock:
+        for proc, where in _workers.items():
+            if where == workspace and proc.poll() is None:
+                _stopped.add(proc)
+                proc.kill()
+
+
+def run_import_here(settings: Settings, import_id: str) -> None:
+    """The import itself, in the calling process (the worker process calls it)."""
     workspace = Workspace(settings.workspace)
     stage = workspace.staging_dir / import_id
     url = settings.db_url
@@ -150,16 +283,21 @@ def run_import(settings: Settings, import_id: str) -> None:
         project_id, task, fmt, source = started
         root = _source_root(settings, stage, source)
         tracker = _Progress(url, import_id)
-        parsed = parse_source(root, fmt, task, progress=tracker)
+        parsed = parse_source(root, fmt, task, progress=tracker, max_pixels=settings.max_image_pixels,
+                              max_annotation_bytes=settings.max_annotation_bytes)
         tracker.check_cancel()
         added, duplicates = _stage_and_commit(url, workspace, project_id, import_id, parsed, stage, tracker,
-                                              owned=source.startswith("upload:"))
+                                              owned=source.startswith("upload:"),
+                                              max_pixels=settings.max_image_pixels)
         warnings = [{"file": w.file, "reason": w.reason} for w in parsed.warnings]
         imports.complete(url, import_id, parsed.detected, added, duplicates, warnings, len(parsed.items))
     except ImportCancelled:
         imports.finish(url, import_id, JobStatus.CANCELLED, CANCELLED_MESSAGE)
     except AppError as exc:
         imports.finish(url, import_id, JobStatus.FAILED, exc.message)
+    except MemoryError:
+        imports.finish(url, import_id, JobStatus.FAILED,
+                       "The import ran out of memory; the dataset is unchanged. Split the dataset or its annotation files")
     except Exception as exc:  # a bug or an OS error: fail the job, never leave it running
         log.exception("Import %s failed", import_id)
         imports.finish(url, import_id, JobStatus.FAILED, f"Unexpected error: {exc}")
@@ -170,7 +308,8 @@ def run_import(settings: Settings, import_id: str) -> None:
 def _source_root(settings: Settings, stage: Path, source: str) -> Path:
     if source.startswith("upload:"):
         try:
-            return extract_zip(stage / _STAGED_ZIP, stage / "src", max_total_bytes=settings.max_upload_bytes)
+            return extract_zip(stage / _STAGED_ZIP, stage / "src", max_total_bytes=settings.max_upload_bytes,
+                               free_margin=settings.disk_free_margin_bytes)
         except AppError as exc:
             _name_upload(exc, source.removeprefix("upload:"))
             raise
@@ -200,11 +339,13 @@ class _Progress:
 
 
 def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, stage: Path, tracker,
-                      owned: bool = False) -> tuple[int, int]:
-    """`owned`: the source files are ours (an extracted upload), so they are moved, not copied."""
+                      owned: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """`owned`: the source files are ours (an extracted upload), so they are moved, not copied.
+    Each image's thumbnail is made here, from the staged file, so no page view ever decodes a
+    full image; one that fails is left to the lazy path (`services/thumbnails.py`)."""
     with session_scope(url) as s:
         known = set(s.scalars(select(Image.sha256).where(Image.project_id == project_id)))
-    staged_dir = stage / "images"
+    staged_dir, staged_thumbs = stage / "images", stage / "thumbs"
     staged_dir.mkdir(parents=True, exist_ok=True)
     rows, boxes, duplicates = [], [], 0
     for item in parsed.items:
@@ -216,6 +357,7 @@ def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, 
         image_id = new_id("image")
         filename = image_id + _EXTENSIONS.get(info.format, Path(item.relpath).suffix.lower())
         store_image(item.source, staged_dir / filename, info, move=owned)
+        _stage_thumbnail(staged_dir / filename, staged_thumbs / _thumb_name(filename), max_pixels)
         rows.append({
             "id": image_id, "project_id": project_id, "filename": filename, "original_name": item.relpath,
             "sha256": info.sha256, "width": info.width, "height": info.height,
@@ -225,11 +367,16 @@ def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, 
         boxes += [{"image_id": image_id, "label": b.label, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2} for b in item.boxes]
     tracker.check_cancel()
     # Commit: move files in, insert rows in one transaction; undo the moves if the insert fails.
-    target = workspace.images_dir(project_id)
+    target, thumbs = workspace.images_dir(project_id), workspace.thumbs_dir(project_id)
     target.mkdir(parents=True, exist_ok=True)
+    thumbs.mkdir(parents=True, exist_ok=True)
     moved: list[Path] = []
     try:
         for row in rows:
+            thumb = staged_thumbs / _thumb_name(row["filename"])
+            if thumb.is_file():
+                os.replace(thumb, thumbs / thumb.name)
+                moved.append(thumbs / thumb.name)
             dst = target / row["filename"]
             os.replace(staged_dir / row["filename"], dst)
             moved.append(dst)
@@ -245,16 +392,25 @@ def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, 
     return len(rows), duplicates
 
 
+def _stage_thumbnail(image: Path, thumb: Path, max_pixels: int) -> None:
+    try:
+        make_thumbnail(image, thumb, max_pixels=max_pixels)
+    except Exception:  # the image passed its probe; a thumbnail problem must not fail the import
+        log.warning("No thumbnail for %s at import; it will be made on request", image.name, exc_info=True)
+
+
 def recover_imports(app) -> None:
     """At start-up: an import cut off mid-run failed and left the dataset unchanged — unless its
-    rows were committed (the process died just before closing the job), then it completed. Files
-    it had staged or already moved into the dataset folder without rows are removed, and so is
-    everything else in staging that no queued import owns (an upload cut off mid-stream, a
-    try-one-image scratch folder). Queued imports run again, in order."""
+    rows were committed (the process died just before closing the job), then it completed.
+    Every project's dataset folder is swept of files without an image row (moved in by a commit
+    cut off before its rows, or left by a deletion cut off before its files) and of thumbnails
+    of no recorded image; and staging of everything no queued import owns (a cut-off import's
+    files, an upload cut off mid-stream, a try-one-image scratch folder). Queued imports run
+    again, in order."""
     settings, workspace = app.state.settings, app.state.workspace
     with session_scope(settings.db_url) as s:
-        swept, queued = imports.recover(s)
-        for project_id in swept:
+        _swept, queued = imports.recover(s)
+        for project_id in list(s.scalars(select(Project.id))):
             _remove_unrecorded_images(s, workspace, project_id)
     if workspace.staging_dir.is_dir():
         for leftover in workspace.staging_dir.iterdir():
@@ -265,15 +421,17 @@ def recover_imports(app) -> None:
 
 
 def _remove_unrecorded_images(session: Session, workspace: Workspace, project_id: str) -> None:
-    """Dataset files without an image row: moved in by a commit that never reached the database."""
-    folder = workspace.images_dir(project_id)
-    if not folder.is_dir():
-        return
+    """Dataset files without an image row (moved in by a commit that never reached the database,
+    or whose row was deleted before the file), and thumbnails of no recorded image."""
     recorded = set(session.scalars(select(Image.filename).where(Image.project_id == project_id)))
-    for path in folder.iterdir():
-        if path.name not in recorded:
-            log.warning("Removing %s: no image record (an import was cut off while committing)", path)
-            _remove(path)
+    for folder, wanted in ((workspace.images_dir(project_id), recorded),
+                           (workspace.thumbs_dir(project_id), {_thumb_name(name) for name in recorded})):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if path.name not in wanted:
+                log.warning("Removing %s: no image record (cut off while importing or deleting)", path)
+                _remove(path)
 
 
 def _remove(path: Path) -> None:
@@ -380,8 +538,9 @@ def get_image(session: Session, project_id: str, image_id: str) -> Image:
     return get_owned(session, Image, "image", project_id, image_id)
 
 
-def delete_image(session: Session, workspace: Workspace, project_id: str, image_id: str) -> None:
+def delete_image(session: Session, workspace: Workspace, project_id: str, image_id: str, force: bool = False) -> None:
     image = get_image(session, project_id, image_id)
+    deletion.clear_the_way(session, f"Image {image_id}", deletion.image_jobs(session, image.id), force)
     filename = image.filename
     session.execute(delete(Image).where(Image.id == image_id))
     session.commit()
@@ -403,12 +562,3 @@ def image_file(session: Session, workspace: Workspace, project_id: str, filename
     if not path.is_file():
         raise NotFound(f"File {filename} not found")
     return path
-
-
-def thumbnail_file(session: Session, workspace: Workspace, project_id: str, filename: str) -> Path:
-    source = image_file(session, workspace, project_id, filename)
-    thumb = safe_join(workspace.thumbs_dir(project_id), _thumb_name(filename))
-    if not thumb.is_file():
-        thumb.parent.mkdir(parents=True, exist_ok=True)
-        make_thumbnail(source, thumb)
-    return thumb

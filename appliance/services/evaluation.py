@@ -12,11 +12,10 @@ from sqlalchemy.orm import Session
 
 from appliance.store import evaluations, runs
 from appliance.store.db import session_scope
-from appliance.store.errors import Conflict
 from appliance.store.paths import Workspace
-from appliance.store.status import ACTIVE
 from appliance.store.tables import EvalSample, Evaluation, Experiment
 from appliance.schemas import StrictBody
+from appliance.services import deletion, ray_tasks
 from appliance.services.projects import get_owned, get_project
 from appliance.services.training import get_experiment
 
@@ -79,10 +78,11 @@ def list_evaluations(session: Session, project_id: str) -> list[dict]:
     return [evaluation_public(session, ev, with_metrics=False) for ev in rows]
 
 
-def delete_evaluation(session: Session, workspace: Workspace, project_id: str, evaluation_id: str) -> None:
+def delete_evaluation(session: Session, workspace: Workspace, project_id: str, evaluation_id: str,
+                      force: bool = False) -> None:
     ev = get_evaluation(session, project_id, evaluation_id)
-    if ev.status in ACTIVE:
-        raise Conflict(f"Evaluation {evaluation_id} is {ev.status}; wait for it to finish before deleting it")
+    jobs = [deletion.Job("evaluation", ev.id, ev.status)] if ev.status in deletion.BLOCKING else []
+    deletion.clear_the_way(session, f"Evaluation {evaluation_id}", jobs, force)
     session.delete(ev)
     session.commit()
 
@@ -129,7 +129,9 @@ def launch(db_url: str, workspace_root: str, evaluation_id: str, gpu_fraction: f
     from ray_jobs.evaluate import evaluation_task, task_resources
 
     try:
-        ray.get(evaluation_task.options(**task_resources(gpu_fraction)).remote(db_url, workspace_root, evaluation_id, gpu_fraction))
+        ref = evaluation_task.options(**task_resources(gpu_fraction)).remote(db_url, workspace_root, evaluation_id, gpu_fraction)
+        with ray_tasks.tracked(evaluation_id, ref):
+            ray.get(ref)
     except Exception as exc:
         evaluations.fail(db_url, evaluation_id, f"The evaluation task died: {exc}")
 

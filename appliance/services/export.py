@@ -23,6 +23,7 @@ from appliance.store.status import JobStatus
 from appliance.store.errors import Conflict, NotFound
 from appliance.store.tables import Experiment, Export
 from appliance.store.paths import Workspace
+from appliance.services import deletion, ray_tasks
 from appliance.services.ray_runtime import cluster_gpus
 from appliance.schemas import StrictBody
 from appliance.services.evaluation import trained_checkpoint
@@ -93,10 +94,11 @@ def download(session: Session, workspace: Workspace, project_id: str, export_id:
     return path, f"{safe}-{export.format}-{export.id}.zip"
 
 
-def delete_export(session: Session, workspace: Workspace, project_id: str, export_id: str) -> None:
+def delete_export(session: Session, workspace: Workspace, project_id: str, export_id: str,
+                  force: bool = False) -> None:
     export = get_export(session, project_id, export_id)
-    if export.status == JobStatus.RUNNING:
-        raise Conflict(f"Export {export_id} is running; wait for it to finish")
+    jobs = [deletion.Job("export", export.id, export.status)] if export.status in deletion.BLOCKING else []
+    deletion.clear_the_way(session, f"Export {export_id}", jobs, force)
     session.delete(export)
     session.commit()
     shutil.rmtree(workspace.export_dir(project_id, export_id), ignore_errors=True)
@@ -112,7 +114,9 @@ def launch(db_url: str, workspace_root: str, export_id: str, gpu_fraction: float
     if fmt is None:
         return
     try:
-        ray.get(export_task.options(**task_resources(fmt, gpu_fraction)).remote(db_url, workspace_root, export_id))
+        ref = export_task.options(**task_resources(fmt, gpu_fraction)).remote(db_url, workspace_root, export_id)
+        with ray_tasks.tracked(export_id, ref):
+            ray.get(ref)
     except Exception as exc:
         exports.update(db_url, export_id, status=JobStatus.FAILED, error=f"The export task died: {exc}"[-2000:])
 

@@ -1,4 +1,4 @@
-"""Project CRUD. Deleting a project removes its rows (cascade) and its folder."""
+"""Project CRUD. Deleting a project removes its rows (cascade) and its folder, once no job uses it."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import shutil
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from appliance.store.errors import Conflict
 from appliance.store.ids import new_id
 from appliance.store.records import get_owned, get_project  # noqa: F401 (services find records through here)
-from appliance.store.status import ACTIVE
-from appliance.store.tables import Evaluation, Experiment, Export, Image, ImportJob, Project
+from appliance.store.tables import Experiment, Image, Project
 from appliance.store.paths import Workspace
+from appliance.services import deletion
 from appliance.schemas import ProjectCreate, ProjectPublic, ProjectUpdate
 
 def to_public(session: Session, project: Project) -> ProjectPublic:
@@ -51,21 +50,12 @@ def update_project(session: Session, project_id: str, body: ProjectUpdate) -> Pr
     return to_public(session, project)
 
 
-def running_jobs(session: Session, project_id: str) -> list[str]:
-    """Ids of the project's jobs that are queued or running (they block deletion)."""
-    found: list[str] = []
-    for model in (ImportJob, Experiment, Evaluation, Export):
-        found += session.scalars(
-            select(model.id).where(model.project_id == project_id, model.status.in_(ACTIVE))
-        ).all()
-    return found
-
-
-def delete_project(session: Session, workspace: Workspace, project_id: str) -> None:
+def delete_project(session: Session, workspace: Workspace, project_id: str, force: bool = False) -> None:
     project = get_project(session, project_id)
-    busy = running_jobs(session, project_id)
-    if busy:
-        raise Conflict(f"Project {project_id} has running jobs ({', '.join(busy)}); stop them first")
+    deletion.clear_the_way(session, f"Project {project_id}", deletion.project_jobs(session, project_id), force)
+    experiment_ids = session.scalars(select(Experiment.id).where(Experiment.project_id == project_id)).all()
     session.delete(project)
     session.commit()
     shutil.rmtree(workspace.project_dir(project_id), ignore_errors=True)
+    for experiment_id in experiment_ids:  # Ray Train's own folders live outside the project's
+        shutil.rmtree(workspace.ray_results_dir / experiment_id, ignore_errors=True)

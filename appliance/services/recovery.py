@@ -4,7 +4,8 @@ Each capability contributes its own `recover`.
 
 What survives a restart, by kind (the restart tests in tests/recovery/ kill real processes):
 - imports: a cut-off one fails ("the dataset is unchanged"), its staged and half-moved files are
-  removed; queued ones run again, in order.
+  removed; every project's dataset folder loses image files without a row and thumbnails of no
+  recorded image; queued ones run again, in order.
 - training: a run whose last sign of life predates the current Ray cluster cannot be running in
   it and becomes `interrupted` (resumable) at once; so does one whose driver (the Ray job or task
   recorded with the run) Ray reports ended — on an external cluster too, at start-up and by the

@@ -11,6 +11,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from appliance import __version__
+from appliance.store.imports import IN_PROGRESS
 from appliance.store.status import ACTIVE
 from appliance.store.tables import Evaluation, Experiment, Export, ImportJob, Project
 from appliance.store.paths import Workspace
@@ -98,7 +99,8 @@ def active_jobs(session: Session) -> list[dict]:
     """Queued and running work of every kind, oldest first."""
     jobs: list[dict] = []
     for kind, model in (("import", ImportJob), ("training", Experiment), ("evaluation", Evaluation), ("export", Export)):
-        for row in session.scalars(select(model).where(model.status.in_(ACTIVE))):
+        statuses = IN_PROGRESS if kind == "import" else ACTIVE  # an import being cancelled still runs
+        for row in session.scalars(select(model).where(model.status.in_(statuses))):
             done, total = getattr(row, "done", None), getattr(row, "total", None)
             if kind == "training":
                 done, total = row.epochs_done, row.params.get("epochs")

@@ -23,8 +23,9 @@ from appliance.store.ids import new_id
 from appliance.store.paths import Workspace
 from appliance.store.runs import ALREADY_TRAINING
 from appliance.store.status import ACTIVE, JobStatus
-from appliance.store.tables import EpochRecord, Experiment
+from appliance.store.tables import EpochRecord, Experiment, Export
 from appliance.schemas import StrictBody
+from appliance.services import deletion, ray_tasks
 from appliance.services.projects import get_owned, get_project
 from appliance.services.splits import BACKGROUND, get_split
 from ray_jobs.hyperparameters import Hyperparameters
@@ -131,14 +132,18 @@ def create_experiment(session: Session, weights_dir: Path, project_id: str, body
     return experiment_public(session, exp)
 
 
-def delete_experiment(session: Session, workspace: Workspace, project_id: str, experiment_id: str) -> None:
+def delete_experiment(session: Session, workspace: Workspace, project_id: str, experiment_id: str,
+                      force: bool = False) -> None:
+    """The run, its evaluations and exports (cascade) and their files, once none of them is running."""
     exp = get_experiment(session, project_id, experiment_id)
-    if exp.status in ACTIVE:
-        raise Conflict(f"Experiment {experiment_id} is {exp.status}; stop it before deleting it")
+    deletion.clear_the_way(session, f"Experiment {experiment_id}", deletion.experiment_jobs(session, exp.id), force)
+    export_ids = session.scalars(select(Export.id).where(Export.experiment_id == exp.id)).all()
     session.delete(exp)
     session.commit()
     shutil.rmtree(workspace.experiment_dir(project_id, experiment_id), ignore_errors=True)
     shutil.rmtree(workspace.ray_results_dir / experiment_id, ignore_errors=True)
+    for export_id in export_ids:
+        shutil.rmtree(workspace.export_dir(project_id, export_id), ignore_errors=True)
 
 
 # ---------------------------------------------------------------- starting a run
@@ -185,7 +190,9 @@ def launch(db_url: str, experiment_id: str, resume: bool, claim_id: str | None =
     from ray_jobs.train import run_training_task
 
     try:
-        ray.get(run_training_task.remote(experiment_id, resume, claim_id))
+        ref = run_training_task.remote(experiment_id, resume, claim_id)
+        with ray_tasks.tracked(experiment_id, ref):
+            ray.get(ref)
     except Exception as exc:
         log.warning("Training driver for %s ended abnormally: %s", experiment_id, exc)
         if runs.is_active(db_url, experiment_id):

@@ -15,11 +15,16 @@ from sqlalchemy import Connection, create_engine, event, func, inspect, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.store.tables import Base, SchemaVersion
+from appliance.store.tables import Base, LoginSession, SchemaVersion
 
 
 def _create_v1(conn: Connection) -> None:
     Base.metadata.create_all(conn)
+
+
+def _login_sessions(conn: Connection) -> None:
+    # A new database got the table from v1's create_all already.
+    LoginSession.__table__.create(conn, checkfirst=True)
 
 
 def _add_run_claim_and_driver(conn: Connection) -> None:
@@ -32,7 +37,7 @@ def _add_run_claim_and_driver(conn: Connection) -> None:
 
 
 # Append a function for each schema change; never edit a released entry.
-MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1, _add_run_claim_and_driver]
+MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1, _login_sessions, _add_run_claim_and_driver]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -54,3 +54,13 @@ class Unauthorized(AppError):
 class Unavailable(AppError):
     code = "UNAVAILABLE"
     status_code = 503
+
+
+class TooManyRequests(AppError):
+    code = "TOO_MANY_REQUESTS"
+    status_code = 429
+
+
+class InsufficientStorage(AppError):
+    code = "INSUFFICIENT_STORAGE"
+    status_code = 507

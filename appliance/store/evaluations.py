@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from appliance.store.db import session_scope
@@ -14,6 +14,7 @@ from appliance.store.status import JobStatus
 from appliance.store.tables import EvalSample, Evaluation, Experiment, utcnow
 
 INTERRUPTED_MESSAGE = "The server stopped during this evaluation; run it again"
+CANCELLED_MESSAGE = "Cancelled: what it evaluated was deleted"
 
 
 def check(session: Session, workspace: Workspace, exp: Experiment, subset: str, checkpoint: str) -> int:
@@ -34,6 +35,25 @@ def queue(session: Session, project_id: str, experiment_id: str, subset: str, ch
     return evaluation
 
 
+def start(db_url: str, evaluation_id: str) -> bool:
+    """queued → running, only if nobody cancelled it meanwhile (one conditional UPDATE)."""
+    with session_scope(db_url) as s:
+        return bool(s.execute(
+            update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == JobStatus.QUEUED)
+            .values(status=JobStatus.RUNNING)
+        ).rowcount)
+
+
+def cancel_queued(session: Session, evaluation_id: str) -> bool:
+    """queued → failed (cancelled) before it starts; False when it is no longer queued."""
+    done = session.execute(
+        update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == JobStatus.QUEUED)
+        .values(status=JobStatus.FAILED, error=CANCELLED_MESSAGE, finished_at=utcnow())
+    ).rowcount
+    session.commit()
+    return bool(done)
+
+
 def evaluation_inputs(db_url: str, workspace: Workspace, evaluation_id: str) -> dict:
     """Everything the task needs, as plain values: checkpoint, class names and the samples with truth."""
     with session_scope(db_url) as s:
@@ -48,9 +68,11 @@ def evaluation_inputs(db_url: str, workspace: Workspace, evaluation_id: str) -> 
 
 def set_progress(db_url: str, evaluation_id: str, done: int, total: int,
                  status: JobStatus = JobStatus.RUNNING) -> None:
+    """Progress of a running evaluation; a record that was cancelled or deleted is left alone."""
     with session_scope(db_url) as s:
         ev = s.get(Evaluation, evaluation_id)
-        ev.done, ev.total, ev.status = done, total, status
+        if ev is not None and ev.status == JobStatus.RUNNING:
+            ev.done, ev.total, ev.status = done, total, status
 
 
 def save_results(db_url: str, evaluation_id: str, metrics: dict, records: list[dict], samples: list[dict]) -> None:

@@ -6,7 +6,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update as sql_update
 from sqlalchemy.orm import Session
 
 from appliance.store.db import session_scope
@@ -18,6 +18,7 @@ from appliance.store.tables import Experiment, Export, utcnow
 
 BUNDLE_NAME = "bundle.zip"
 INTERRUPTED_MESSAGE = "The server stopped during this export; run it again"
+CANCELLED_MESSAGE = "Cancelled: what it exported was deleted"
 
 
 def queue(session: Session, project_id: str, experiment_id: str, fmt: str, precision: str, dynamic_batch: bool,
@@ -41,6 +42,25 @@ def queued_format(db_url: str, export_id: str) -> str | None:
     with session_scope(db_url) as s:
         export = s.get(Export, export_id)
         return export.format if export is not None and export.status == JobStatus.QUEUED else None
+
+
+def start(db_url: str, export_id: str) -> bool:
+    """queued → running, only if nobody cancelled it meanwhile (one conditional UPDATE)."""
+    with session_scope(db_url) as s:
+        return bool(s.execute(
+            sql_update(Export).where(Export.id == export_id, Export.status == JobStatus.QUEUED)
+            .values(status=JobStatus.RUNNING)
+        ).rowcount)
+
+
+def cancel_queued(session: Session, export_id: str) -> bool:
+    """queued → failed (cancelled) before it starts; False when it is no longer queued."""
+    done = session.execute(
+        sql_update(Export).where(Export.id == export_id, Export.status == JobStatus.QUEUED)
+        .values(status=JobStatus.FAILED, error=CANCELLED_MESSAGE, finished_at=utcnow())
+    ).rowcount
+    session.commit()
+    return bool(done)
 
 
 @dataclass(frozen=True)

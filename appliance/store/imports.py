@@ -18,6 +18,8 @@ from appliance.store.tables import Image, ImportJob, Project, utcnow
 MAX_WARNINGS_KEPT = 1000
 CANCELLED_MESSAGE = "Cancelled by the user; the dataset is unchanged"
 INTERRUPTED_MESSAGE = "The server stopped during this import; the dataset is unchanged. Import again."
+# An import in any of these holds a place in the queue or a worker: listed as a job, counted by the cap.
+IN_PROGRESS = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
 
 
 def queue(session: Session, project_id: str, fmt: str, source: str, import_id: str | None = None) -> ImportJob:
@@ -101,15 +103,30 @@ def recover(session: Session) -> tuple[set[str], list[str]]:
     swept: set[str] = set()
     cut_off = (JobStatus.RUNNING, JobStatus.CANCELLING)
     for job in session.scalars(select(ImportJob).where(ImportJob.status.in_(cut_off))):
-        committed = session.scalar(select(func.count()).select_from(Image).where(Image.import_id == job.id)) or 0
-        job.finished_at = utcnow()
-        if committed:
-            job.status, job.added, job.error = JobStatus.COMPLETED, committed, None
-            job.done = job.total = max(job.total, committed)
-        else:
-            job.status, job.error = JobStatus.FAILED, INTERRUPTED_MESSAGE
+        _close(session, job, JobStatus.FAILED, INTERRUPTED_MESSAGE)
         swept.add(job.project_id)
     queued = session.scalars(
         select(ImportJob.id).where(ImportJob.status == JobStatus.QUEUED).order_by(ImportJob.created_at)
     )
     return swept, list(queued)
+
+
+def close_cut_off(session: Session, import_id: str, status: JobStatus, message: str) -> str | None:
+    """The import's worker process is gone without closing the job: it completed if its rows were
+    committed, else it ends `status` with `message`. Returns its project (whose dataset folder may
+    hold files moved in without rows) when the job was still open, else None."""
+    job = session.get(ImportJob, import_id)
+    if job is None or job.status not in IN_PROGRESS:
+        return None
+    _close(session, job, status, message)
+    return job.project_id
+
+
+def _close(session: Session, job: ImportJob, status: JobStatus, message: str) -> None:
+    committed = session.scalar(select(func.count()).select_from(Image).where(Image.import_id == job.id)) or 0
+    job.finished_at = utcnow()
+    if committed:
+        job.status, job.added, job.error = JobStatus.COMPLETED, committed, None
+        job.done = job.total = max(job.total, committed)
+    else:
+        job.status, job.error = status, message

@@ -8,7 +8,9 @@ not applied). Labels are class indices into the run's `class_names`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -103,9 +105,42 @@ def train_transform(task: str, image_size: int, augmentations: Sequence[str]) ->
     return v2.Compose([*steps, v2.ToImage(), _scale(), _normalize(spec)])
 
 
+# The AISTUDIO_MAX_IMAGE_PIXELS setting (its default until `set_max_image_pixels`): no image with
+# more pixels is decoded. Imports already skip them; this guards datasets imported before that and
+# uploads to "try one image".
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+_max_pixels = DEFAULT_MAX_IMAGE_PIXELS
+_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def set_max_image_pixels(max_pixels: int | None) -> None:
+    """Apply the appliance's pixel limit in this process (and to Pillow's own guard)."""
+    global _max_pixels
+    if max_pixels:
+        _max_pixels = int(max_pixels)
+        Image.MAX_IMAGE_PIXELS = _max_pixels
+
+
 def load_rgb(path: str) -> Image.Image:
-    with Image.open(path) as image:
+    """8-bit RGB, as every model here reads images. 16-bit greyscale is scaled to 8 bits (65535 ->
+    255) the way the import stores it: `convert("RGB")` alone would clip it to white."""
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as exc:  # Pillow's guard, at twice the limit
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_large(path, int(found.group(1)) if found else 0) from None
+    with image:
+        width, height = image.size
+        if width * height > _max_pixels:
+            raise _too_large(path, width * height, f"{width}x{height} = ")
+        if image.mode in _SIXTEEN_BIT:
+            return image.convert("I").point(lambda v: v / 256).convert("L").convert("RGB")
         return image.convert("RGB")
+
+
+def _too_large(path: str, pixels: int, shape: str = "") -> ValueError:
+    return ValueError(f"{Path(path).name}: too large: {shape}{pixels:,} pixels, over the limit of "
+                      f"{_max_pixels:,} (AISTUDIO_MAX_IMAGE_PIXELS)")
 
 
 class ClassificationDataset(Dataset):

@@ -39,6 +39,7 @@ from tests.fixtures import (
     write_corrupt,
     zip_dir,
 )
+from tests.hostile.import_worker_hooks import hook, release, started
 from tests.htmlq import parse
 
 TASK_OF = {"folder": "classification", "folder-nested": "classification", "csv": "classification",
@@ -363,10 +364,7 @@ def test_a_failure_during_the_commit_removes_the_moved_files(client, settings, r
     assert import_and_wait(client, pid, make_classification_folder(root / "a", per_class=3).root)["added"] == 6
     before = dataset_state(client, settings, pid)
 
-    def broken_insert(*_args, **_kwargs):
-        raise OSError("disk full (simulated)")
-
-    monkeypatch.setattr(service, "insert", broken_insert)
+    monkeypatch.setattr(service, "WORKER_ENTRY", hook("broken_insert"))  # the import runs in its worker process
     job = import_and_wait(client, pid, make_classification_folder(root / "b", per_class=5, seed=7).root)
     assert job["status"] == "failed" and "disk full (simulated)" in job["error"]
     assert dataset_state(client, settings, pid) == before
@@ -401,23 +399,16 @@ def test_cancel_a_queued_import(client, settings, root, tmp_path, monkeypatch):
 
 
 def test_cancel_a_running_import(client, settings, root, monkeypatch):
-    started, release = threading.Event(), threading.Event()
-    real = service.parse_source
-
-    def slow(*args, **kwargs):
-        started.set()
-        release.wait(10)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(service, "parse_source", slow)
+    monkeypatch.setattr(service, "WORKER_ENTRY", hook("held"))  # parsing waits for <root>.release
     pid = create_project(client)
-    r = start_path_import(client, pid, make_classification_folder(root / "f", per_class=3).root)
+    source = make_classification_folder(root / "f", per_class=3).root
+    r = start_path_import(client, pid, source)
     job_id = r.json()["data"]["id"]
-    assert started.wait(10)
+    wait_until(started(source).exists, timeout=60, what="the worker to start parsing")
     assert client.get(f"/api/datasets/{pid}/imports/{job_id}").json()["data"]["status"] == "running"
     r = client.delete(f"/api/datasets/{pid}/imports/{job_id}")
     assert r.status_code == 200 and r.json()["data"]["status"] == "cancelling"
-    release.set()
+    release(source).touch()
     job = wait_import(client, pid, job_id)
     assert job["status"] == "cancelled" and "unchanged" in job["error"]
     assert dataset_state(client, settings, pid) == (0, set())
@@ -599,19 +590,23 @@ def test_image_file_and_thumbnail_cached_once(client, settings, root, monkeypatc
     assert r.content == (root / "big" / "green" / "a.png").read_bytes()
     assert "immutable" in r.headers["cache-control"]
 
+    # Made at import: a request only reads it (tests/hostile/test_image_bombs.py covers the lazy path).
+    thumb = settings.workspace / "projects" / pid / "dataset" / ".thumbs" / (Path(im["filename"]).stem + ".jpg")
+    assert thumb.is_file()
+    from appliance.services import thumbnails
+
     calls = []
-    real = service.make_thumbnail
-    monkeypatch.setattr(service, "make_thumbnail", lambda *a, **k: (calls.append(a), real(*a, **k))[1])
+    real = thumbnails.make_thumbnail
+    monkeypatch.setattr(thumbnails, "make_thumbnail", lambda *a, **k: (calls.append(a), real(*a, **k))[1])
     first = client.get(im["thumbnail_url"])
     assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
     assert "immutable" in first.headers["cache-control"] and "max-age=31536000" in first.headers["cache-control"]
     assert first.headers.get("etag")
-    thumb = settings.workspace / "projects" / pid / "dataset" / ".thumbs" / (Path(im["filename"]).stem + ".jpg")
-    assert thumb.is_file() and Image.open(thumb).size == (256, 128)
+    assert Image.open(thumb).size == (256, 128)
     mtime = thumb.stat().st_mtime_ns
     second = client.get(im["thumbnail_url"])
     assert second.content == first.content and second.headers["etag"] == first.headers["etag"]
-    assert thumb.stat().st_mtime_ns == mtime and len(calls) == 1
+    assert thumb.stat().st_mtime_ns == mtime and calls == []
 
 
 @pytest.mark.parametrize("kind", ["image", "thumbnail"])
@@ -647,6 +642,7 @@ def test_traversal_attempts_are_404(client, settings, root, tmp_path, kind):
     thumbs = settings.workspace / "projects" / pid / "dataset" / ".thumbs"
     thumbs.mkdir(exist_ok=True)
     intact = mine[1]["filename"]
+    (thumbs / (Path(intact).stem + ".jpg")).unlink(missing_ok=True)  # made at import
     (thumbs / (Path(intact).stem + ".jpg")).symlink_to(secret)
     r = client.get(f"/api/datasets/{pid}/thumbnail/{intact}")
     assert r.status_code == 404
@@ -713,23 +709,16 @@ def test_fragments_for_htmx(client, cls_project):
 
 
 def test_running_import_fragment_polls(client, root, monkeypatch):
-    started, release = threading.Event(), threading.Event()
-    real = service.parse_source
-
-    def held(*args, **kwargs):
-        started.set()
-        release.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(service, "parse_source", held)
+    monkeypatch.setattr(service, "WORKER_ENTRY", hook("held"))  # parsing waits for <root>.release
     pid = create_project(client)
-    r = start_path_import(client, pid, make_classification_folder(root / "f", per_class=1).root)
+    source = make_classification_folder(root / "f", per_class=1).root
+    r = start_path_import(client, pid, source)
     job_id = r.json()["data"]["id"]
     try:
-        assert started.wait(30)
+        wait_until(started(source).exists, timeout=60, what="the worker to start parsing")
         frag = parse(client.get(f"/api/datasets/{pid}/imports/{job_id}", headers={"HX-Request": "true"}).text)
     finally:
-        release.set()
+        release(source).touch()
     box = frag.select_one("#import-job")
     assert box.attrs["data-status"] == "running"
     assert box.attrs["hx-get"] == f"/api/datasets/{pid}/imports/{job_id}" and "every" in box.attrs["hx-trigger"]

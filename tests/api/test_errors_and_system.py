@@ -6,7 +6,6 @@ import os
 import shutil
 import socket
 import sqlite3
-import threading
 
 import pytest
 
@@ -16,8 +15,10 @@ from appliance.store.db import SCHEMA_VERSION
 from appliance.main import create_app
 from appliance.services import datasets as dataset_service
 from tests.fixtures import create_project, import_and_wait, make_classification_folder, start_path_import, wait_import
+from tests.hostile.import_worker_hooks import hook, release, started
 from tests.host import cuda_available, nvidia_smi_gpus
 from tests.htmlq import parse
+from tests.workflows import wait_for
 
 # The status strip's labels and the health field each stands for.
 STRIP_PARTS = [("Ray", "ray"), ("DB", "database"), ("Disk", "workspace_writable")]
@@ -101,24 +102,16 @@ def test_workspace_usage(client, settings):
 
 def test_jobs_list_shows_a_running_import(client, settings, monkeypatch):
     assert client.get("/api/system/jobs").json() == {"status": "ok", "data": []}
-    started, release = threading.Event(), threading.Event()
-    real = dataset_service.parse_source
-
-    def held(*args, **kwargs):
-        started.set()
-        release.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(dataset_service, "parse_source", held)
+    monkeypatch.setattr(dataset_service, "WORKER_ENTRY", hook("held"))  # parsing waits for <root>.release
     pid = create_project(client)
-    job_id = start_path_import(client, pid, make_classification_folder(settings.allowed_import_roots[0] / "f",
-                                                                      per_class=2).root).json()["data"]["id"]
+    source = make_classification_folder(settings.allowed_import_roots[0] / "f", per_class=2).root
+    job_id = start_path_import(client, pid, source).json()["data"]["id"]
     try:
-        assert started.wait(30)
+        wait_for(started(source).exists, bool, timeout=60, every=0.05)
         job = client.get(f"/api/datasets/{pid}/imports/{job_id}").json()["data"]
         listed = client.get("/api/system/jobs").json()["data"]
     finally:
-        release.set()
+        release(source).touch()
     assert listed == [{"kind": "import", "id": job_id, "project_id": pid, "status": "running",
                        "done": job["done"], "total": job["total"], "created_at": job["created_at"]}]
     assert wait_import(client, pid, job_id)["status"] == "completed"

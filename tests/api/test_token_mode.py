@@ -29,7 +29,8 @@ from tests.workflows import TERMINAL, create_experiment, import_folder, wait_exp
 pytestmark = pytest.mark.ray
 
 # What a user of the app may reach without signing in (written here, not read from the app).
-OPEN = {("GET", "/api/system/health"), ("GET", "/login"), ("POST", "/login"), ("GET", "/static/{static_file}")}
+OPEN = {("GET", "/api/system/health"), ("GET", "/login"), ("POST", "/login"), ("POST", "/logout"),
+        ("GET", "/static/{static_file}")}
 
 # The status each route answers a signed-in user for the request the walk sends it.
 EXPECTED = {
@@ -64,7 +65,7 @@ EXPECTED = {
     ("GET", "/api/system/health"): 200, ("GET", "/api/system/gpu"): 200, ("GET", "/api/system/workspace"): 200,
     ("GET", "/api/system/jobs"): 200,
     ("GET", "/"): 307, ("GET", "/projects"): 200, ("GET", "/projects/{project_id}/{section}"): 200,
-    ("GET", "/login"): 200, ("POST", "/login"): 303,
+    ("GET", "/login"): 200, ("POST", "/login"): 303, ("POST", "/logout"): 303,
 }
 # Routes that start work: the world below sends them (with the token) and waits for the work.
 STARTS_JOBS = {("POST", "/api/datasets/import/local"), ("POST", "/api/datasets/import/upload"),
@@ -276,8 +277,9 @@ def test_without_the_token_every_route_is_refused_and_nothing_changes(server, wo
             url = fill(path, world.ids)
             r = anon.request(method, url, **request_kwargs(method, path, world, token="not-the-token"))
             if (method, path) in OPEN:
-                assert r.status_code == {"GET": 200, "POST": 401}[method], (method, url, r.status_code)
-                if method == "POST":  # the login form's own answer to a wrong token: the page again
+                expected = 303 if path == "/logout" else {"GET": 200, "POST": 401}[method]  # logout: to /login
+                assert r.status_code == expected, (method, url, r.status_code)
+                if path == "/login" and method == "POST":  # the form's own answer to a wrong token: the page again
                     assert r.headers["content-type"].startswith("text/html") and "set-cookie" not in r.headers
                 continue
             assert_refused(r, method, path, url)
@@ -308,9 +310,11 @@ def test_a_wrong_token_is_refused(server, world, header):
 
 
 def test_a_wrong_cookie_is_refused(server, world):
-    with server.anon(follow_redirects=False, cookies={"aistudio_token": server.token + "x"}) as anon:
-        r = anon.get("/api/projects")
-        assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
+    for name, value in (("aistudio_session", server.token + "x"), ("aistudio_session", server.token),
+                        ("aistudio_token", server.token)):  # the cookie never holds the token (tests/hostile/test_login.py)
+        with server.anon(follow_redirects=False, cookies={name: value}) as anon:
+            r = anon.get("/api/projects")
+            assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
 
 
 def test_the_login_cookie_authenticates_every_read_route(server, world):
@@ -318,8 +322,8 @@ def test_the_login_cookie_authenticates_every_read_route(server, world):
         r = anon.post("/login", data={"token": server.token, "next": "/projects"})
         assert r.status_code == 303 and r.headers["location"] == "/projects"
         cookie = r.headers["set-cookie"].lower()
-        assert "aistudio_token=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
-        assert anon.cookies.get("aistudio_token") == server.token
+        assert "aistudio_session=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+        assert anon.cookies.get("aistudio_session") and server.token not in cookie  # a signed session id
         for method, path in route_table(server.settings):
             if method != "GET":
                 continue

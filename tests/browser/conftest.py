@@ -37,7 +37,7 @@ def signed_in(browser, server) -> dict:
     pg.wait_for_url("**/projects")
     state = ctx.storage_state()
     ctx.close()
-    assert [c["name"] for c in state["cookies"]] == ["aistudio_token"]
+    assert [c["name"] for c in state["cookies"]] == ["aistudio_session"]
     return state
 
 

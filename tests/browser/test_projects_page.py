@@ -60,7 +60,7 @@ def test_sign_in_form_returns_to_the_page_asked_for(browser, server):
         pg.click("form button[type=submit]")
         pg.wait_for_url(f"**/projects/{pid}/split")
         pg.locator("#status-strip .dot.ok").first.wait_for()  # an HTMX request, authenticated by the cookie
-        cookie = next(c for c in ctx.cookies() if c["name"] == "aistudio_token")
+        cookie = next(c for c in ctx.cookies() if c["name"] == "aistudio_session")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
         assert pg.evaluate("document.cookie") == ""  # scripts can't read the token
     finally:

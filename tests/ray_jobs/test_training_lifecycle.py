@@ -159,7 +159,7 @@ def test_every_refused_run_request_names_the_problem(server, dataset):
         refused(run(server.http, pid, eid, resume=True), 409, "CONFLICT", f"Experiment {eid} is already queued")
         refused(run(server.http, pid, other), 409, "CONFLICT", ALREADY_TRAINING)
         r = server.http.delete(f"/api/training/{pid}/experiments/{eid}")
-        refused(r, 409, "CONFLICT", eid, "stop it before deleting")
+        refused(r, 409, "CONFLICT", f"training run {eid} (queued)", "?force=true")
         assert server.http.post(stop).status_code == 200
     finally:
         gates.open()

@@ -55,7 +55,7 @@ CHILD = textwrap.dedent("""
             commit(*args, **kwargs)
             die()
         datasets._stage_and_commit = commit_then_die
-    datasets.run_import(settings, job.id)
+    datasets.run_import_here(settings, job.id)
 """)
 
 

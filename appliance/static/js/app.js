@@ -1,6 +1,6 @@
 // Behaviour of every page (loaded by base.html): the htmx "json-form" extension, error envelopes
 // of htmx requests shown next to their form, and the projects list's Rename button.
-import { api, toast } from "./common.js";
+import { api, confirmForce, offersForce, toast, withForce } from "./common.js";
 
 // htmx extension "json-form": send a form as a JSON body typed from its inputs
 // (number inputs → numbers, checkboxes → booleans, multi-selects/`data-list` → arrays, empty optional → omitted).
@@ -38,10 +38,19 @@ function formToJson(form) {
 // Show error envelopes from htmx requests next to the form (or in a toast).
 document.addEventListener("htmx:responseError", (evt) => {
   let message = `Request failed (${evt.detail.xhr.status})`;
+  let body = null;
   try {
-    const body = JSON.parse(evt.detail.xhr.responseText);
+    body = JSON.parse(evt.detail.xhr.responseText);
     if (body.error) message = `${body.error.code}: ${body.error.message}`;
   } catch (_) { /* not JSON */ }
+  const { verb, path } = evt.detail.requestConfig;
+  if (verb === "delete" && offersForce(evt.detail.xhr.status, body) && confirmForce(body.error.message)) {
+    const elt = evt.detail.elt;
+    // No `source`: that would ask the element's hx-confirm question a second time.
+    htmx.ajax("DELETE", withForce(path), { target: elt.getAttribute("hx-target") || elt,
+                                           swap: elt.getAttribute("hx-swap") || "innerHTML" });
+    return;
+  }
   const box = errorBoxFor(evt.detail.elt);
   if (box) box.textContent = message; else toast(message);
 });

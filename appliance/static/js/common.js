@@ -63,6 +63,14 @@ export function toast(message) {
   setTimeout(() => t.remove(), 6000);
 }
 
+// A delete refused because jobs use what it removes (409 naming them) may be retried with
+// `?force=true`, which stops those jobs first: the page asks the user before doing so.
+export const offersForce = (status, body) =>
+  status === 409 && Boolean(body && body.error && body.error.message.includes("?force=true"));
+export const confirmForce = (message) =>
+  window.confirm(`${message}\n\nStop those jobs now and delete?`);
+export const withForce = (url) => `${url}${url.includes("?") ? "&" : "?"}force=true`;
+
 // The one fetch helper for pages: JSON (or FormData) in, the envelope's data out; an error
 // envelope is shown in `errorBox` (or a toast) and thrown.
 export async function api(method, url, body, errorBox) {
@@ -74,6 +82,9 @@ export async function api(method, url, body, errorBox) {
     body: isForm ? body : body ? JSON.stringify(body) : undefined,
   });
   const data = await res.json().catch(() => ({}));
+  if (method === "DELETE" && offersForce(res.status, data) && confirmForce(data.error.message)) {
+    return api(method, withForce(url), body, errorBox);
+  }
   if (!res.ok || data.status === "error") {
     const msg = data.error ? `${data.error.code}: ${data.error.message}` : `Request failed (${res.status})`;
     if (errorBox) errorBox.textContent = msg; else toast(msg);

@@ -80,6 +80,22 @@ upgrades), else generate one. Args: (list $ secretName key).
 {{- end -}}
 {{- end -}}
 
+{{/*
+Host names the app answers (AISTUDIO_ALLOWED_HOSTS; loopback and the bind address always are): the UI
+Service's in-cluster names (the `helm test` pod uses the short one), the Ingress host and
+config.allowedHosts. An Ingress without a host answers any name, so the app then allows any ("*").
+KubeRay's probes call the Serve proxy's own /-/healthz, which never reaches the app.
+*/}}
+{{- define "aistudio.allowedHosts" -}}
+{{- $svc := include "aistudio.serviceName" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- $hosts := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) -}}
+{{- if .Values.ingress.enabled -}}
+{{- $hosts = append $hosts (default "*" .Values.ingress.host) -}}
+{{- end -}}
+{{- join "," (concat $hosts .Values.config.allowedHosts | uniq) -}}
+{{- end -}}
+
 {{/* Environment shared by the head and every worker: the same settings everywhere. */}}
 {{- define "aistudio.env" -}}
 - name: AISTUDIO_WORKSPACE
@@ -92,6 +108,8 @@ upgrades), else generate one. Args: (list $ secretName key).
   value: "auto"
 - name: AISTUDIO_RAY_DASHBOARD_PORT
   value: "8265"
+- name: AISTUDIO_ALLOWED_HOSTS
+  value: {{ include "aistudio.allowedHosts" . | quote }}
 - name: AISTUDIO_MAX_UPLOAD_BYTES
   value: {{ .Values.config.maxUploadBytes | int64 | toString | quote }}
 - name: AISTUDIO_EVAL_GPU_FRACTION

@@ -1,0 +1,131 @@
+"""Thumbnails on request: the lazy fallback, with bounded decoding.
+
+Imports make every thumbnail from the staged file (`datasets._stage_thumbnail`), so a page view
+only reads a small JPEG. A thumbnail can still be missing — a dataset imported before thumbnails
+were made at import, a thumbnail that failed then, one removed by hand — and is then made on
+request. Those decodes run in the web process, so they go through `DecodeSlots`: at most
+`SLOTS` at a time, and together at most `max_pixels` pixels (the AISTUDIO_MAX_IMAGE_PIXELS
+setting), so however many requests arrive, the decoding memory stays near one largest allowed
+image (at most 256 MB at the default 64 MP). Waiting requests wait on the event loop, holding no
+thread. An image over the limit (imported before the limit existed) is never decoded: it gets a
+placeholder, not cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from appliance.importers import THUMBNAIL_SIZE, make_thumbnail
+from appliance.services.projects import get_project
+from appliance.store.errors import NotFound
+from appliance.store.paths import Workspace, safe_join
+from appliance.store.tables import Image
+
+log = logging.getLogger("aistudio.thumbnails")
+
+SLOTS = 2  # concurrent on-request decodes in the web process
+
+
+class DecodeSlots:
+    """An asyncio semaphore of `slots` that also bounds the pixels being decoded at once.
+
+    One decode may always run alone, whatever its size (its size was checked against the limit
+    before); a second joins only while both fit within `pixel_budget`."""
+
+    def __init__(self, slots: int = SLOTS, pixel_budget: int = 64_000_000):
+        self.slots, self.pixel_budget = slots, pixel_budget
+        self.running = 0
+        self.pixels = 0
+        self.waiting = 0
+        self.most_running = 0  # high-water mark, for tests and benchmarks
+        self._changed = asyncio.Condition()
+
+    def _fits(self, pixels: int) -> bool:
+        return self.running == 0 or (self.running < self.slots and self.pixels + pixels <= self.pixel_budget)
+
+    @asynccontextmanager
+    async def hold(self, pixels: int):
+        async with self._changed:
+            self.waiting += 1
+            try:
+                await self._changed.wait_for(lambda: self._fits(pixels))
+            finally:
+                self.waiting -= 1
+            self.running += 1
+            self.pixels += pixels
+            self.most_running = max(self.most_running, self.running)
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.running -= 1
+                self.pixels -= pixels
+                self._changed.notify_all()
+
+
+@dataclass(frozen=True)
+class ThumbnailTarget:
+    thumb: Path  # the cached JPEG (may not exist yet)
+    source: Path  # the stored image
+    pixels: int  # width x height, from the image row
+
+
+def thumbnail_target(session: Session, workspace: Workspace, project_id: str, filename: str) -> ThumbnailTarget:
+    """Where the thumbnail of `filename` lives, only if it is an image row of this project."""
+    get_project(session, project_id)
+    row = session.execute(
+        select(Image.width, Image.height).where(Image.project_id == project_id, Image.filename == filename)
+    ).first()
+    if row is None:
+        raise NotFound(f"File {filename} not found")
+    thumb = safe_join(workspace.thumbs_dir(project_id), Path(filename).stem + ".jpg")
+    return ThumbnailTarget(thumb, safe_join(workspace.images_dir(project_id), filename), row.width * row.height)
+
+
+def slots_of(state, max_pixels: int) -> DecodeSlots:
+    """The app's slots (made on first use, on the app's event loop)."""
+    slots = getattr(state, "thumbnail_slots", None)
+    if slots is None:
+        slots = state.thumbnail_slots = DecodeSlots(SLOTS, max_pixels)
+    return slots
+
+
+async def ensure_thumbnail(slots: DecodeSlots, target: ThumbnailTarget, max_pixels: int) -> Path | None:
+    """The thumbnail file, made now if missing; None when the image is over `max_pixels` (serve
+    `placeholder()`). Raises NotFound when the stored image is gone too."""
+    if target.thumb.is_file():
+        return target.thumb
+    if target.pixels > max_pixels:
+        return None
+    async with slots.hold(target.pixels):
+        if target.thumb.is_file():  # made by a request that held the slot before us
+            return target.thumb
+        if not target.source.is_file():
+            raise NotFound(f"File {target.source.name} not found")
+        # Not cancellable: the slot stays held until the decode has really ended.
+        await run_in_threadpool(make_thumbnail, target.source, target.thumb, THUMBNAIL_SIZE, max_pixels)
+    return target.thumb
+
+
+_PLACEHOLDER: bytes | None = None
+
+
+def placeholder() -> bytes:
+    """A plain grey JPEG for an image too large to decode."""
+    global _PLACEHOLDER
+    if _PLACEHOLDER is None:
+        from PIL import Image as PILImage
+
+        buffer = io.BytesIO()
+        PILImage.new("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE), (200, 200, 200)).save(buffer, format="JPEG")
+        _PLACEHOLDER = buffer.getvalue()
+    return _PLACEHOLDER
