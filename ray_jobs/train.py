@@ -9,7 +9,9 @@ in the same database and stream to the same page.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import threading
 import time
@@ -22,6 +24,7 @@ import typer
 
 from appliance.store import runs
 from appliance.store.db import session_scope
+from appliance.store.errors import AppError
 from appliance.store.paths import Workspace
 from appliance.store.records import get_owned
 from appliance.store.status import JobStatus
@@ -32,14 +35,15 @@ CHECKPOINTS_KEPT = 2
 
 
 class RunReporter:
-    """Worker side: persist each epoch, publish it on the bus, log a line, answer stop requests."""
+    """Worker side: persist each epoch, publish it on the bus, log a line, answer stop requests.
+    Writes only while the run still holds `claim_id` (a worker of an older claim writes nothing)."""
 
-    def __init__(self, db_url: str, experiment_id: str, log_file: str):
-        self.db_url, self.experiment_id, self.log_file = db_url, experiment_id, log_file
+    def __init__(self, db_url: str, experiment_id: str, log_file: str, claim_id: str | None = None):
+        self.db_url, self.experiment_id, self.log_file, self.claim_id = db_url, experiment_id, log_file, claim_id
         self.bus = get_event_bus()
 
     def epoch_end(self, event: dict) -> None:
-        runs.record_epoch(self.db_url, self.experiment_id, event)
+        runs.record_epoch(self.db_url, self.experiment_id, event, self.claim_id)
         self.bus.publish.remote(self.experiment_id, "epoch_end", event)
         self.log(
             f"epoch {event['epoch']}/{event['epochs']}  train_loss {_fmt(event['train_loss'])}  "
@@ -107,8 +111,72 @@ def epoch_gate_callback(bus, experiment_id: str):
     return EpochGate()
 
 
+EPOCH_LINE = re.compile(r"^\S+ \S+  epoch (\d+)/\d+  ")  # a line `RunReporter.epoch_end` wrote
+
+
+def checkpoint_epoch(path: str | Path) -> tuple[int, int]:
+    """(epochs completed, global step) of a Lightning checkpoint written at the end of an epoch
+    (its `epoch` is then the 0-based index of that epoch). Memory-mapped: the weights are not read."""
+    import torch
+
+    state = torch.load(str(path), map_location="cpu", weights_only=False, mmap=True)
+    return int(state["epoch"]) + 1, int(state["global_step"])
+
+
+def newest_checkpoint(candidates: list[tuple[str, str]]) -> tuple[str, str, int] | None:
+    """Of (description, path) candidates, the one furthest into training as (description, path,
+    epochs completed); unreadable ones are skipped. Ties go to the earlier candidate."""
+    best = None
+    for name, path in candidates:
+        try:
+            epoch, step = checkpoint_epoch(path)
+        except Exception:
+            continue
+        if best is None or (epoch, step) > best[0]:
+            best = ((epoch, step), name, path)
+    return None if best is None else (best[1], best[2], best[0][0])
+
+
+def rewind_log(log_file: str, epoch: int) -> None:
+    """Drop the log's epoch lines after `epoch` (those epochs are trained again), atomically."""
+    path = Path(log_file)
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    kept = [line for line in lines if not ((m := EPOCH_LINE.match(line)) and int(m.group(1)) > epoch)]
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def resume_point(reporter: RunReporter | None, cfg: dict, ray_checkpoint_file: str | None) -> str | None:
+    """On resume: the newest checkpoint on disk — Ray's latest reported one, or the run's own
+    `last.ckpt` when it is further on (Ray registers a reported checkpoint a little later, so after
+    a kill -9 its latest may lag the run by epochs). The recorded history and the log are made to
+    match it: epochs recorded after it are forgotten and trained again (by the rank-0 worker, the one
+    given a `reporter`). None: start afresh."""
+    candidates = [("Ray's checkpoint", ray_checkpoint_file)] if ray_checkpoint_file else []
+    last = Path(cfg["weights_dir"]) / "last.ckpt"
+    if last.is_file():
+        candidates.append(("the run's last.ckpt", str(last)))
+    chosen = newest_checkpoint(candidates)
+    if reporter is None:
+        return None if chosen is None else chosen[1]
+    epoch = 0 if chosen is None else chosen[2]
+    dropped = runs.rewind(cfg["db_url"], cfg["experiment_id"], epoch, cfg.get("claim_id"))
+    rewind_log(cfg["log_file"], epoch)
+    if chosen is None:
+        reporter.log("no checkpoint to resume from: training from the start")
+        return None
+    span = f" {dropped[0]}" if len(dropped) == 1 else f"s {dropped[0]}-{dropped[-1]}" if dropped else ""
+    note = f"; recorded epoch{span} not in it, trained again" if dropped else ""
+    reporter.log(f"resuming after epoch {epoch} from {chosen[0]}{note}")
+    return chosen[1]
+
+
 def train_loop_per_worker(cfg: dict) -> None:
-    """Runs on the Train worker. Resumes from Ray's latest checkpoint of this run when present."""
+    """Runs on the Train worker. On resume, continues from the newest checkpoint on disk (`resume_point`)."""
     import ray.train
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
@@ -117,7 +185,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     from ray_jobs.core.module import TrainConfig
 
     set_max_image_pixels(cfg.get("max_image_pixels"))
-    reporter = RunReporter(cfg["db_url"], cfg["experiment_id"], cfg["log_file"])
+    reporter = RunReporter(cfg["db_url"], cfg["experiment_id"], cfg["log_file"], cfg.get("claim_id"))
     checkpoints = BestLastCheckpoint(cfg["weights_dir"])
     callbacks = [  # in this order: the event, then the files, then Ray's copy of last.ckpt
         EpochEventCallback(reporter.epoch_end, reporter.should_stop),
@@ -133,39 +201,40 @@ def train_loop_per_worker(cfg: dict) -> None:
     )
     trainer = prepare_trainer(trainer)
     checkpoint = ray.train.get_checkpoint() if cfg["resume"] else None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            reporter.log(f"resuming from Ray checkpoint {checkpoint.path}")
-            trainer.fit(module, datamodule=datamodule, ckpt_path=os.path.join(folder, CHECKPOINT_NAME))
-    elif cfg["resume"] and cfg.get("fallback_ckpt"):
-        reporter.log(f"resuming from {cfg['fallback_ckpt']}")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg["fallback_ckpt"])
-    else:
-        trainer.fit(module, datamodule=datamodule)
+    with (checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext()) as folder:
+        ckpt_path = None
+        if cfg["resume"]:
+            lead = reporter if ray.train.get_context().get_world_rank() == 0 else None
+            ckpt_path = resume_point(lead, cfg, os.path.join(folder, CHECKPOINT_NAME) if folder else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
 
-def run_training(experiment_id: str, resume: bool = False) -> dict:
-    """Drive one claimed run (`appliance.store.runs.claim`) to its end and return `{"status",
-    "best_metric", "error"}`. Never leaves the experiment `running`: every exit path goes through
-    `runs.finish`."""
+def run_training(experiment_id: str, resume: bool, claim_id: str, ray_driver: str | None = None) -> dict:
+    """Drive one claimed run (`appliance.store.runs.claim` returned `claim_id`) to its end and
+    return `{"status", "best_metric", "error"}`. A record that is no longer queued under that claim
+    (claimed again, stopped, reaped, deleted) is refused with a 409 `Conflict` and left untouched.
+    Never leaves a run it took `running`: every exit path goes through `runs.finish`.
+    `ray_driver` identifies this driver to Ray (`task:…`, `driver:…`), so a reaper can ask Ray later."""
     settings = appliance_settings()
     bus = get_event_bus()
     gates = bool(settings.get("training_gates"))
     db_url, workspace = settings["db_url"], Workspace(Path(settings["workspace"]))
     # A driver waiting to start is alive too: heart-beat from here, so a queued run is not reaped.
     beating = threading.Event()
-    threading.Thread(target=_heartbeat, args=(db_url, experiment_id, beating), daemon=True).start()
+    threading.Thread(target=_heartbeat, args=(db_url, experiment_id, claim_id, beating), daemon=True).start()
     try:
         if gates:
             pass_gate(bus, experiment_id, "start")
         run = runs.plan(db_url, workspace, experiment_id)
         if run is None:
             raise SystemExit(f"Experiment {experiment_id} not found")
-        if run.status == JobStatus.QUEUED and ray.get(bus.stop_requested.remote(experiment_id)):
+        if run.status == JobStatus.QUEUED and run.claim_id == claim_id and ray.get(bus.stop_requested.remote(experiment_id)):
             # Stopped while queued: end before anything is touched (history, checkpoints, log).
-            return _finish(bus, db_url, experiment_id, beating, JobStatus.STOPPED, None)
-        # Checks the training slot: a Conflict here (another run trains) leaves this experiment as it was.
-        runs.mark_running(db_url, experiment_id, os.environ.get("RAY_JOB_SUBMISSION_ID") or "ui", resume)
+            return _finish(bus, db_url, experiment_id, claim_id, beating, JobStatus.STOPPED, None)
+        # The claim check (queued → running only under `claim_id`), then the training slot: a
+        # Conflict here leaves this experiment as it was.
+        runs.mark_running(db_url, experiment_id, claim_id, os.environ.get("RAY_JOB_SUBMISSION_ID") or "ui", resume,
+                          ray_driver=ray_driver or _driver_identity())
     except BaseException:
         beating.set()
         raise
@@ -173,7 +242,7 @@ def run_training(experiment_id: str, resume: bool = False) -> dict:
 
     status, error = JobStatus.FAILED, None
     try:
-        status = _train(settings, bus, workspace, experiment_id, run, resume, gates)
+        status = _train(settings, bus, workspace, experiment_id, run, resume, gates, claim_id)
     except BaseException as exc:  # includes KeyboardInterrupt from `ray job stop`
         error = _reason(exc)
         status = JobStatus.STOPPED if isinstance(exc, KeyboardInterrupt) else JobStatus.FAILED
@@ -181,12 +250,21 @@ def run_training(experiment_id: str, resume: bool = False) -> dict:
         if not isinstance(exc, Exception):
             raise
     finally:
-        outcome = _finish(bus, db_url, experiment_id, beating, status, error)
+        outcome = _finish(bus, db_url, experiment_id, claim_id, beating, status, error)
     return outcome
 
 
+def _driver_identity() -> str | None:
+    """This process as Ray knows it, outside a task: its job (a `ray job submit` entrypoint is the
+    driver of the submission's job; Ray's State API reports the submission's status under it)."""
+    try:
+        return f"driver:{ray.get_runtime_context().get_job_id()}"
+    except Exception:
+        return None
+
+
 def _train(settings: dict, bus, workspace: Workspace, experiment_id: str, run: runs.RunPlan, resume: bool,
-           gates: bool) -> JobStatus:
+           gates: bool, claim_id: str) -> JobStatus:
     """Fit on one Train worker; `completed`, or `stopped` when a stop ended it short of the plan."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -205,14 +283,13 @@ def _train(settings: dict, bus, workspace: Workspace, experiment_id: str, run: r
     write_log(str(log_file), f"{'resuming' if resume else 'starting'} {run.model} for {params['epochs']} epochs on "
               f"{'1 GPU' if use_gpu else 'CPU'}: {len(train_samples)} train / {len(val_samples)} val images")
     config = TrainConfig.from_run(run.model, run.class_names, params, weights_dir=settings["weights_dir"]).to_dict()
-    last = run_dir / "weights" / "last.ckpt"
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": config, "train_samples": train_samples, "val_samples": val_samples,
             "experiment_id": experiment_id, "db_url": db_url, "run_dir": str(run_dir),
             "weights_dir": str(run_dir / "weights"), "log_file": str(log_file), "use_gpu": use_gpu,
-            "resume": resume, "fallback_ckpt": str(last) if last.is_file() else None, "gates": gates,
+            "resume": resume, "gates": gates, "claim_id": claim_id,
             "max_image_pixels": settings.get("max_image_pixels"),
         },
         scaling_config=ScalingConfig(
@@ -231,19 +308,19 @@ def _train(settings: dict, bus, workspace: Workspace, experiment_id: str, run: r
     return JobStatus.STOPPED if stopped and not finished_all else JobStatus.COMPLETED
 
 
-def _finish(bus, db_url: str, experiment_id: str, beating: threading.Event, status: JobStatus,
+def _finish(bus, db_url: str, experiment_id: str, claim_id: str, beating: threading.Event, status: JobStatus,
             error: str | None) -> dict:
     beating.set()
     bus.clear_stop.remote(experiment_id)
-    outcome = runs.finish(db_url, experiment_id, status, error)
+    outcome = runs.finish(db_url, experiment_id, status, error, claim_id=claim_id)
     bus.publish.remote(experiment_id, "complete", {k: outcome.get(k) for k in ("status", "best_metric", "error")})
     return outcome
 
 
-def _heartbeat(db_url: str, experiment_id: str, done: threading.Event) -> None:
+def _heartbeat(db_url: str, experiment_id: str, claim_id: str, done: threading.Event) -> None:
     while not done.wait(runs.HEARTBEAT_EVERY_S):
         try:
-            runs.heartbeat(db_url, experiment_id)
+            runs.heartbeat(db_url, experiment_id, claim_id)
         except Exception:
             pass
 
@@ -260,9 +337,12 @@ def _reason(exc: BaseException) -> str:
     return (inner if cause is not exc else text)[-2000:]
 
 
-# The UI's launcher: zero CPUs (the Train worker takes the CPU/GPU), never retried — a crashed
-# driver leaves the run `interrupted`, resumable, rather than silently starting over.
-run_training_task = ray.remote(num_cpus=0, max_retries=0)(run_training)
+@ray.remote(num_cpus=0, max_retries=0)
+def run_training_task(experiment_id: str, resume: bool, claim_id: str) -> dict:
+    """The UI's launcher: zero CPUs (the Train worker takes the CPU/GPU), never retried — a crashed
+    driver leaves the run `interrupted`, resumable, rather than silently starting over. The task
+    records its own id with the run, so a reaper can ask Ray whether it still runs."""
+    return run_training(experiment_id, resume, claim_id, ray_driver=f"task:{ray.get_runtime_context().get_task_id()}")
 
 cli = typer.Typer(add_completion=False)
 
@@ -276,11 +356,16 @@ def main(
     """Train an experiment of a running AI Studio on this Ray cluster."""
     settings = appliance_settings()
     bus = get_event_bus()
-    with session_scope(settings["db_url"]) as session:
-        exp = get_owned(session, Experiment, "experiment", project, experiment)
-        # Takes the training slot and queues the run, as a start from the UI does.
-        runs.claim(session, exp, before_queued=lambda run_id: ray.get(bus.reset.remote(run_id)))
-    outcome = run_training(experiment, resume)
+    try:
+        with session_scope(settings["db_url"]) as session:
+            exp = get_owned(session, Experiment, "experiment", project, experiment)
+            # Takes the training slot and queues the run, as a start from the UI does; refused
+            # (409) while this experiment, or another one, is queued or training.
+            claim_id = runs.claim(session, exp, before_queued=lambda run_id: ray.get(bus.reset.remote(run_id)))
+    except AppError as exc:
+        typer.echo(f"Refused: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    outcome = run_training(experiment, resume, claim_id)
     typer.echo(f"{experiment}: {outcome['status']} (best metric {outcome.get('best_metric')})")
     raise typer.Exit(0 if outcome["status"] in (JobStatus.COMPLETED, JobStatus.STOPPED) else 1)
 

@@ -77,7 +77,7 @@ def run(body: RunRequest, session: SessionDep, settings: SettingsDep, runner: Ru
 
     bus = get_event_bus()
     exp = service.request_run(session, body, reset_events=lambda run_id: ray.get(bus.reset.remote(run_id)))
-    runner.submit("training", service.launch, settings.db_url, exp.id, body.resume)
+    runner.submit("training", service.launch, settings.db_url, exp.id, body.resume, exp.claim_id)
     return ok(service.experiment_public(session, exp))
 
 

@@ -166,7 +166,7 @@ def request_run(session: Session, body: RunRequest, reset_events: Callable[[str]
     elif body.epochs is not None:
         raise ValidationFailed("epochs: only with resume=true (to extend a run); edit a new experiment instead")
     params = {**exp.params, "epochs": body.epochs} if body.epochs is not None else None
-    runs.claim(session, exp, params, before_queued=reset_events)
+    runs.claim(session, exp, params, before_queued=reset_events)  # sets exp.claim_id, for `launch`
     return exp
 
 
@@ -181,21 +181,23 @@ def read_log(workspace: Workspace, exp: Experiment, tail_bytes: int = 64_000) ->
 
 # ---------------------------------------------------------------- launching, stopping, watching (ingress side)
 
-def launch(db_url: str, experiment_id: str, resume: bool) -> None:
-    """Runner job (training lane): drive the run as a Ray task and wait for it. If the task itself
-    dies (worker crash, Ray lost) the run did not finish cleanly: mark it interrupted."""
+def launch(db_url: str, experiment_id: str, resume: bool, claim_id: str | None = None) -> None:
+    """Runner job (training lane): drive the claimed run as a Ray task and wait for it. If the task
+    itself dies (worker crash, Ray lost) the run did not finish cleanly: mark it interrupted —
+    unless it was claimed again since (then it is another start's run)."""
     import ray
 
     from ray_jobs.train import run_training_task
 
     try:
-        ref = run_training_task.remote(experiment_id, resume)
+        ref = run_training_task.remote(experiment_id, resume, claim_id)
         with ray_tasks.tracked(experiment_id, ref):
             ray.get(ref)
     except Exception as exc:
         log.warning("Training driver for %s ended abnormally: %s", experiment_id, exc)
         if runs.is_active(db_url, experiment_id):
-            runs.finish(db_url, experiment_id, JobStatus.INTERRUPTED, f"The training process died: {str(exc)[-500:]}")
+            runs.finish(db_url, experiment_id, JobStatus.INTERRUPTED, f"The training process died: {str(exc)[-500:]}",
+                        claim_id=claim_id)
 
 
 def request_stop(session: Session, project_id: str, experiment_id: str) -> Experiment:
@@ -211,10 +213,13 @@ def request_stop(session: Session, project_id: str, experiment_id: str) -> Exper
 
 
 def watch_runs(db_url: str, stop, every_s: float = 10.0) -> None:
-    """Runner job (watch lane): reap runs whose driver vanished, until the app shuts down."""
+    """Runner job (watch lane): reap runs whose driver vanished (Ray says it ended, or it stopped
+    heart-beating), until the app shuts down."""
+    from appliance.services.recovery import ray_driver_alive
+
     while not stop.wait(every_s):
         try:
-            for exp_id in runs.reap_stale_runs(db_url):
+            for exp_id in runs.reap_stale_runs(db_url, driver_alive=ray_driver_alive):
                 log.warning("Experiment %s stopped heart-beating; marked interrupted", exp_id)
         except Exception:
             log.exception("Reaping stale runs failed")
@@ -222,9 +227,10 @@ def watch_runs(db_url: str, stop, every_s: float = 10.0) -> None:
 
 def recover_runs(app) -> None:
     """At start-up: runs left active by a dead process become `interrupted`; then keep watching."""
-    from appliance.services.recovery import ray_started_at
+    from appliance.services.recovery import ray_driver_alive, ray_started_at
 
     settings = app.state.settings
-    for exp_id in runs.reap_stale_runs(settings.db_url, ray_started_at=ray_started_at()):
+    reaped = runs.reap_stale_runs(settings.db_url, ray_started_at=ray_started_at(), driver_alive=ray_driver_alive)
+    for exp_id in reaped:
         log.warning("Experiment %s was cut off by a restart; marked interrupted", exp_id)
     app.state.runner.submit("watch", watch_runs, settings.db_url, app.state.stopping)

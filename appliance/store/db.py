@@ -27,8 +27,17 @@ def _login_sessions(conn: Connection) -> None:
     LoginSession.__table__.create(conn, checkfirst=True)
 
 
+def _add_run_claim_and_driver(conn: Connection) -> None:
+    """Experiments: `claim_id` (the claim a run's driver must still hold) and `ray_driver` (the Ray
+    job or task driving it). Skipped where v1 was just created from tables that already have them."""
+    have = {c["name"] for c in inspect(conn).get_columns("experiments")}
+    for name, kind in (("claim_id", "VARCHAR(32)"), ("ray_driver", "VARCHAR(200)")):
+        if name not in have:
+            conn.exec_driver_sql(f"ALTER TABLE experiments ADD COLUMN {name} {kind}")
+
+
 # Append a function for each schema change; never edit a released entry.
-MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1, _login_sessions]
+MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1, _login_sessions, _add_run_claim_and_driver]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

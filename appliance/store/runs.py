@@ -7,6 +7,8 @@ run started from the UI and one from `ray job submit` look the same.
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -55,13 +57,17 @@ def release_slot(session: Session, experiment_id: str) -> None:
     session.commit()
 
 
-def claim(session: Session, exp: Experiment, params: dict | None = None, before_queued=None) -> None:
-    """Queue the run and take the slot in one transaction, or raise 409 and change nothing. The
-    status change is one conditional UPDATE (not active → queued), so of two starts of the same run
-    racing here only one succeeds; the slot's primary key decides between different runs.
+def claim(session: Session, exp: Experiment, params: dict | None = None, before_queued=None) -> str:
+    """Queue the run and take the slot in one transaction, or raise 409 and change nothing; return
+    the claim id. The status change is one conditional UPDATE (not active → queued, with a fresh
+    claim id), so of two starts of the same run racing here only one succeeds; the slot's primary
+    key decides between different runs. The driver launched for this claim passes the claim id to
+    `mark_running`, which refuses a record claimed again since (or no longer queued).
     `before_queued(id)` runs once the claim is won, before the run shows as `queued` (the event bus
     forgets the previous attempt there, so a stop asked for the queued run survives)."""
-    values = {"status": JobStatus.QUEUED, "error": None, "heartbeat_at": utcnow()}
+    claim_id = secrets.token_hex(8)
+    values = {"status": JobStatus.QUEUED, "error": None, "heartbeat_at": utcnow(), "claim_id": claim_id,
+              "ray_driver": None}
     if params is not None:
         values["params"] = params
     try:
@@ -69,7 +75,8 @@ def claim(session: Session, exp: Experiment, params: dict | None = None, before_
             update(Experiment).where(Experiment.id == exp.id, Experiment.status.not_in(ACTIVE)).values(**values)
         ).rowcount
         if won != 1:
-            raise Conflict(f"Experiment {exp.id} is already queued or training")
+            session.rollback()
+            raise Conflict(already_active(exp.id, session.scalar(select(Experiment.status).where(Experiment.id == exp.id))))
         _take_slot(session, exp.id)
         if before_queued is not None:
             before_queued(exp.id)
@@ -81,6 +88,13 @@ def claim(session: Session, exp: Experiment, params: dict | None = None, before_
         session.rollback()
         raise
     session.refresh(exp)
+    return claim_id
+
+
+def already_active(experiment_id: str, status: str | None) -> str:
+    if status in ACTIVE:
+        return f"Experiment {experiment_id} is already {status}; wait for it to end or stop it first"
+    return f"Experiment {experiment_id} is being started by another request"
 
 
 # ---------------------------------------------------------------- the run's life (the driver's side)
@@ -96,6 +110,7 @@ class RunPlan:
     status: str
     run_dir: Path
     log_file: Path
+    claim_id: str | None = None
 
 
 def plan(db_url: str, workspace: Workspace, experiment_id: str) -> RunPlan | None:
@@ -104,38 +119,78 @@ def plan(db_url: str, workspace: Workspace, experiment_id: str) -> RunPlan | Non
         if exp is None:
             return None
         return RunPlan(exp.project_id, exp.model, dict(exp.params), list(exp.class_names), exp.status,
-                       run_dir(workspace, exp), log_path(workspace, exp))
+                       run_dir(workspace, exp), log_path(workspace, exp), exp.claim_id)
 
 
-def mark_running(db_url: str, experiment_id: str, job_id: str | None, resume: bool) -> None:
-    """The claimed run starts. It checks that it still holds the slot (re-entrant; it takes the slot
-    back if a reaper freed it meanwhile, and a 409 leaves the run as it was when another run has it)."""
+def mark_running(db_url: str, experiment_id: str, claim_id: str, job_id: str | None, resume: bool,
+                 ray_driver: str | None = None) -> None:
+    """The claimed run starts: one conditional UPDATE moves it queued → running only while it still
+    holds `claim_id`; a record claimed again since, stopped, reaped or deleted is refused with a 409
+    and left as it is. It also checks the training slot (re-entrant; it takes the slot back if a
+    reaper freed it meanwhile, and a 409 leaves the run as it was when another run has it)."""
     with session_scope(db_url) as s:
-        exp = s.get(Experiment, experiment_id)
-        acquire_slot(s, experiment_id)
-        exp.status, exp.error, exp.job_id = JobStatus.RUNNING, None, job_id
-        exp.started_at, exp.heartbeat_at, exp.finished_at = utcnow(), utcnow(), None
+        now = utcnow()
+        won = s.execute(
+            update(Experiment)
+            .where(Experiment.id == experiment_id, Experiment.status == JobStatus.QUEUED, Experiment.claim_id == claim_id)
+            .values(status=JobStatus.RUNNING, error=None, job_id=job_id, ray_driver=ray_driver, started_at=now,
+                    heartbeat_at=now, finished_at=None)
+        ).rowcount
+        if won != 1:
+            s.rollback()
+            exp = s.get(Experiment, experiment_id)
+            state = "deleted" if exp is None else exp.status
+            raise Conflict(f"Experiment {experiment_id} is {state}, no longer the queued run this driver was "
+                           "started for; it was left as it is")
+        try:
+            _take_slot(s, experiment_id)
+        except IntegrityError:
+            raise Conflict(ALREADY_TRAINING) from None
         if not resume:
             s.execute(delete(EpochRecord).where(EpochRecord.experiment_id == experiment_id))
-            exp.epochs_done, exp.best_metric = 0, None
+            s.execute(update(Experiment).where(Experiment.id == experiment_id).values(epochs_done=0, best_metric=None))
 
 
-def heartbeat(db_url: str, experiment_id: str) -> None:
+def _holds(exp: Experiment | None, claim_id: str | None) -> bool:
+    """Whether a driver (or worker) of `claim_id` may still write to the run; None: not checked."""
+    return exp is not None and (claim_id is None or exp.claim_id == claim_id)
+
+
+def heartbeat(db_url: str, experiment_id: str, claim_id: str | None = None) -> None:
     with session_scope(db_url) as s:
         exp = s.get(Experiment, experiment_id)
-        if exp is not None:
+        if _holds(exp, claim_id) and exp.status in ACTIVE:
             exp.heartbeat_at = utcnow()
 
 
-def record_epoch(db_url: str, experiment_id: str, event: dict) -> None:
+def record_epoch(db_url: str, experiment_id: str, event: dict, claim_id: str | None = None) -> None:
     with session_scope(db_url) as s:
-        s.merge(EpochRecord(experiment_id=experiment_id, epoch=int(event["epoch"]), metrics=event))
         exp = s.get(Experiment, experiment_id)
+        if not _holds(exp, claim_id):
+            return  # a worker of an older claim: not this run's history any more
+        s.merge(EpochRecord(experiment_id=experiment_id, epoch=int(event["epoch"]), metrics=event))
         exp.epochs_done = max(exp.epochs_done, int(event["epoch"]))
         metric = event.get("val_metric")
         if metric is not None and metric == metric and (exp.best_metric is None or metric > exp.best_metric):
             exp.best_metric = float(metric)
         exp.heartbeat_at = utcnow()
+
+
+def rewind(db_url: str, experiment_id: str, epoch: int, claim_id: str | None = None) -> list[int]:
+    """A resume continues from a checkpoint of `epoch`: forget recorded epochs after it (they are
+    trained again) and recompute `epochs_done` and `best_metric`; return the epochs forgotten."""
+    with session_scope(db_url) as s:
+        exp = s.get(Experiment, experiment_id)
+        if not _holds(exp, claim_id):
+            return []
+        rows = list(s.scalars(select(EpochRecord).where(EpochRecord.experiment_id == experiment_id)))
+        dropped = sorted(r.epoch for r in rows if r.epoch > epoch)
+        kept = [r.metrics.get("val_metric") for r in rows if r.epoch <= epoch]
+        kept = [float(m) for m in kept if m is not None and m == m]
+        s.execute(delete(EpochRecord).where(EpochRecord.experiment_id == experiment_id, EpochRecord.epoch > epoch))
+        exp.epochs_done = min(exp.epochs_done, epoch)
+        exp.best_metric = max(kept) if kept else None
+        return dropped
 
 
 def epochs_done(db_url: str, experiment_id: str) -> int:
@@ -149,36 +204,53 @@ def is_active(db_url: str, experiment_id: str) -> bool:
         return exp is not None and exp.status in ACTIVE
 
 
-def finish(db_url: str, experiment_id: str, status: JobStatus, error: str | None = None) -> dict:
-    """End the run and free the slot; `{"status", "best_metric", "error"}` as plain values."""
+def finish(db_url: str, experiment_id: str, status: JobStatus, error: str | None = None,
+           claim_id: str | None = None) -> dict:
+    """End the run and free the slot; `{"status", "best_metric", "error"}` as plain values. With
+    `claim_id`, a run claimed again since is left alone (its outcome is returned unchanged)."""
     status = JobStatus(status)
     with session_scope(db_url) as s:
         exp = s.get(Experiment, experiment_id)
         if exp is None:
             return {"status": status.value, "best_metric": None}
+        if not _holds(exp, claim_id):
+            return {"status": exp.status, "best_metric": exp.best_metric, "error": exp.error}
         exp.status, exp.error, exp.finished_at = status, error, utcnow()
         release_slot(s, experiment_id)
         return {"status": status.value, "best_metric": exp.best_metric, "error": error}
 
 
-def reap_stale_runs(db_url: str, now: datetime | None = None, ray_started_at: datetime | None = None) -> list[str]:
-    """Runs whose driver stopped heart-beating died with their process: mark them `interrupted`
-    (resumable from the last checkpoint) and free the slot. Called at start-up and periodically.
-    With `ray_started_at` (start-up), a run last heard of before the current Ray cluster came up
-    cannot be running in it: it is interrupted at once, without waiting for the heartbeat timeout."""
+def reap_stale_runs(db_url: str, now: datetime | None = None, ray_started_at: datetime | None = None,
+                    driver_alive: Callable[[str], bool | None] | None = None) -> list[str]:
+    """Runs whose driver died: mark them `interrupted` (resumable from the last checkpoint) and
+    free the slot. Called at start-up and periodically. In order:
+    - with `ray_started_at` (start-up), a run last heard of before the current Ray cluster came up
+      cannot be running in it: interrupted at once;
+    - with `driver_alive(ray_driver)` (asks Ray about the job or task recorded by `mark_running`),
+      a run whose driver Ray reports ended is interrupted at once; None means Ray does not know;
+    - otherwise a run whose heartbeat is older than STALE_AFTER."""
     now = now or utcnow()
-    reaped = []
+    candidates: dict[str, tuple[datetime | None, str | None]] = {}
     with session_scope(db_url) as s:
         for exp in s.scalars(select(Experiment).where(Experiment.status.in_(ACTIVE))):
-            beat = exp.heartbeat_at
-            if beat is not None and ray_started_at is not None and beat < ray_started_at:
-                exp.error = "The server restarted during this run, which ended with it; resume to continue"
-            elif beat is None or now - beat > STALE_AFTER:
-                exp.error = "The training process stopped responding (server or job died); resume to continue"
-            else:
-                continue
-            exp.status, exp.finished_at = JobStatus.INTERRUPTED, now
-            reaped.append(exp.id)
+            candidates[exp.id] = (exp.heartbeat_at, exp.ray_driver)
+    # Ray is asked outside any transaction (it may take a moment); the record is re-checked below.
+    verdicts: dict[str, str] = {}
+    for exp_id, (beat, driver) in candidates.items():
+        if beat is not None and ray_started_at is not None and beat < ray_started_at:
+            verdicts[exp_id] = "The server restarted during this run, which ended with it; resume to continue"
+        elif driver and driver_alive is not None and driver_alive(driver) is False:
+            verdicts[exp_id] = f"Ray reports the run's driver ({driver}) has ended; resume to continue"
+        elif beat is None or now - beat > STALE_AFTER:
+            verdicts[exp_id] = "The training process stopped responding (server or job died); resume to continue"
+    reaped = []
+    with session_scope(db_url) as s:
+        for exp_id, reason in verdicts.items():
+            exp = s.get(Experiment, exp_id)
+            if exp is None or exp.status not in ACTIVE or (exp.heartbeat_at, exp.ray_driver) != candidates[exp_id]:
+                continue  # ended, or moved on (a new claim, a fresh heartbeat) while Ray was asked
+            exp.status, exp.error, exp.finished_at = JobStatus.INTERRUPTED, reason, now
+            reaped.append(exp_id)
         for exp_id in reaped:
             s.execute(delete(Lock).where(Lock.name == TRAINING_LOCK, Lock.holder == exp_id))
         # A slot held by a run that is no longer active is stale too.

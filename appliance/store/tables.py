@@ -151,6 +151,10 @@ class Experiment(Base):
     epochs_done: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     job_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # Set by each claim (`runs.claim`); the driver of that claim is the only one that may move the run on.
+    claim_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Who drives the run in Ray, to ask Ray whether it still lives: `task:<task id>` or `driver:<job id>`.
+    ray_driver: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # Written every few seconds by the process driving the run; a stale one means the run died.
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

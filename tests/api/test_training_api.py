@@ -197,7 +197,7 @@ def test_two_starts_of_one_run_claim_it_once(settings, ready, client):
         for t in threads:
             t.join(timeout=120)
         assert outcomes.count("won") == 1
-        assert [o for o in outcomes if o != "won"] == [f"Experiment {eid} is already queued or training"] * (claimants - 1)
+        assert [o for o in outcomes if o != "won"] == [f"Experiment {eid} is already queued; wait for it to end or stop it first"] * (claimants - 1)
         with session_scope(settings.db_url) as s:
             assert s.get(Experiment, eid).status == "queued"
             assert [(lock.name, lock.holder) for lock in s.scalars(select(Lock))] == [("training", eid)]

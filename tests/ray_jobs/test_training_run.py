@@ -95,7 +95,11 @@ def test_ray_job_submit_runs_the_same_entrypoint(server, dataset):
     token_file = Path.home() / ".ray" / "auth_token"
     headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"} if token_file.is_file() else None
     client = JobSubmissionClient(f"http://127.0.0.1:{server.settings.ray_dashboard_port}", headers=headers)
-    entrypoint = f"{sys.executable} -m ray_jobs.train --project {pid} --experiment {eid}"
+    # RAY_ADDRESS: Ray's job supervisor hands the job the address of the local cluster started last
+    # (/tmp/ray/ray_current_cluster), another test session's on a shared host.
+    import ray
+
+    entrypoint = f"RAY_ADDRESS={ray.get_runtime_context().gcs_address} {sys.executable} -m ray_jobs.train --project {pid} --experiment {eid}"
     job = wait_for(lambda: _submit(client, entrypoint), lambda submitted: submitted is not None, timeout=120, every=2)
     status = wait_for(lambda: client.get_job_status(job), lambda s: s in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}, timeout=300, every=1)
     assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)[-3000:]
