@@ -158,8 +158,7 @@ async def stream(
             try:
                 seen, last_beat = 0, time.monotonic()
                 while not state.stopping.is_set() and not await request.is_disconnected():
-                    news = feed.events[seen:]
-                    seen += len(news)
+                    news, seen = feed.since(seen)
                     for ev in news:
                         data = ev["data"]
                         if ev["type"] == "epoch_end":

@@ -22,6 +22,7 @@ log = logging.getLogger("aistudio.training")
 
 POLL_S = 0.1
 DB_CHECK_S = 2.0
+KEPT_EVENTS = 5000  # as many as the bus keeps per run; a very slow stream may miss old log lines
 
 Snapshot = tuple[str, list[dict], dict]  # (status, epoch history, {"status", "best_metric", "error"})
 
@@ -29,12 +30,17 @@ Snapshot = tuple[str, list[dict], dict]  # (status, epoch history, {"status", "b
 class RunFeed:
     def __init__(self, feeds: Feeds, run_id: str, bus, snapshot: Callable[[], Snapshot]):
         self.run_id = run_id
-        self.events: list[dict] = []  # the run's bus events, in order (a stream reads from its own index)
+        self.events: list[dict] = []  # the run's latest bus events, in order
+        self.base = 0  # how many events were dropped from the front of `events`
         self.final: Snapshot | None = None  # set once the database says the run is no longer active
         self.broken = False  # the bus or the database failed: streams end (browsers reconnect)
         self.subscribers = 0
         self._feeds, self._bus, self._snapshot = feeds, bus, snapshot
         self._changed = asyncio.Event()
+
+    def since(self, seen: int) -> tuple[list[dict], int]:
+        """The events after the first `seen` of the feed, and the new count seen."""
+        return self.events[max(seen - self.base, 0):], self.base + len(self.events)
 
     async def wait(self, timeout: float) -> None:
         """Until the feed changes, or `timeout` seconds."""
@@ -56,6 +62,10 @@ class RunFeed:
                 if batch:
                     cursor = batch[-1]["seq"]
                     self.events.extend(batch)
+                    if len(self.events) > KEPT_EVENTS:
+                        drop = len(self.events) - KEPT_EVENTS
+                        del self.events[:drop]
+                        self.base += drop
                     self._notify()
                 now = time.monotonic()
                 # The bus may miss a run that died, and epochs reach the database first: it decides the end.
