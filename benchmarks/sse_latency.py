@@ -107,7 +107,7 @@ class StreamReader(threading.Thread):
 
 
 def heartbeat_loop(db_url: str, exp_id: str, stop: threading.Event) -> None:
-    from appliance.services.training import HEARTBEAT_EVERY_S, heartbeat
+    from appliance.store.runs import HEARTBEAT_EVERY_S, heartbeat
 
     while not stop.wait(HEARTBEAT_EVERY_S):
         heartbeat(db_url, exp_id)

@@ -97,7 +97,8 @@ def test_streams_beyond_the_cap_get_429_and_the_api_keeps_answering(server):
         s.join(120)
         assert not s.is_alive()
         kinds = [kind for kind, _ in s.events]
-        assert kinds[-2:] == ["epoch_end", "complete"] and s.events[-1][1]["status"] == "completed", (kinds, s.error)
+        epochs = [data["epoch"] for kind, data in s.events if kind == "epoch_end"]
+        assert epochs == [1] and kinds[-1] == "complete" and s.events[-1][1]["status"] == "completed", (kinds, s.error)
         s.close()
 
 
