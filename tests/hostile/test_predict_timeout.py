@@ -77,7 +77,7 @@ def test_predictions_that_cannot_get_compute_time_out_and_never_stall_the_api(ap
             for _ in range(5):
                 assert probe.get("/api/system/health").status_code == 200
                 projects = probe.get("/api/projects")
-                assert projects.status_code == 200 and pid in [p["id"] for p in projects.json()["data"]]
+                assert projects.status_code == 200 and pid in [p["id"] for p in projects.json()["data"]["items"]]
         results = [f.result() for f in futures]
 
     for response in early:
