@@ -5,7 +5,7 @@ count), creates a few projects and a `running`, heart-beating experiment row, th
 calling `GET /api/projects` in series:
   A1  with no stream open;
   B   with `--streams` SSE streams open on the running experiment (asyncio + httpx in a thread), while
-      the bus gets a `log` event every `--publish-every` s (as a training run's log lines), so the
+      the bus gets a `log` event every `--publish-every` s (2) (as a training run's log lines), so the
       streams have something to deliver;
   A2  with the streams closed again.
 The baseline is A1 + A2 (measured in the same run, around B). Reports p50/p99 of each and the ratio
@@ -75,7 +75,7 @@ class Streams(threading.Thread):
         self.url, self.n = url, n
         self.opened, self.statuses, self.events = 0, [], [0] * n
         self.all_open = threading.Event()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         asyncio.run(self._main())
@@ -86,7 +86,7 @@ class Streams(threading.Thread):
         limits = httpx.Limits(max_connections=self.n + 10, max_keepalive_connections=self.n + 10)
         async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=None), limits=limits) as client:
             tasks = [asyncio.create_task(self._one(client, i)) for i in range(self.n)]
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 await asyncio.sleep(0.1)
             for t in tasks:
                 t.cancel()
@@ -106,7 +106,7 @@ class Streams(threading.Thread):
                             self.all_open.set()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
 
 def measure(http, n: int) -> list[float]:
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--requests", type=int, default=300, help="GET /api/projects calls per phase")
     parser.add_argument("--projects", type=int, default=5)
-    parser.add_argument("--publish-every", type=float, default=0.5, help="seconds between bus log events in B")
+    parser.add_argument("--publish-every", type=float, default=2.0, help="seconds between bus log events in B")
     args = parser.parse_args(argv)
 
     import httpx

@@ -23,7 +23,7 @@ from appliance.services.training import ExperimentCreate, RunRequest
 from appliance.web import render, wants_fragment
 
 router = APIRouter(prefix="/api/training", tags=["training"])
-WAKE_S = 0.5  # a waiting stream looks at the feed, the keep-alive clock and the stop flag this often
+MIN_WAIT_S = 0.05
 STREAM_RETRY_AFTER_S = 5
 
 
@@ -183,7 +183,8 @@ async def stream(
                     if now - last_beat > keepalive_s:  # quiet for a while: proxies may cut an idle stream
                         last_beat = now
                         yield ": keep-alive\n\n"
-                    await feed.wait(min(WAKE_S, keepalive_s))
+                    # Woken by the feed: new events, the run's end, or the app stopping (the feed watches the flag).
+                    await feed.wait(max(MIN_WAIT_S, keepalive_s - (now - last_beat)))
             finally:
                 _feeds(state).unsubscribe(feed)
         finally:

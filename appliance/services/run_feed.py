@@ -5,7 +5,7 @@ the database (every `DB_CHECK_S`, and when the bus says `complete`); each stream
 feed instead of polling on its own, so 200 open streams cost one poll loop, not 200 — and no
 stream makes a blocking call on the event loop (the bus is awaited, the database is read in a
 thread). The feed ends when its last stream goes, when the database says the run ended, or when
-the app is stopping.
+the app is stopping; its streams wake only when it changes or ends (or for their keep-alive).
 """
 
 from __future__ import annotations
