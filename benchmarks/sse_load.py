@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--requests", type=int, default=300, help="GET /api/projects calls per phase")
     parser.add_argument("--projects", type=int, default=5)
-    parser.add_argument("--publish-every", type=float, default=2.0, help="seconds between bus log events in B")
+    parser.add_argument("--publish-every", type=float, default=2.0, help="seconds between bus log events in B (0: none)")
     args = parser.parse_args(argv)
 
     import httpx
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
                         n += 1
                         bus.publish.remote(exp_id, "log", {"line": f"log line {n}"})
 
-                threading.Thread(target=publish, daemon=True).start()
+                if args.publish_every > 0:  # 0: idle streams (keep-alives only)
+                    threading.Thread(target=publish, daemon=True).start()
                 time.sleep(2)
                 b = measure(http, args.requests)
                 stop_publish.set()
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
 
     base = a1 + a2
     figures = {
-        "streams": args.streams, "streams_open": streams.opened, "requests_per_phase": args.requests,
+        "streams": args.streams, "streams_open": streams.opened, "publish_every_s": args.publish_every, "requests_per_phase": args.requests,
         "baseline": summary(base), "a1": summary(a1), "a2": summary(a2), "with_streams": summary(b),
         "events_per_stream_min": events[0], "events_per_stream_max": events[-1],
     }
