@@ -31,11 +31,31 @@ def serve(
     url = start_appliance(settings)
     typer.echo(f"AI Studio is running at {url}  (workspace {settings.workspace}; Ctrl-C to stop)")
     stop = threading.Event()
+
+    def on_signal(*_) -> None:
+        if stop.is_set():  # a second Ctrl-C / SIGTERM while stopping: leave now
+            os._exit(1)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     stop.wait()
     typer.echo("Shutting down…")
+    # Every step of stop_appliance is bounded; this is the last resort if one is not.
+    watchdog = threading.Timer(settings.shutdown_timeout_s + FORCE_EXIT_AFTER_S, _force_exit)
+    watchdog.daemon = True
+    watchdog.start()
     stop_appliance(settings)
+    watchdog.cancel()
+    typer.echo("Stopped.")
+
+
+FORCE_EXIT_AFTER_S = 2.0
+
+
+def _force_exit() -> None:
+    typer.echo("Shutdown did not finish in time; exiting anyway.", err=True)
+    os._exit(1)
 
 
 @cli.command("fetch-weights")

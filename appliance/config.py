@@ -94,6 +94,24 @@ class Settings(BaseSettings):
         default=10.0, gt=0, le=300,
         description="Seconds of quiet after which a live training stream sends a `: keep-alive` comment.",
     )
+    predict_timeout_s: float = Field(
+        default=20.0, gt=0, le=600,
+        description="Longest wait of a \"try one image\" request for its Ray task (e.g. while training holds the "
+        "GPU or CPUs); beyond it the request gets 503 with Retry-After.",
+    )
+    max_concurrent_predictions: int = Field(
+        default=4, ge=1, le=64,
+        description="\"Try one image\" requests in flight at once; more get 503 with Retry-After at once.",
+    )
+    max_sse_streams: int = Field(
+        default=100, ge=1, le=10000,
+        description="Live training streams (SSE) open at once; more get 429 with Retry-After.",
+    )
+    shutdown_timeout_s: float = Field(
+        default=12.0, gt=0, le=300,
+        description="Bound on stopping (SIGTERM / Ctrl-C): open streams are ended, the ingress gets a few seconds "
+        "to drain, then Serve and Ray are stopped.",
+    )
     training_gates: bool = Field(
         default=False,
         description="Test hook, off in production: a run reports where it is and waits at gates a test closes "

@@ -17,6 +17,7 @@ from appliance.http.hosts import AllowedHostsMiddleware
 from appliance.config import Settings, get_settings
 from appliance.store.db import get_engine, migrate, session_factory
 from appliance.http.envelope import install_error_handlers, request_id
+from appliance.http.slots import Slots
 from appliance.services.runner import JobRunner
 from appliance.store.paths import Workspace
 from appliance.services import datasets as dataset_service, recovery
@@ -36,7 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         migrate(get_engine(settings.db_url))
         app.state.sessions = session_factory(settings.db_url)
         app.state.runner = JobRunner()
-        app.state.stopping = threading.Event()
+        app.state.stopping = threading.Event()  # also set by the ingress's prepare_shutdown (serve.py)
+        app.state.predict_slots = Slots(settings.max_concurrent_predictions)
+        app.state.sse_slots = Slots(settings.max_sse_streams)
         recovery.recover_all(app)
         yield
         app.state.stopping.set()

@@ -60,7 +60,7 @@ def start_appliance(settings: Settings, wait_healthy_s: float = 120.0) -> str:
         raise PortInUse(f"Port {settings.port} on {settings.host} is in use: Serve's HTTP proxy could not bind it") from None
     from appliance.serve import app_builder
 
-    serve.run(app_builder(), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(app_builder(settings=settings), name=APP_NAME, route_prefix="/", blocking=False)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     url = f"http://{host}:{settings.port}"
     _wait_healthy(url, wait_healthy_s)
@@ -104,12 +104,67 @@ def _wait_healthy(url: str, timeout_s: float) -> None:
 
 
 def stop_appliance(settings: Settings) -> None:
+    """Stop Serve (and the local Ray), every step bounded: within about `settings.shutdown_timeout_s`
+    whatever a replica or the controller does. Live streams are told to end first, so the replica
+    drains at once; Serve then kills it after its graceful-shutdown timeout at the latest. A run still
+    training on a local Ray goes down with it and is marked `interrupted` (resumable, epochs kept)."""
     import ray
-    from ray import serve
 
+    from appliance.store import runs
+
+    deadline = time.monotonic() + settings.shutdown_timeout_s
+    try:  # the runs that go down with the app: its training drivers are Ray tasks owned by the replica
+        training = runs.active_runs(settings.db_url, launched_by_ui=bool(settings.ray_address))
+    except Exception:
+        log.exception("Could not list the runs in flight")
+        training = []
     try:
-        serve.delete(APP_NAME)
-        serve.shutdown()
+        if ray.is_initialized():
+            _bounded("serve stop", _stop_serve, max(1.0, deadline - time.monotonic() - RAY_SHUTDOWN_RESERVE_S))
     finally:
         if not settings.ray_address:
             ray.shutdown()
+        try:
+            for exp_id in runs.interrupt_runs(settings.db_url, training, SHUTDOWN_REASON):
+                log.warning("Experiment %s was cut off by the shutdown; marked interrupted", exp_id)
+        except Exception:
+            log.exception("Could not mark the runs cut off by the shutdown")
+
+
+SHUTDOWN_REASON = "The server stopped during this run; resume to continue"
+
+
+RAY_SHUTDOWN_RESERVE_S = 3.0  # of the shutdown budget, kept for ray.shutdown()
+PREPARE_TIMEOUT_S = 2.0
+
+
+def _stop_serve() -> None:
+    from ray import serve
+
+    try:
+        serve.get_app_handle(APP_NAME).prepare_shutdown.remote().result(timeout_s=PREPARE_TIMEOUT_S)
+    except Exception as exc:  # no app, or a replica that does not answer: the graceful timeout bounds it
+        log.warning("Could not tell the ingress to stop its streams: %s", exc)
+    serve.delete(APP_NAME)
+    serve.shutdown()
+
+
+def _bounded(what: str, fn, timeout_s: float) -> None:
+    """Run `fn` in a daemon thread and wait at most `timeout_s`: a stuck step never blocks the exit."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, name=f"aistudio-{what}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        log.warning("Stopping: %s did not finish within %.0f s; going on", what, timeout_s)
+    elif errors:
+        log.warning("Stopping: %s failed: %s", what, errors[0])

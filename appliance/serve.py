@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ray import serve
 
-from appliance.config import get_settings, job_config
+from appliance.config import Settings, get_settings, job_config
 from appliance.main import create_app
 
 DEPLOYMENT_NAME = "AIStudioIngress"
@@ -23,12 +23,23 @@ def build_fastapi_app():
     return create_app()
 
 
+# Stopping is bounded: once told to stop (`prepare_shutdown`) the live streams end within a second,
+# Serve waits at most this long for requests still in flight, then kills the replica.
+GRACEFUL_SHUTDOWN_TIMEOUT_S = 5.0
+GRACEFUL_SHUTDOWN_WAIT_LOOP_S = 0.5
+# Long-lived requests (live streams) count as ongoing: leave room for ordinary requests beside the most
+# streams the app admits (AISTUDIO_MAX_SSE_STREAMS), so a page full of streams never queues the API.
+REQUEST_HEADROOM = 100
+
+
 @serve.deployment(
     name=DEPLOYMENT_NAME,
     num_replicas=1,
     ray_actor_options={"num_cpus": 0},
     max_ongoing_requests=200,
     health_check_period_s=10,
+    graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_TIMEOUT_S,
+    graceful_shutdown_wait_loop_s=GRACEFUL_SHUTDOWN_WAIT_LOOP_S,
 )
 @serve.ingress(build_fastapi_app)
 class AIStudioIngress:
@@ -38,7 +49,18 @@ class AIStudioIngress:
         # The bus hands the workspace and database to `ray job submit` runs too.
         ensure_event_bus(job_config(get_settings()))
 
+    def prepare_shutdown(self) -> bool:
+        """Called (through a handle) before Serve deletes the app: the live streams end and the runner's watch
+        lane stops, so the replica drains at once instead of waiting on streams that never end."""
+        state = getattr(self.app, "state", None)
+        stopping = getattr(state, "stopping", None)
+        if stopping is None:  # the app's start-up has not run
+            return False
+        stopping.set()
+        return True
 
-def app_builder(args: dict | None = None):
+
+def app_builder(args: dict | None = None, settings: Settings | None = None):
     """Serve application for `serve run appliance.serve:app_builder` and RayService configs."""
-    return AIStudioIngress.bind()
+    streams = (settings or get_settings()).max_sse_streams
+    return AIStudioIngress.options(max_ongoing_requests=streams + REQUEST_HEADROOM).bind()

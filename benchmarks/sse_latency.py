@@ -8,7 +8,7 @@ publishes `--events` `epoch_end` events to the bus actor exactly as the training
 data, spaced `--interval` s apart (randomly jittered ±50% so sends fall at every phase of the
 stream's poll). Latency = receive time - send time, both `time.time()` of this process.
 
-The stream polls the bus every 0.1 s (appliance/api/training.py POLL_S), so even an idle host
+The stream polls the bus every 0.1 s (appliance/services/run_feed.py POLL_S), so even an idle host
 gives latencies spread over 0-100 ms plus the actor call and the HTTP hop: p50 near 50 ms.
 Target: p99 < 150 ms.
 
@@ -107,7 +107,7 @@ class StreamReader(threading.Thread):
 
 
 def heartbeat_loop(db_url: str, exp_id: str, stop: threading.Event) -> None:
-    from appliance.services.training import HEARTBEAT_EVERY_S, heartbeat
+    from appliance.store.runs import HEARTBEAT_EVERY_S, heartbeat
 
     while not stop.wait(HEARTBEAT_EVERY_S):
         heartbeat(db_url, exp_id)

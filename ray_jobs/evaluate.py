@@ -35,6 +35,15 @@ def task_resources(gpu_fraction: float) -> dict:
     return {"num_gpus": gpu_fraction if has_gpu else 0, "num_cpus": 1}
 
 
+def predict_resources(gpu_fraction: float) -> dict:
+    """"Try one image": a GPU share when one is free now, else the CPU — one image does not need to wait
+    for a training run that holds the GPU."""
+    resources = task_resources(gpu_fraction)
+    if resources["num_gpus"] and ray.available_resources().get("GPU", 0) < resources["num_gpus"]:
+        resources["num_gpus"] = 0
+    return resources
+
+
 def predict_samples(checkpoint: str, samples: list[dict], gpu_fraction: float, on_progress=None) -> tuple[dict, list[dict]]:
     """Predict every sample (in order) on this task's GPU share, or the CPU."""
     import torch

@@ -47,26 +47,26 @@ def run(body: EvaluationRun, session: SessionDep, settings: SettingsDep, workspa
 
 @router.post("/{project_id}/predict", response_model=Envelope[PredictionPublic])
 def predict(
-    project_id: ProjectId, session: SessionDep, settings: SettingsDep, workspace: WorkspaceDep,
+    request: Request, project_id: ProjectId, session: SessionDep, settings: SettingsDep, workspace: WorkspaceDep,
     experiment_id: Annotated[str, Form()],
     checkpoint: Annotated[Literal["best", "last"], Form()] = "best",
     image_id: Annotated[str | None, Form()] = None,
     file: Annotated[UploadFile | None, File(description="An image to classify / detect")] = None,
 ):
-    """Try one image (an upload or a dataset image) with an experiment, through the evaluation's inference code."""
-    import ray
-
+    """Try one image (an upload or a dataset image) with an experiment, through the evaluation's inference code.
+    A few run at once (`AISTUDIO_MAX_CONCURRENT_PREDICTIONS`), each waits at most `AISTUDIO_PREDICT_TIMEOUT_S`
+    for its Ray task; beyond either, 503 with Retry-After."""
     from appliance.importers import UnreadableImage, probe_image
-    from ray_jobs.evaluate import predict_task, task_resources
 
     exp, ckpt = service.trained_checkpoint(session, workspace, project_id, experiment_id, checkpoint)
     if (file is None) == (image_id is None):
         raise ValidationFailed("file: send exactly one of file (an upload) or image_id (a dataset image)")
     if not ray_is_up():
         raise Unavailable("Ray is not reachable; prediction runs on the Ray cluster")
+    release = request.app.state.predict_slots.take(service.predictions_busy)
     scratch = workspace.staging_dir / f"try-{uuid.uuid4().hex}"
-    scratch.mkdir(parents=True)
     try:
+        scratch.mkdir(parents=True)
         if image_id is not None:
             image = get_image(session, project_id, image_id)
             path = workspace.images_dir(project_id) / image.filename
@@ -84,13 +84,13 @@ def predict(
                 info = probe_image(path, settings.max_image_pixels)
             except UnreadableImage as exc:
                 raise InvalidDataset(f"file {file.filename}: unreadable image ({exc.reason})") from None
-        fraction = settings.eval_gpu_fraction
-        result = ray.get(predict_task.options(**task_resources(fraction)).remote(str(ckpt), [str(path)], fraction))[0]
+        result = service.predict_one(str(ckpt), str(path), settings.eval_gpu_fraction, settings.predict_timeout_s)
         width, height = (info.width, info.height) if image_id is None else (image.width, image.height)
         return ok({"experiment_id": experiment_id, "checkpoint": checkpoint, "image_id": image_id,
                    "width": width, "height": height, "classes": exp.class_names, **result})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        release()
 
 
 @router.get("/{project_id}/{evaluation_id}", response_model=Envelope[EvaluationDetailPublic])

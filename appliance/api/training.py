@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from appliance.http.deps import ForceQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
 from appliance.http.envelope import Envelope, ok
 from appliance.schemas import Deleted, ExperimentDetailPublic, ExperimentPublic, ModelSpecPublic, StopRequested
-from appliance.store.errors import Unavailable
+from appliance.store.errors import TooManyRequests, Unavailable
 from appliance.store.status import ACTIVE
 from appliance.services.ray_runtime import ray_is_up
 from appliance.services import training as service
+from appliance.services.run_feed import Feeds
 from appliance.services.training import ExperimentCreate, RunRequest
 from appliance.web import render, wants_fragment
 
 router = APIRouter(prefix="/api/training", tags=["training"])
-POLL_S = 0.1
-DB_CHECK_S = 2.0
+MIN_WAIT_S = 0.05
+STREAM_RETRY_AFTER_S = 5
 
 
 @router.get("/models", response_model=Envelope[list[ModelSpecPublic]])
@@ -109,18 +111,15 @@ async def stream(
     request: Request, project_id: ProjectId, experiment_id: str,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ):
-    """SSE: `status`, `epoch_end` (id = epoch), `log`, `complete`. History first; honours Last-Event-ID."""
-    keepalive_s = request.app.state.settings.sse_keepalive_s
-    sessions = request.app.state.sessions
-    with sessions() as session:  # validate before the first yield: errors are envelopes, not empty 200s
-        service.get_experiment(session, project_id, experiment_id)
-    if not ray_is_up():
-        raise Unavailable("Ray is not reachable; live events need the Ray cluster")
-    from ray_jobs.events import get_event_bus
-
-    bus = get_event_bus()
-    # Our ids are epoch numbers; any other id (`abc`, `-1`, `²`) is ignored: the whole history is sent.
-    sent = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else 0
+    """SSE: `status`, `epoch_end` (id = epoch), `log`, `complete`. History first; honours Last-Event-ID.
+    At most `AISTUDIO_MAX_SSE_STREAMS` streams are open at once (429 with Retry-After beyond); streams end
+    when the server stops (the browser reconnects with Last-Event-ID)."""
+    state = request.app.state
+    keepalive_s = state.settings.sse_keepalive_s
+    sessions = state.sessions
+    if state.stopping.is_set():
+        raise Unavailable("The server is stopping; reconnect shortly", retry_after_s=STREAM_RETRY_AFTER_S)
+    release = state.sse_slots.take(_too_many_streams)
 
     def snapshot() -> tuple[str, list[dict], dict]:
         with sessions() as session:
@@ -128,52 +127,84 @@ async def stream(
             return exp.status, service.history(session, exp.id), {"status": exp.status, "best_metric": exp.best_metric,
                                                                  "error": exp.error}
 
+    def opening():
+        # Validate before the first yield (errors are envelopes, not empty 200s), in a thread: the
+        # database and Ray calls block.
+        first = snapshot()
+        if not ray_is_up():
+            raise Unavailable("Ray is not reachable; live events need the Ray cluster")
+        from ray_jobs.events import get_event_bus
+
+        return first, get_event_bus() if first[0] in ACTIVE else None
+
+    try:
+        (status, epochs, outcome), bus = await run_in_threadpool(opening)
+    except BaseException:
+        release()
+        raise
+    # Our ids are epoch numbers; any other id (`abc`, `-1`, `²`) is ignored: the whole history is sent.
+    sent = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else 0
+
     async def events():
         nonlocal sent
-        status, epochs, outcome = await asyncio.to_thread(snapshot)
-        yield _sse("status", {"status": status})
-        for ev in epochs:
-            if ev["epoch"] > sent:
-                sent = ev["epoch"]
-                yield _sse("epoch_end", ev, ev["epoch"])
-        if status not in ACTIVE:
-            yield _sse("complete", outcome)
-            return
-        cursor, last_beat, last_db = 0, time.monotonic(), time.monotonic()
-        while not await request.is_disconnected():
-            batch = await bus.events_after.remote(experiment_id, cursor)
-            for ev in batch:
-                cursor = ev["seq"]
-                data = ev["data"]
-                if ev["type"] == "epoch_end":
-                    if data["epoch"] <= sent:
-                        continue
-                    sent = data["epoch"]
-                    yield _sse("epoch_end", data, data["epoch"])
-                elif ev["type"] == "complete":
-                    break
-                else:
-                    yield _sse(ev["type"], data)
-            else:
-                now = time.monotonic()
-                if batch:
-                    last_beat = now
-                elif now - last_beat > keepalive_s:  # quiet for a while: proxies may cut an idle stream
-                    last_beat = now
-                    yield ": keep-alive\n\n"
-                if now - last_db <= DB_CHECK_S:
-                    await asyncio.sleep(POLL_S)
-                    continue
-                last_db = now  # the bus may miss a run that died: the database knows
-            status, epochs, outcome = await asyncio.to_thread(snapshot)
-            if status in ACTIVE:
-                continue
-            for ev in epochs:  # epochs are in the database before they are on the bus
+        try:
+            yield _sse("status", {"status": status})
+            for ev in epochs:
                 if ev["epoch"] > sent:
                     sent = ev["epoch"]
                     yield _sse("epoch_end", ev, ev["epoch"])
-            yield _sse("complete", outcome)
-            return
+            if status not in ACTIVE:
+                yield _sse("complete", outcome)
+                return
+            feed = _feeds(state).subscribe(experiment_id, bus, snapshot)
+            try:
+                seen, last_beat = 0, time.monotonic()
+                while not state.stopping.is_set() and not await request.is_disconnected():
+                    news, seen = feed.since(seen)
+                    for ev in news:
+                        data = ev["data"]
+                        if ev["type"] == "epoch_end":
+                            if data["epoch"] <= sent:
+                                continue
+                            sent = data["epoch"]
+                            yield _sse("epoch_end", data, data["epoch"])
+                        elif ev["type"] != "complete":  # the database says when the run ended (feed.final)
+                            yield _sse(ev["type"], data)
+                    now = time.monotonic()
+                    if news:
+                        last_beat = now
+                    if feed.final is not None:
+                        for ev in feed.final[1]:  # epochs are in the database before they are on the bus
+                            if ev["epoch"] > sent:
+                                sent = ev["epoch"]
+                                yield _sse("epoch_end", ev, ev["epoch"])
+                        yield _sse("complete", feed.final[2])
+                        return
+                    if feed.broken:
+                        return
+                    if now - last_beat > keepalive_s:  # quiet for a while: proxies may cut an idle stream
+                        last_beat = now
+                        yield ": keep-alive\n\n"
+                    # Woken by the feed: new events, the run's end, or the app stopping (the feed watches the flag).
+                    await feed.wait(max(MIN_WAIT_S, keepalive_s - (now - last_beat)))
+            finally:
+                _feeds(state).unsubscribe(feed)
+        finally:
+            release()
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    # The slot is released when the stream ends, or (background) when it never started.
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers,
+                             background=BackgroundTask(release))
+
+
+def _too_many_streams(limit: int) -> TooManyRequests:
+    return TooManyRequests(f"Too many live streams are open ({limit}, AISTUDIO_MAX_SSE_STREAMS); close a page "
+                           "or retry later", retry_after_s=STREAM_RETRY_AFTER_S)
+
+
+def _feeds(state) -> Feeds:
+    feeds = getattr(state, "feeds", None)
+    if feeds is None:  # the event loop is the only user: no race
+        feeds = state.feeds = Feeds(state.stopping)
+    return feeds

@@ -24,7 +24,7 @@ T = TypeVar("T")
 _HTTP_CODES = {
     400: "VALIDATION_ERROR", 401: "UNAUTHORIZED", 403: "FORBIDDEN_PATH", 404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED", 409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE", 422: "VALIDATION_ERROR",
-    503: "UNAVAILABLE",
+    429: "TOO_MANY_REQUESTS", 503: "UNAVAILABLE",
 }
 
 
@@ -82,9 +82,10 @@ def request_id(request: Request) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_request: Request, exc: AppError):
-        # A 413 leaves the rest of the body unread: the server closes instead of draining it.
-        return error_response(exc.status_code, exc.code, exc.message,
-                              headers={"Connection": "close"} if exc.status_code == 413 else None)
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else {}
+        if exc.status_code == 413:  # the rest of the body is left unread: close instead of draining it
+            headers["Connection"] = "close"
+        return error_response(exc.status_code, exc.code, exc.message, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError):

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from appliance.store import evaluations, runs
 from appliance.store.db import session_scope
+from appliance.store.errors import Unavailable
 from appliance.store.paths import Workspace
 from appliance.store.tables import EvalSample, Evaluation, Experiment
 from appliance.schemas import StrictBody
@@ -20,6 +21,8 @@ from appliance.services.projects import get_owned, get_project
 from appliance.services.training import get_experiment
 
 log = logging.getLogger("aistudio.evaluation")
+BUSY_RETRY_AFTER_S = 5
+TIMEOUT_RETRY_AFTER_S = 10
 
 
 class EvaluationRun(StrictBody):
@@ -120,6 +123,33 @@ def _sample_public(project_id: str, row: EvalSample) -> dict:
         "url": f"/api/datasets/{project_id}/image/{filename}",
         "thumbnail_url": f"/api/datasets/{project_id}/thumbnail/{filename}",
     }
+
+
+def predictions_busy(limit: int) -> Unavailable:
+    return Unavailable(f'Too many "try one image" requests at once ({limit} run at a time); retry shortly',
+                       retry_after_s=BUSY_RETRY_AFTER_S)
+
+
+def predict_one(checkpoint: str, path: str, gpu_fraction: float, timeout_s: float) -> dict:
+    """Predict one image as a Ray task; wait at most `timeout_s` for it (it may not get a CPU or GPU share
+    while training holds them), then cancel it and answer 503 with Retry-After."""
+    import ray
+    from ray.exceptions import GetTimeoutError
+
+    from ray_jobs.evaluate import predict_resources, predict_task
+
+    ref = predict_task.options(**predict_resources(gpu_fraction)).remote(checkpoint, [path], gpu_fraction)
+    try:
+        return ray.get(ref, timeout=timeout_s)[0]
+    except GetTimeoutError:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:  # already finished or gone
+            pass
+        raise Unavailable(
+            f"The prediction did not finish within {timeout_s:g} s: the cluster has no free CPU or GPU share "
+            "for it (a training run may hold them); retry later", retry_after_s=TIMEOUT_RETRY_AFTER_S,
+        ) from None
 
 
 def launch(db_url: str, workspace_root: str, evaluation_id: str, gpu_fraction: float) -> None:

@@ -11,9 +11,10 @@ class AppError(Exception):
     code = "INTERNAL"
     status_code = 500
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, retry_after_s: int | None = None):
         super().__init__(message)
         self.message = message
+        self.retry_after_s = retry_after_s  # sent as `Retry-After` (a busy or stopping server)
 
 
 class NotFound(AppError):

@@ -328,3 +328,28 @@ def load_run_inputs(session: Session, workspace: Workspace, exp: Experiment) -> 
 def run_inputs(db_url: str, workspace: Workspace, experiment_id: str) -> tuple[list[dict], list[dict]]:
     with session_scope(db_url) as s:
         return load_run_inputs(s, workspace, s.get(Experiment, experiment_id))
+
+
+def active_runs(db_url: str, launched_by_ui: bool = False) -> list[str]:
+    """Ids of the queued and running runs; with `launched_by_ui`, only running ones the appliance launched
+    (not `ray job submit` runs, which live on without it)."""
+    with session_scope(db_url) as s:
+        query = select(Experiment.id).where(Experiment.status.in_(ACTIVE))
+        if launched_by_ui:
+            query = select(Experiment.id).where(Experiment.status == JobStatus.RUNNING, Experiment.job_id == "ui")
+        return list(s.scalars(query))
+
+
+def interrupt_runs(db_url: str, experiment_ids: list[str], reason: str) -> list[str]:
+    """The appliance stopped while these runs trained: they went down with it, however their driver ended
+    (killed with its owner it may have recorded `failed`). Mark each `interrupted` — resumable, epochs kept —
+    unless it completed, and free the slot."""
+    if not experiment_ids:
+        return []
+    with session_scope(db_url) as s:
+        cut = list(s.scalars(select(Experiment.id).where(Experiment.id.in_(experiment_ids),
+                                                         Experiment.status != JobStatus.COMPLETED)))
+        s.execute(update(Experiment).where(Experiment.id.in_(cut))
+                  .values(status=JobStatus.INTERRUPTED, error=reason, finished_at=utcnow()))
+        s.execute(delete(Lock).where(Lock.name == TRAINING_LOCK, Lock.holder.in_(experiment_ids)))
+    return cut

@@ -55,10 +55,11 @@ class ApplianceProcess:
     """One workspace; `start()` / `kill()` as often as needed (fresh ports and a fresh Ray each time).
 
     `cpus` fixes the CPU count the local Ray declares (RAY_OVERRIDE_RESOURCES), and no GPU, so
-    which tasks can run at once does not depend on the host."""
+    which tasks can run at once does not depend on the host. `env` adds settings (`AISTUDIO_*`)."""
 
-    def __init__(self, root: Path, import_root: Path, cpus: int):
+    def __init__(self, root: Path, import_root: Path, cpus: int, env: dict[str, str] | None = None):
         self.root, self.import_root, self.cpus = root, import_root, cpus
+        self.extra_env = dict(env or {})  # more settings (AISTUDIO_*) for the appliance
         self.workspace = root / "ws"
         # Short: Ray's socket paths live below it and a Unix socket path has ~107 characters.
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="aisr-", dir="/tmp"))
@@ -93,6 +94,7 @@ class ApplianceProcess:
             "RAY_TMPDIR": str(self.ray_tmp),
             "RAY_OVERRIDE_RESOURCES": f'{{"CPU": {self.cpus}, "GPU": 0}}',
             "RAY_DEDUP_LOGS": "0",
+            **self.extra_env,
         })
         cmd = [sys.executable, "-m", "appliance.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--workspace", str(self.workspace)]
