@@ -114,7 +114,7 @@ def _yaml_names(path: Path, name: str) -> dict[int, str]:
         # Scalars only: str() of a nested (alias-expanded) structure could be enormous.
         # ASCII digits only: '²'.isdigit() is true, but int('²') fails.
         if not _is_id(key) or not isinstance(value, (str, int, float)) or not str(value).strip():
-            raise InvalidDataset(f"{name}: names entry {str(key)[:40]!r}: {str(value)[:40]!r} is not an id and a name")
+            raise InvalidDataset(f"{name}: names entry {key!r:.40}: {str(value)[:40]!r} is not an id and a name")
         result[int(key)] = str(value).strip()
     if not result:
         raise InvalidDataset(f"{name}: 'names' is empty")

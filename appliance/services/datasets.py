@@ -57,13 +57,16 @@ def check_format(fmt: str) -> str:
 def start_local_import(session: Session, settings: Settings, project_id: str, source_path: str, fmt: str) -> ImportJob:
     get_project(session, project_id)
     check_format(fmt)
+    if "\x00" in source_path:  # the OS can't take it: every path call would raise ValueError
+        raise ValidationFailed("source_path: contains a NUL character, which no path on the server can hold")
     source = Path(source_path).expanduser()
     if not source.is_absolute():
         raise ValidationFailed(f"source_path: must be an absolute path on the server (got {source_path!r})")
     roots = settings.allowed_import_roots
     if not is_within(source, roots):
+        # Not echoed: messages never show a server path outside the import roots.
         raise ForbiddenPath(
-            f"source_path {source_path} is outside the allowed import roots ({', '.join(map(str, roots))}); "
+            f"source_path: the folder is outside the allowed import roots ({', '.join(map(str, roots))}); "
             "set AISTUDIO_IMPORT_ROOTS to allow it"
         )
     if not source.resolve().is_dir():
@@ -162,7 +165,8 @@ def run_import(settings: Settings, import_id: str) -> None:
         imports.finish(url, import_id, JobStatus.FAILED, exc.message)
     except Exception as exc:  # a bug or an OS error: fail the job, never leave it running
         log.exception("Import %s failed", import_id)
-        imports.finish(url, import_id, JobStatus.FAILED, f"Unexpected error: {exc}")
+        # Not str(exc): an OS error names absolute paths (staging, the workspace); the log has it all.
+        imports.finish(url, import_id, JobStatus.FAILED, f"Unexpected error ({type(exc).__name__}); see the server log")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -176,7 +180,7 @@ def _source_root(settings: Settings, stage: Path, source: str) -> Path:
             raise
     root = Path(source)
     if not is_within(root, settings.allowed_import_roots):  # roots may have changed since the request
-        raise ForbiddenPath(f"source_path {source} is outside the allowed import roots")
+        raise ForbiddenPath("source_path: the folder is no longer inside the allowed import roots (AISTUDIO_IMPORT_ROOTS)")
     return root
 
 
