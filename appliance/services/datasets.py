@@ -59,17 +59,25 @@ def start_local_import(session: Session, settings: Settings, project_id: str, so
     check_format(fmt)
     if "\x00" in source_path:  # the OS can't take it: every path call would raise ValueError
         raise ValidationFailed("source_path: contains a NUL character, which no path on the server can hold")
-    source = Path(source_path).expanduser()
+    try:
+        source = Path(source_path).expanduser()
+    except RuntimeError:  # `~name/…` for a user the server does not know
+        raise ValidationFailed("source_path: starts with ~ and a user the server does not know") from None
     if not source.is_absolute():
         raise ValidationFailed(f"source_path: must be an absolute path on the server (got {source_path!r})")
     roots = settings.allowed_import_roots
-    if not is_within(source, roots):
+    try:
+        inside = is_within(source, roots)
+        folder = inside and source.resolve().is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ValidationFailed(f"source_path: not a usable path on the server ({exc.strerror})") from None
+    if not inside:
         # Not echoed: messages never show a server path outside the import roots.
         raise ForbiddenPath(
             f"source_path: the folder is outside the allowed import roots ({', '.join(map(str, roots))}); "
             "set AISTUDIO_IMPORT_ROOTS to allow it"
         )
-    if not source.resolve().is_dir():
+    if not folder:
         raise InvalidDataset(f"source_path {source_path} is not a folder on the server")
     return _queue(session, project_id, fmt, str(source.resolve()))
 

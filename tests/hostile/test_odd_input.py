@@ -67,6 +67,17 @@ def test_nul_byte_in_source_path_is_a_422_naming_the_field(app, settings, suffix
     assert app.get(f"/api/datasets/{pid}").json()["data"]["last_import"] is None
 
 
+@pytest.mark.parametrize(("source_path", "says"), [
+    ("~no-such-user-aistudio/ds", "a user the server does not know"),
+    ("{root}/" + "a" * 300, "File name too long"),  # one name longer than the file system allows
+])
+def test_unusable_source_path_is_a_422_naming_the_field(app, settings, source_path, says):
+    pid = create_project(app)
+    path = source_path.format(root=settings.allowed_import_roots[0])
+    message = error_of(start_path_import(app, pid, path), 422, "VALIDATION_ERROR")
+    assert message.startswith("source_path:") and says in message, message
+
+
 def test_folder_outside_the_import_roots_is_not_echoed(app, settings, tmp_path):
     outside = make_classification_folder(tmp_path / "private" / "secret-name", per_class=1, size=8).root
     pid = create_project(app)
