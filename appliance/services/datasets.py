@@ -173,10 +173,18 @@ def run_import(settings: Settings, import_id: str) -> None:
         imports.finish(url, import_id, JobStatus.FAILED, exc.message)
     except Exception as exc:  # a bug or an OS error: fail the job, never leave it running
         log.exception("Import %s failed", import_id)
-        # Not str(exc): an OS error names absolute paths (staging, the workspace); the log has it all.
-        imports.finish(url, import_id, JobStatus.FAILED, f"Unexpected error ({type(exc).__name__}); see the server log")
+        imports.finish(url, import_id, JobStatus.FAILED, f"Unexpected error: {_without_paths(exc, settings)}")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _without_paths(exc: Exception, settings: Settings) -> str:
+    """The error's text for the user, without server paths: an OS error's reason, not the file it
+    names (a staging or workspace path); the workspace is never spelled out (the log has it all)."""
+    text = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) and exc.filename else str(exc)
+    for folder in {str(settings.workspace), str(Path(settings.workspace).resolve())}:
+        text = text.replace(folder, "<workspace>")
+    return text
 
 
 def _source_root(settings: Settings, stage: Path, source: str) -> Path:

@@ -14,6 +14,7 @@ sees it) except `Last-Event-ID`, whose stream needs Ray: through the session `se
 
 from __future__ import annotations
 
+import errno
 import json
 import zipfile
 from pathlib import Path
@@ -166,6 +167,23 @@ def test_zip_member_name_too_long_fails_without_naming_the_staging_folder(app, s
     assert str(settings.workspace) not in job["error"] and "staging" not in job["error"], job["error"]
 
 
+def test_unexpected_os_error_in_an_import_gives_its_reason_not_its_path(app, settings, monkeypatch):
+    """As in tests/api/test_datasets.py, the commit's insert fails (simulated: a full disk is hard to
+    arrange) with an OSError naming a file in the workspace: the job says why, not where."""
+    from appliance.services import datasets as service
+
+    staged = Path(settings.workspace).resolve() / "staging" / "imp-x" / "images" / "a.jpg"
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(staged))
+
+    root = make_classification_folder(settings.allowed_import_roots[0] / "ds", per_class=1, size=8).root
+    pid = create_project(app)
+    monkeypatch.setattr(service, "insert", full_disk)
+    job = import_and_wait(app, pid, root)
+    assert job["status"] == "failed" and job["error"] == "Unexpected error: No space left on device", job
+
+
 def test_unreadable_stored_image_names_the_file_not_the_workspace(app, settings):
     """A stored image damaged on disk: the thumbnail is a 400 naming the file, not its absolute path."""
     root = make_classification_folder(settings.allowed_import_roots[0] / "ds", per_class=1, size=8).root
@@ -188,8 +206,8 @@ def test_odd_last_event_ids_never_fail_the_stream(server):
     digits than int() accepts (4300) made it a 500."""
     from tests.workflows import create_experiment, project_with_split, read_sse
 
-    pid, sid = project_with_split(server.http, server.import_root, per_class=3, size=16)
-    eid = create_experiment(server.http, pid, sid)
+    pid, sid = project_with_split(server.http, server.import_root, per_class=5, size=16)
+    eid = create_experiment(server.http, pid, sid, batch_size=2)
     url = f"/api/training/{pid}/experiments/{eid}/stream"
     for last_event_id in (b"\xb2", "²".encode(), b"9" * 5000, b"0" * 5000 + b"1", b"-" + b"9" * 5000):
         events = read_sse(server.http, url, headers={"Last-Event-ID": last_event_id}, timeout=60)

@@ -89,8 +89,9 @@ def flatmap_body(context, body):
         return st.just(body)
     real = {key: IDS[key] for key in body if key in IDS}
     variants = [body, {**body, **real}]
-    if isinstance(body.get("source_path"), str):  # the generated text inside the import root
-        variants.append({**body, **real, "source_path": f"{IDS['source_path']}/{body['source_path']}"})
+    if isinstance(text := body.get("source_path"), str):  # the generated text as a path on the server
+        variants += [{**body, **real, "source_path": path}
+                     for path in (f"{IDS['source_path']}/{text}", f"/{text}", f"~{text}")]
     return st.sampled_from(variants) if real else st.just(body)
 
 
