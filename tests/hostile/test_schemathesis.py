@@ -11,7 +11,7 @@ the 404s into the code behind them. The checks:
 Ray is not running in-process. Starting a training run, an evaluation, a prediction or an export,
 and the live event stream, need the Ray cluster: once a request gets past validation, those
 operations answer `503 UNAVAILABLE` ("Ray is not reachable…") at once, by design (nothing is
-queued, nothing hangs). For exactly those operations that one 503 envelope is accepted; they are
+queued, nothing hangs), and `GET /api/system/health` answers 503 "Down: ray" (docs/api.md). For exactly those operations that one 503 envelope is accepted; they are
 still fuzzed, since validation and lookups happen before the Ray check. DELETE operations keep
 their generated ids, so the seeded records survive for the operations after them.
 """
