@@ -355,3 +355,20 @@ def test_nesting_deeper_than_the_recursion_limit(templates, layout, text):
         with pytest.raises(InvalidDataset) as caught:
             parse_source(root, FORMAT_OF[layout], "detection")
         assert_clean(caught.value)
+
+
+@pytest.mark.parametrize("layout", ["csv", "coco"])
+def test_file_name_longer_than_the_file_system_allows_is_a_missing_file(templates, layout):
+    """Found by the fuzzing above: Path.is_file() raises ENAMETOOLONG (it only hides NUL and a few
+    errnos), which escaped the importer."""
+    long_name = "a" * 300 + ".jpg"
+    with copy_of(templates[layout]) as root:
+        annotations = root / LAYOUTS[layout][0]
+        if layout == "csv":
+            annotations.write_text(annotations.read_text() + f"{long_name},red\n")
+        else:
+            doc = json.loads(annotations.read_text())
+            doc["images"][0]["file_name"] = long_name
+            annotations.write_text(json.dumps(doc))
+        parsed = parse_source(root, FORMAT_OF[layout], LAYOUTS[layout][1])
+        assert any(f"missing image file {long_name}" in w.reason for w in parsed.warnings), parsed.warnings
