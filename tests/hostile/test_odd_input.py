@@ -212,3 +212,17 @@ def test_odd_last_event_ids_never_fail_the_stream(server):
     for last_event_id in (b"\xb2", "²".encode(), b"9" * 5000, b"0" * 5000 + b"1", b"-" + b"9" * 5000):
         events = read_sse(server.http, url, headers={"Last-Event-ID": last_event_id}, timeout=60)
         assert [e[0] for e in events] == ["status", "complete"], (last_event_id[:8], events)
+
+
+# ----------------------------------------------------------------------------- query parameters (found by schemathesis)
+
+
+@pytest.mark.parametrize(("url", "field"), [
+    ("/api/projects?offset=9223372036854775808", "offset"),  # past SQLite's largest integer
+    ("/api/datasets/{pid}/images?offset=99999999999999999999", "offset"),
+    ("/api/evaluation/{pid}/eval-000000000000/samples?cell=" + "9" * 5000 + ",1", "cell"),  # int() takes 4300
+])
+def test_out_of_range_query_values_are_a_422_naming_the_parameter(app, url, field):
+    pid = create_project(app)
+    message = error_of(app.get(url.format(pid=pid)), 422, "VALIDATION_ERROR")
+    assert message.startswith(f"Invalid request — {field}:"), message
