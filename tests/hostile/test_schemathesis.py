@@ -96,7 +96,7 @@ def flatmap_body(context, body):
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @pytest.mark.timeout(600)
 def test_no_5xx_and_every_4xx_is_the_envelope(case):
     response = case.call()
