@@ -103,7 +103,7 @@ def get_evaluation(project_id: ProjectId, evaluation_id: str, session: SessionDe
 def samples(
     request: Request, project_id: ProjectId, evaluation_id: str, session: SessionDep,
     kind: Literal["errors", "all"] = "errors", label: str | None = None,
-    cell: Annotated[str | None, Query(pattern=r"^\d+,\d+$", description="confusion cell 'truth,prediction'")] = None,
+    cell: Annotated[str | None, Query(pattern=r"^[0-9]{1,9},[0-9]{1,9}$", description="confusion cell 'truth,prediction'")] = None,
     offset: OffsetQ = 0, limit: LimitQ = 48,
 ):
     """Per-image predictions, worst first."""

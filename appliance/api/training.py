@@ -102,6 +102,15 @@ def _sse(kind: str, data: dict, event_id: int | None = None) -> str:
     return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n"
 
 
+def _last_epoch(last_event_id: str | None) -> int:
+    """The epoch a reconnecting client has seen; 0 for an id that is not an epoch number. A number
+    int() refuses (over 4300 digits) is past every epoch, like any other very large one."""
+    if not (last_event_id and last_event_id.isascii() and last_event_id.isdigit()):
+        return 0
+    digits = last_event_id.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else 10**18
+
+
 SSE_DOC = {200: {"description": "Server-sent events (`text/event-stream`); `epoch_end` data is an EpochPublic",
                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 
@@ -143,7 +152,7 @@ async def stream(
         release()
         raise
     # Our ids are epoch numbers; any other id (`abc`, `-1`, `²`) is ignored: the whole history is sent.
-    sent = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else 0
+    sent = _last_epoch(last_event_id)
 
     async def events():
         nonlocal sent

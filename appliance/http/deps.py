@@ -41,6 +41,7 @@ SessionDep = Annotated[Session, Depends(_session)]
 
 # Path ids are checked against their pattern before any lookup: a bad id is a 404, never a path.
 ProjectId = Annotated[str, Path(description="proj-…"), Depends(lambda project_id: check_id("project", project_id))]
-OffsetQ = Annotated[int, Query(ge=0, description="Items to skip")]
+# At most SQLite's largest integer: a larger offset failed the query (OverflowError, a 500).
+OffsetQ = Annotated[int, Query(ge=0, le=2**63 - 1, description="Items to skip")]
 LimitQ = Annotated[int, Query(ge=1, le=500, description="Page size (≤ 500)")]
 ForceQ = Annotated[bool, Query(description="Stop the jobs using what is deleted first (else 409 naming them)")]

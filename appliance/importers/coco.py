@@ -76,17 +76,16 @@ def _read_file(path: Path, root: Path, items: list[RawItem], warnings: list[Impo
     name = rel(path, root)
     doc = _load(path, name)
     categories = {
-        _field(c, "id", name, "category"): str(_field(c, "name", name, "category")).strip()
-        for c in doc["categories"]
+        _id(c, name, "category"): str(_field(c, "name", name, "category")).strip() for c in doc["categories"]
     }
-    images = {_field(i, "id", name, "image"): i for i in doc["images"]}
+    images = {_id(i, name, "image"): i for i in doc["images"]}
     items_by_id = {image_id: RawItem(Path()) for image_id in images}  # source filled in below
     crowd = 0
     for index, ann in enumerate(doc["annotations"]):
         if not isinstance(ann, dict):
             raise InvalidDataset(f"{name}: annotation #{index} is not an object")
         ann_id = ann.get("id", f"#{index}")
-        item = items_by_id.get(ann.get("image_id"))
+        item = _lookup(items_by_id, ann.get("image_id"))
         if ann.get("iscrowd") and item is not None:
             crowd += 1
             item.dropped += 1
@@ -94,7 +93,7 @@ def _read_file(path: Path, root: Path, items: list[RawItem], warnings: list[Impo
         problem = None
         if item is None:
             problem = f"unknown image id {ann.get('image_id')!r}"
-        elif ann.get("category_id") not in categories:
+        elif _lookup(categories, ann.get("category_id")) is None:
             problem = f"unknown category id {ann.get('category_id')!r}"
         elif (xywh := _bbox(ann.get("bbox"))) is None:
             problem = f"bbox {ann.get('bbox')!r} is not [x, y, width, height]"
@@ -129,6 +128,10 @@ def _load(path: Path, name: str) -> dict:
         raise InvalidDataset(f"{name} {where}: invalid JSON ({exc.msg})") from exc
     except UnicodeDecodeError as exc:
         raise InvalidDataset(f"{name}: not UTF-8 text ({exc.reason})") from exc
+    except ValueError as exc:  # Python refuses integers of more than 4300 digits
+        raise InvalidDataset(f"{name}: invalid JSON (a number with too many digits)") from exc
+    except RecursionError as exc:
+        raise InvalidDataset(f"{name}: invalid JSON (nested too deeply)") from exc
     keys = ("images", "annotations", "categories")
     if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in keys):
         raise InvalidDataset(f"{name}: not a COCO instances file (needs {', '.join(keys)} lists)")
@@ -141,12 +144,28 @@ def _field(entry: object, key: str, name: str, kind: str) -> object:
     return entry[key]
 
 
+def _id(entry: object, name: str, kind: str) -> int | float | str:
+    """An image's or category's id: a number or a string (anything else can't be matched)."""
+    value = _field(entry, "id", name, kind)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidDataset(f"{name}: {kind} entry with 'id' {str(value)[:40]}: not a number or a string")
+    return value
+
+
+def _lookup(mapping: dict, key: object):
+    """`mapping.get(key)`, None for a key JSON can't use as an id (a list or an object)."""
+    try:
+        return mapping.get(key)
+    except TypeError:
+        return None
+
+
 def _bbox(value: object) -> tuple[float, float, float, float] | None:
     if not isinstance(value, list) or len(value) != 4:
         return None
     try:
         x, y, w, h = (number(v) for v in value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer too large for a float
         return None
     return x, y, w, h
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from appliance.store.errors import InvalidDataset, ValidationFailed
 from appliance.importers import coco, csvfile, folder, yolo
 from appliance.importers.images import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, UnreadableImage, probe_image
-from appliance.importers.parsed import ImportWarning, ParsedBox, ParsedDataset, ParsedItem
+from appliance.importers.parsed import ImportWarning, ParsedBox, ParsedDataset, ParsedItem, is_utf8_text, utf8_text
 from appliance.importers.sources import (
     RawBox,
     RawDataset,
@@ -69,6 +69,8 @@ def parse_source(
             f"which imports {_ACCEPTS[task]}"
         )
     dataset = _validate(root, raw, progress, max_pixels)
+    dataset.classes = [name for name in dataset.classes if is_utf8_text(name)]
+    dataset.detected = utf8_text(dataset.detected)
     if fmt == "auto":
         dataset.detected = f"Auto-detected {dataset.detected}"
     return dataset
@@ -147,6 +149,10 @@ def _validate_item(
         warnings.append(ImportWarning(relpath, "listed more than once; kept the first"))
         return None
     seen.add(relpath)
+    if not all(map(is_utf8_text, (relpath, raw.label or "", *(b.label for b in raw.boxes)))):
+        # A file name that is not UTF-8, or a label with a lone `\ud800` escape: neither can be stored.
+        warnings.append(ImportWarning(relpath, "its name or a label is not valid UTF-8 text; skipped"))
+        return None
     if not raw.source.resolve().is_relative_to(real_root):
         warnings.append(ImportWarning(relpath, "a link to outside the dataset folder; skipped"))
         return None

@@ -75,6 +75,7 @@ class UnreadableImage(InvalidDataset):
     """A file Pillow cannot fully decode: corrupt, truncated, or not an image."""
 
     def __init__(self, path: Path, reason: str):
+        reason = reason.replace(str(path), path.name)  # Pillow's messages may quote the absolute path
         super().__init__(f"{path.name}: unreadable image ({reason})")
         self.reason = reason
 

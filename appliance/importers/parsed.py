@@ -31,10 +31,28 @@ class ParsedItem:
     info: ImageInfo  # probed once while parsing; pass to store_image to skip a second decode
 
 
+def utf8_text(text: str) -> str:
+    """`text` made storable and sendable as UTF-8: a lone surrogate (a JSON `\\ud800` escape, or a
+    file name that is not UTF-8) becomes its escape sequence instead of failing the database or
+    the JSON response later."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def is_utf8_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass
 class ImportWarning:  # noqa: A001 - the name the API uses; shadows the builtin only here
     file: str  # posix path relative to the source root (image or annotation file)
     reason: str
+
+    def __post_init__(self) -> None:
+        self.file, self.reason = utf8_text(self.file), utf8_text(self.reason)
 
 
 @dataclass

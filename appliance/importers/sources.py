@@ -111,7 +111,15 @@ def find_file(name: str, bases: list[Path]) -> Path | None:
     if not path.startswith("/") and not re.match(r"[A-Za-z]:", path) and ".." not in parts:
         tries += [base.joinpath(*parts) for base in bases]
     tries += [base / parts[-1] for base in bases]
-    return next((p for p in tries if p.is_file()), None)
+    return next((p for p in tries if _is_file(p)), None)
+
+
+def _is_file(path: Path) -> bool:
+    """is_file() that says no to a name the file system refuses (ENAMETOOLONG), as it does to NUL."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def count(n: int, singular: str, plural: str | None = None) -> str:

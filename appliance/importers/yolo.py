@@ -100,6 +100,8 @@ def _yaml_names(path: Path, name: str) -> dict[int, str]:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise InvalidDataset(f"{name}{where}: invalid YAML ({getattr(exc, 'problem', None) or exc})") from exc
+    except (ValueError, RecursionError) as exc:  # an integer of more than 4300 digits; nesting too deep
+        raise InvalidDataset(f"{name}: invalid YAML ({type(exc).__name__})") from exc
     names = doc.get("names") if isinstance(doc, dict) else None
     if isinstance(names, list):
         pairs = enumerate(names)
@@ -110,12 +112,21 @@ def _yaml_names(path: Path, name: str) -> dict[int, str]:
     result = {}
     for key, value in pairs:
         # Scalars only: str() of a nested (alias-expanded) structure could be enormous.
-        if not str(key).isdigit() or not isinstance(value, (str, int, float)) or not str(value).strip():
-            raise InvalidDataset(f"{name}: names entry {key!r}: {str(value)[:40]!r} is not an id and a name")
+        # ASCII digits only: '²'.isdigit() is true, but int('²') fails.
+        if not _is_id(key) or not isinstance(value, (str, int, float)) or not str(value).strip():
+            raise InvalidDataset(f"{name}: names entry {key!r:.40}: {str(value)[:40]!r} is not an id and a name")
         result[int(key)] = str(value).strip()
     if not result:
         raise InvalidDataset(f"{name}: 'names' is empty")
     return result
+
+
+def _is_id(key: object) -> bool:
+    """A class id: a non-negative integer, or its ASCII digits (at most 9)."""
+    if isinstance(key, bool):
+        return False
+    text = str(key) if isinstance(key, (int, str)) else ""
+    return 0 < len(text) <= 9 and text.isascii() and text.isdigit()
 
 
 def _text_names(path: Path, name: str) -> dict[int, str]:

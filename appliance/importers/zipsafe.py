@@ -89,7 +89,8 @@ def extract_zip(
         # e.g. a bad CRC, a local header that disagrees with the directory, an unreadable stream
         except (zipfile.BadZipFile, zlib.error, LZMAError, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
             _empty(dest)
-            raise InvalidDataset(f"{name}: cannot extract {info.filename} ({exc})") from exc
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc  # no staging path
+            raise InvalidDataset(f"{name}: cannot extract {info.filename} ({reason})") from exc
         except BaseException:
             _empty(dest)
             raise

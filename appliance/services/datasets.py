@@ -68,16 +68,27 @@ def start_local_import(session: Session, settings: Settings, project_id: str, so
     get_project(session, project_id)
     check_format(fmt)
     admit_import(session, settings, None, None)
-    source = Path(source_path).expanduser()
+    if "\x00" in source_path:  # the OS can't take it: every path call would raise ValueError
+        raise ValidationFailed("source_path: contains a NUL character, which no path on the server can hold")
+    try:
+        source = Path(source_path).expanduser()
+    except RuntimeError:  # `~name/…` for a user the server does not know
+        raise ValidationFailed("source_path: starts with ~ and a user the server does not know") from None
     if not source.is_absolute():
         raise ValidationFailed(f"source_path: must be an absolute path on the server (got {source_path!r})")
     roots = settings.allowed_import_roots
-    if not is_within(source, roots):
+    try:
+        inside = is_within(source, roots)
+        folder = inside and source.resolve().is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ValidationFailed(f"source_path: not a usable path on the server ({exc.strerror})") from None
+    if not inside:
+        # Not echoed: messages never show a server path outside the import roots.
         raise ForbiddenPath(
-            f"source_path {source_path} is outside the allowed import roots ({', '.join(map(str, roots))}); "
+            f"source_path: the folder is outside the allowed import roots ({', '.join(map(str, roots))}); "
             "set AISTUDIO_IMPORT_ROOTS to allow it"
         )
-    if not source.resolve().is_dir():
+    if not folder:
         raise InvalidDataset(f"source_path {source_path} is not a folder on the server")
     return _queue(session, project_id, fmt, str(source.resolve()))
 
@@ -337,11 +348,21 @@ def run_import_here(settings: Settings, import_id: str) -> None:
                          "The import ran out of memory; the dataset is unchanged. Split the dataset or its annotation files")
     except Exception as exc:  # a bug or an OS error: fail the job, never leave it running
         log.exception("Import %s failed", import_id)
-        finish = partial(imports.finish, url, import_id, JobStatus.FAILED, f"Unexpected error: {exc}")
+        finish = partial(imports.finish, url, import_id, JobStatus.FAILED,
+                         f"Unexpected error: {_without_paths(exc, settings)}")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         if finish is not None:
             finish()
+
+
+def _without_paths(exc: Exception, settings: Settings) -> str:
+    """The error's text for the user, without server paths: an OS error's reason, not the file it
+    names (a staging or workspace path); the workspace is never spelled out (the log has it all)."""
+    text = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) and exc.filename else str(exc)
+    for folder in {str(settings.workspace), str(Path(settings.workspace).resolve())}:
+        text = text.replace(folder, "<workspace>")
+    return text
 
 
 def _source_root(settings: Settings, stage: Path, source: str) -> Path:
@@ -354,7 +375,7 @@ def _source_root(settings: Settings, stage: Path, source: str) -> Path:
             raise
     root = Path(source)
     if not is_within(root, settings.allowed_import_roots):  # roots may have changed since the request
-        raise ForbiddenPath(f"source_path {source} is outside the allowed import roots")
+        raise ForbiddenPath("source_path: the folder is no longer inside the allowed import roots (AISTUDIO_IMPORT_ROOTS)")
     return root
 
 

@@ -12,6 +12,8 @@ class AppError(Exception):
     status_code = 500
 
     def __init__(self, message: str, retry_after_s: int | None = None):
+        # Messages quote user input (file names, JSON values): keep them valid UTF-8 for the envelope.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s  # sent as `Retry-After` (a busy or stopping server)
