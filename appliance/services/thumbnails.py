@@ -48,6 +48,7 @@ class DecodeSlots:
         self.waiting = 0
         self.most_running = 0  # high-water mark, for tests and benchmarks
         self._changed = asyncio.Condition()
+        self.making: dict[Path, asyncio.Event] = {}  # thumbnails being made now: others wait for them
 
     def _fits(self, pixels: int) -> bool:
         return self.running == 0 or (self.running < self.slots and self.pixels + pixels <= self.pixel_budget)
@@ -106,13 +107,26 @@ async def ensure_thumbnail(slots: DecodeSlots, target: ThumbnailTarget, max_pixe
         return target.thumb
     if target.pixels > max_pixels:
         return None
-    async with slots.hold(target.pixels):
-        if target.thumb.is_file():  # made by a request that held the slot before us
+    while (making := slots.making.get(target.thumb)) is not None:  # one decode per image, never two
+        slots.waiting += 1
+        try:
+            await making.wait()
+        finally:
+            slots.waiting -= 1
+        if target.thumb.is_file():
             return target.thumb
-        if not target.source.is_file():
-            raise NotFound(f"File {target.source.name} not found")
-        # Not cancellable: the slot stays held until the decode has really ended.
-        await run_in_threadpool(make_thumbnail, target.source, target.thumb, THUMBNAIL_SIZE, max_pixels)
+    done = slots.making[target.thumb] = asyncio.Event()
+    try:
+        async with slots.hold(target.pixels):
+            if target.thumb.is_file():  # made by a request that held the slot before us
+                return target.thumb
+            if not target.source.is_file():
+                raise NotFound(f"File {target.source.name} not found")
+            # Not cancellable: the slot stays held until the decode has really ended.
+            await run_in_threadpool(make_thumbnail, target.source, target.thumb, THUMBNAIL_SIZE, max_pixels)
+    finally:
+        del slots.making[target.thumb]
+        done.set()
     return target.thumb
 
 

@@ -13,7 +13,6 @@ cut-off body replaced by the 413) are tested in-process on the middleware itself
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from appliance.config import Settings
+from tests.asyncrun import run_async
 from tests.fixtures import create_project, make_classification_folder, wait_import, zip_dir
 from tests.hostile.rawhttp import exchange, multipart, pieces, request_head
 from tests.workflows import wait_for
@@ -286,7 +286,7 @@ def _run(middleware, scope, chunks):
     async def send(message):
         sent.append(message)
 
-    asyncio.run(middleware(scope, receive, send))
+    run_async(middleware(scope, receive, send))
     return sent
 
 

@@ -15,6 +15,7 @@ import logging
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.asyncrun import run_async
 from tests.htmlq import parse
 
 EVIL_HOSTS = ["attacker.example", "attacker.example:{port}", "127.0.0.1.nip.io:{port}", "localhost.attacker.example",
@@ -102,8 +103,6 @@ def test_the_setting_is_read_from_the_environment(settings, monkeypatch):
 
 def test_a_request_without_host_is_refused(settings):
     """HTTP/1.0 clients may omit Host; the app can't tell where they came from, so refuse them."""
-    import asyncio
-
     from appliance.main import create_app
 
     app = create_app(settings)
@@ -118,7 +117,7 @@ def test_a_request_without_host_is_refused(settings):
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.0", "method": "GET", "scheme": "http",
              "path": "/api/system/health", "raw_path": b"/api/system/health", "query_string": b"", "headers": [],
              "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000), "root_path": ""}
-    asyncio.run(app(scope, receive, send))
+    run_async(app(scope, receive, send))
     assert sent[0]["status"] == 400
     assert b"HOST_NOT_ALLOWED" in sent[1]["body"] and b"AISTUDIO_ALLOWED_HOSTS" in sent[1]["body"]
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.asyncrun import run_async
 from tests.fixtures import create_project, import_and_wait, list_all_images, make_classification_folder
 
 BOMB_SIDE = 13000
@@ -299,7 +300,7 @@ def test_decode_slots_bound_count_and_pixels():
         c_on, c_off = order.index("+c"), order.index("-c")
         assert all(not o.startswith("+") for o in order[c_on + 1:c_off])
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 # ----------------------------------------------------------------------------- 16-bit
