@@ -417,7 +417,7 @@ def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, 
         image_id = new_id("image")
         filename = image_id + _EXTENSIONS.get(info.format, Path(item.relpath).suffix.lower())
         store_image(item.source, staged_dir / filename, info, move=owned)
-        _stage_thumbnail(staged_dir / filename, staged_thumbs / _thumb_name(filename), max_pixels)
+        _stage_thumbnail(staged_dir / filename, staged_thumbs / Workspace.thumb_name(filename), max_pixels)
         rows.append({
             "id": image_id, "project_id": project_id, "filename": filename, "original_name": item.relpath,
             "sha256": info.sha256, "width": info.width, "height": info.height,
@@ -433,7 +433,7 @@ def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, 
     moved: list[Path] = []
     try:
         for row in rows:
-            thumb = staged_thumbs / _thumb_name(row["filename"])
+            thumb = staged_thumbs / Workspace.thumb_name(row["filename"])
             if thumb.is_file():
                 os.replace(thumb, thumbs / thumb.name)
                 moved.append(thumbs / thumb.name)
@@ -485,7 +485,7 @@ def _remove_unrecorded_images(session: Session, workspace: Workspace, project_id
     or whose row was deleted before the file), and thumbnails of no recorded image."""
     recorded = set(session.scalars(select(Image.filename).where(Image.project_id == project_id)))
     for folder, wanted in ((workspace.images_dir(project_id), recorded),
-                           (workspace.thumbs_dir(project_id), {_thumb_name(name) for name in recorded})):
+                           (workspace.thumbs_dir(project_id), {Workspace.thumb_name(name) for name in recorded})):
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
@@ -605,11 +605,9 @@ def delete_image(session: Session, workspace: Workspace, project_id: str, image_
     session.execute(delete(Image).where(Image.id == image_id))
     session.commit()
     (workspace.images_dir(project_id) / filename).unlink(missing_ok=True)
-    (workspace.thumbs_dir(project_id) / _thumb_name(filename)).unlink(missing_ok=True)
+    (workspace.thumbs_dir(project_id) / Workspace.thumb_name(filename)).unlink(missing_ok=True)
 
 
-def _thumb_name(filename: str) -> str:
-    return Path(filename).stem + ".jpg"
 
 
 def image_file(session: Session, workspace: Workspace, project_id: str, filename: str) -> Path:

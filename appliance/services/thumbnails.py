@@ -88,7 +88,7 @@ def thumbnail_target(session: Session, workspace: Workspace, project_id: str, fi
     ).first()
     if row is None:
         raise NotFound(f"File {filename} not found")
-    thumb = safe_join(workspace.thumbs_dir(project_id), Path(filename).stem + ".jpg")
+    thumb = safe_join(workspace.thumbs_dir(project_id), Workspace.thumb_name(filename))
     return ThumbnailTarget(thumb, safe_join(workspace.images_dir(project_id), filename), row.width * row.height)
 
 

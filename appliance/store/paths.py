@@ -64,6 +64,11 @@ class Workspace:
     def thumbs_dir(self, project_id: str) -> Path:
         return self.project_dir(project_id) / "dataset" / ".thumbs"
 
+    @staticmethod
+    def thumb_name(filename: str) -> str:
+        """The thumbnail file of a stored image (a JPEG whatever the image's format)."""
+        return Path(filename).stem + ".jpg"
+
     def experiment_dir(self, project_id: str, experiment_id: str) -> Path:
         return self.project_dir(project_id) / "experiments" / experiment_id
 
