@@ -19,29 +19,11 @@ import pytest
 
 from appliance.store.db import session_scope
 from appliance.store.tables import Experiment
+from tests.ray_jobs.jobs import pin_cluster, submit
 from tests.ray_jobs.gates import Gates
 from tests.workflows import create_experiment, experiment, project_with_split, wait_experiment, wait_for
 
 pytestmark = pytest.mark.ray
-
-
-def _pin_cluster() -> str:
-    """An entrypoint prefix naming this session's cluster: Ray's job supervisor hands the job
-    `RAY_ADDRESS` of the local cluster started *last* (/tmp/ray/ray_current_cluster), which on a
-    host running several test sessions may be another session's."""
-    import ray
-
-    return f"RAY_ADDRESS={ray.get_runtime_context().gcs_address} "
-
-
-def _submit(client, entrypoint: str) -> str | None:
-    """Submit, or None while the dashboard's job agent is not up yet (it says "try again later")."""
-    try:
-        return client.submit_job(entrypoint=entrypoint)
-    except RuntimeError as exc:
-        if "No available agent to submit job" in str(exc):
-            return None
-        raise
 
 
 def test_a_run_whose_ray_job_died_is_interrupted_when_ray_says_so(server):
@@ -57,8 +39,8 @@ def test_a_run_whose_ray_job_died_is_interrupted_when_ray_says_so(server):
     jobs = JobSubmissionClient(f"http://127.0.0.1:{server.settings.ray_dashboard_port}", headers=headers)
     gates = Gates(eid).close("epoch:1")
     try:
-        entrypoint = f"{_pin_cluster()}{sys.executable} -m ray_jobs.train --project {pid} --experiment {eid}"
-        job = wait_for(lambda: _submit(jobs, entrypoint), lambda submitted: submitted is not None, timeout=120, every=2)
+        entrypoint = f"{pin_cluster()}{sys.executable} -m ray_jobs.train --project {pid} --experiment {eid}"
+        job = wait_for(lambda: submit(jobs, entrypoint), lambda submitted: submitted is not None, timeout=120, every=2)
         gates.wait_arrival("epoch:1")  # running: its Train worker waits before epoch 1
         with session_scope(server.settings.db_url) as s:
             driver = s.get(Experiment, eid).ray_driver

@@ -21,6 +21,7 @@ import pytest
 from appliance.store.db import session_scope
 from appliance.store.errors import Conflict
 from appliance.store.tables import EpochRecord, Experiment, Lock
+from tests.ray_jobs.jobs import pin_cluster, submit
 from tests.ray_jobs.gates import Gates
 from tests.workflows import create_experiment, experiment, project_with_split, wait_experiment, wait_for
 
@@ -121,8 +122,8 @@ def test_sixteen_racing_starts_one_run_and_a_refused_job_submit(server):
         token_file = Path.home() / ".ray" / "auth_token"
         headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"} if token_file.is_file() else None
         jobs = JobSubmissionClient(f"http://127.0.0.1:{server.settings.ray_dashboard_port}", headers=headers)
-        entrypoint = f"{_pin_cluster()}{sys.executable} -m ray_jobs.train --project {pid} --experiment {eid}"
-        job = wait_for(lambda: _submit(jobs, entrypoint), lambda submitted: submitted is not None, timeout=120, every=2)
+        entrypoint = f"{pin_cluster()}{sys.executable} -m ray_jobs.train --project {pid} --experiment {eid}"
+        job = wait_for(lambda: submit(jobs, entrypoint), lambda submitted: submitted is not None, timeout=120, every=2)
         ended = wait_for(lambda: jobs.get_job_status(job), lambda s: s.is_terminal(), timeout=300, every=1)
         logs = jobs.get_job_logs(job)
         assert ended == JobStatus.FAILED, logs[-3000:]
@@ -151,20 +152,3 @@ def test_sixteen_racing_starts_one_run_and_a_refused_job_submit(server):
     assert (weights / "last.ckpt").stat().st_mtime_ns == stamp
 
 
-def _pin_cluster() -> str:
-    """An entrypoint prefix naming this session's cluster: Ray's job supervisor hands the job
-    `RAY_ADDRESS` of the local cluster started *last* (/tmp/ray/ray_current_cluster), which on a
-    host running several test sessions may be another session's."""
-    import ray
-
-    return f"RAY_ADDRESS={ray.get_runtime_context().gcs_address} "
-
-
-def _submit(client, entrypoint: str) -> str | None:
-    """Submit, or None while the dashboard's job agent is not up yet (it says "try again later")."""
-    try:
-        return client.submit_job(entrypoint=entrypoint)
-    except RuntimeError as exc:
-        if "No available agent to submit job" in str(exc):
-            return None
-        raise

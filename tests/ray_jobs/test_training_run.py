@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.ray_jobs.jobs import pin_cluster, submit
 from tests.ray_jobs.gates import Gates
 from tests.workflows import create_experiment, experiment, project_with_split, read_sse, wait_experiment, wait_for
 
@@ -95,12 +96,8 @@ def test_ray_job_submit_runs_the_same_entrypoint(server, dataset):
     token_file = Path.home() / ".ray" / "auth_token"
     headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"} if token_file.is_file() else None
     client = JobSubmissionClient(f"http://127.0.0.1:{server.settings.ray_dashboard_port}", headers=headers)
-    # RAY_ADDRESS: Ray's job supervisor hands the job the address of the local cluster started last
-    # (/tmp/ray/ray_current_cluster), another test session's on a shared host.
-    import ray
-
-    entrypoint = f"RAY_ADDRESS={ray.get_runtime_context().gcs_address} {sys.executable} -m ray_jobs.train --project {pid} --experiment {eid}"
-    job = wait_for(lambda: _submit(client, entrypoint), lambda submitted: submitted is not None, timeout=120, every=2)
+    entrypoint = f"{pin_cluster()}{sys.executable} -m ray_jobs.train --project {pid} --experiment {eid}"
+    job = wait_for(lambda: submit(client, entrypoint), lambda submitted: submitted is not None, timeout=120, every=2)
     status = wait_for(lambda: client.get_job_status(job), lambda s: s in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}, timeout=300, every=1)
     assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)[-3000:]
     exp = experiment(server.http, pid, eid)
@@ -108,11 +105,3 @@ def test_ray_job_submit_runs_the_same_entrypoint(server, dataset):
     assert any(e["id"] == eid for e in server.http.get(f"/api/training/{pid}/experiments").json()["data"])
 
 
-def _submit(client, entrypoint: str) -> str | None:
-    """Submit, or None while the dashboard's job agent is not up yet (it says "try again later")."""
-    try:
-        return client.submit_job(entrypoint=entrypoint)
-    except RuntimeError as exc:
-        if "No available agent to submit job" in str(exc):
-            return None
-        raise
