@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from appliance.store.db import session_scope
@@ -10,6 +10,7 @@ from appliance.store.ids import new_id
 from appliance.store.paths import Workspace
 from appliance.store.errors import ValidationFailed
 from appliance.store.runs import checkpoint_path, subset_images, subset_samples, trained_checkpoint
+from appliance.store.records import move_status
 from appliance.store.status import JobStatus
 from appliance.store.tables import EvalSample, Evaluation, Experiment, utcnow
 
@@ -36,22 +37,15 @@ def queue(session: Session, project_id: str, experiment_id: str, subset: str, ch
 
 
 def start(db_url: str, evaluation_id: str) -> bool:
-    """queued → running, only if nobody cancelled it meanwhile (one conditional UPDATE)."""
+    """queued → running, only if nobody cancelled it meanwhile."""
     with session_scope(db_url) as s:
-        return bool(s.execute(
-            update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == JobStatus.QUEUED)
-            .values(status=JobStatus.RUNNING)
-        ).rowcount)
+        return move_status(s, Evaluation, evaluation_id, JobStatus.QUEUED, status=JobStatus.RUNNING)
 
 
 def cancel_queued(session: Session, evaluation_id: str) -> bool:
     """queued → failed (cancelled) before it starts; False when it is no longer queued."""
-    done = session.execute(
-        update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == JobStatus.QUEUED)
-        .values(status=JobStatus.FAILED, error=CANCELLED_MESSAGE, finished_at=utcnow())
-    ).rowcount
-    session.commit()
-    return bool(done)
+    return move_status(session, Evaluation, evaluation_id, JobStatus.QUEUED,
+                       status=JobStatus.FAILED, error=CANCELLED_MESSAGE, finished_at=utcnow())
 
 
 def evaluation_inputs(db_url: str, workspace: Workspace, evaluation_id: str) -> dict:

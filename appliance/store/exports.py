@@ -6,13 +6,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select, update as sql_update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from appliance.store.db import session_scope
 from appliance.store.ids import new_id
 from appliance.store.paths import Workspace
 from appliance.store.runs import checkpoint_path, load_run_inputs, subset_samples
+from appliance.store.records import move_status
 from appliance.store.status import JobStatus
 from appliance.store.tables import Experiment, Export, utcnow
 
@@ -45,22 +46,15 @@ def queued_format(db_url: str, export_id: str) -> str | None:
 
 
 def start(db_url: str, export_id: str) -> bool:
-    """queued → running, only if nobody cancelled it meanwhile (one conditional UPDATE)."""
+    """queued → running, only if nobody cancelled it meanwhile."""
     with session_scope(db_url) as s:
-        return bool(s.execute(
-            sql_update(Export).where(Export.id == export_id, Export.status == JobStatus.QUEUED)
-            .values(status=JobStatus.RUNNING)
-        ).rowcount)
+        return move_status(s, Export, export_id, JobStatus.QUEUED, status=JobStatus.RUNNING)
 
 
 def cancel_queued(session: Session, export_id: str) -> bool:
     """queued → failed (cancelled) before it starts; False when it is no longer queued."""
-    done = session.execute(
-        sql_update(Export).where(Export.id == export_id, Export.status == JobStatus.QUEUED)
-        .values(status=JobStatus.FAILED, error=CANCELLED_MESSAGE, finished_at=utcnow())
-    ).rowcount
-    session.commit()
-    return bool(done)
+    return move_status(session, Export, export_id, JobStatus.QUEUED,
+                       status=JobStatus.FAILED, error=CANCELLED_MESSAGE, finished_at=utcnow())
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Finding a project's records by id — the one ownership check, shared by the web side and the
-job entrypoints."""
+job entrypoints — and the one way to move a job record between states when others may race."""
 
 from __future__ import annotations
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from appliance.store.errors import NotFound
@@ -27,3 +28,13 @@ def get_owned(session: Session, model, kind: str, project_id: str, record_id: st
     if row is None or row.project_id != project_id:
         raise NotFound(f"{kind.capitalize()} {record_id} not found")
     return row
+
+
+def move_status(session: Session, model, record_id: str, expected: str, **values) -> bool:
+    """Set `values` on the record only while its status is still `expected` (one conditional
+    UPDATE, committed); False when it was not — another process moved it first."""
+    moved = session.execute(
+        update(model).where(model.id == record_id, model.status == expected).values(**values)
+    ).rowcount
+    session.commit()
+    return bool(moved)
