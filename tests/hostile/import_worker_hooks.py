@@ -78,3 +78,17 @@ def killed_in_commit(argv: list[str]) -> int:
 
     datasets.insert = insert
     return import_worker.main(argv)
+
+
+FULL_DISK_FILE = "/srv/aistudio/workspace/staging/imp-x/images/a.jpg"
+
+
+def full_disk(argv: list[str]) -> int:
+    """The commit's row insert fails with an OS error naming a server file (a full disk)."""
+    import errno
+
+    def insert(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", FULL_DISK_FILE)
+
+    datasets.insert = insert
+    return import_worker.main(argv)

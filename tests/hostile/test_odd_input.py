@@ -14,7 +14,6 @@ sees it) except `Last-Event-ID`, whose stream needs Ray: through the session `se
 
 from __future__ import annotations
 
-import errno
 import json
 import zipfile
 from pathlib import Path
@@ -168,20 +167,18 @@ def test_zip_member_name_too_long_fails_without_naming_the_staging_folder(app, s
 
 
 def test_unexpected_os_error_in_an_import_gives_its_reason_not_its_path(app, settings, monkeypatch):
-    """As in tests/api/test_datasets.py, the commit's insert fails (simulated: a full disk is hard to
-    arrange) with an OSError naming a file in the workspace: the job says why, not where."""
+    """As in tests/api/test_datasets.py, the commit's insert fails in the import's worker process
+    (simulated: a full disk is hard to arrange) with an OSError naming a server file: the job says
+    why, not where."""
     from appliance.services import datasets as service
-
-    staged = Path(settings.workspace).resolve() / "staging" / "imp-x" / "images" / "a.jpg"
-
-    def full_disk(*_args, **_kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", str(staged))
+    from tests.hostile.import_worker_hooks import FULL_DISK_FILE, hook
 
     root = make_classification_folder(settings.allowed_import_roots[0] / "ds", per_class=1, size=8).root
     pid = create_project(app)
-    monkeypatch.setattr(service, "insert", full_disk)
+    monkeypatch.setattr(service, "WORKER_ENTRY", hook("full_disk"))
     job = import_and_wait(app, pid, root)
     assert job["status"] == "failed" and job["error"] == "Unexpected error: No space left on device", job
+    assert FULL_DISK_FILE not in str(job)
 
 
 def test_unreadable_stored_image_names_the_file_not_the_workspace(app, settings):
@@ -192,6 +189,8 @@ def test_unreadable_stored_image_names_the_file_not_the_workspace(app, settings)
     image = list_all_images(app, pid)[0]
     stored = Path(settings.workspace) / "projects" / pid / "dataset" / "images" / image["filename"]
     stored.write_bytes(b"not an image any more")
+    thumb = stored.parents[1] / ".thumbs" / (stored.stem + ".jpg")  # made at import: remove it, so the
+    thumb.unlink()  # request decodes the damaged image (the lazy path)
     message = error_of(app.get(f"/api/datasets/{pid}/thumbnail/{image['filename']}"), 400, "INVALID_DATASET")
     assert message.startswith(f"{image['filename']}: unreadable image"), message
     assert str(settings.workspace) not in message, message
