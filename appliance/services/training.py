@@ -21,7 +21,6 @@ from appliance.store import runs
 from appliance.store.errors import Conflict, ValidationFailed
 from appliance.store.ids import new_id
 from appliance.store.paths import Workspace
-from appliance.store.runs import ALREADY_TRAINING
 from appliance.store.status import ACTIVE, JobStatus
 from appliance.store.tables import EpochRecord, Experiment, Export
 from appliance.schemas import StrictBody
@@ -154,7 +153,7 @@ def request_run(session: Session, body: RunRequest, reset_events: Callable[[str]
     run shows as `queued`, so a stop asked for the queued run is never wiped by it."""
     exp = get_experiment(session, body.project_id, body.experiment_id)
     if exp.status in ACTIVE:
-        raise Conflict(ALREADY_TRAINING if exp.status == JobStatus.RUNNING else f"Experiment {exp.id} is already queued")
+        raise Conflict(runs.already_active(exp.id, exp.status))
     if body.resume:
         if exp.status == JobStatus.CREATED:
             raise ValidationFailed(f"resume: experiment {exp.id} has never run; start it without resume")

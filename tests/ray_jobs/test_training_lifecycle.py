@@ -180,7 +180,7 @@ def test_stop_on_the_last_epoch_completes_the_run_with_every_epoch(server, datas
         exp = experiment(server.http, pid, eid)
         assert (exp["status"], [h["epoch"] for h in exp["history"]]) == ("running", [1])
         assert worker["pid"] != gates.arrivals("start")[0]["pid"]  # the Train worker, not the driver
-        refused(run(server.http, pid, eid), 409, "CONFLICT", ALREADY_TRAINING)
+        refused(run(server.http, pid, eid), 409, "CONFLICT", f"Experiment {eid} is already running")
         refused(run(server.http, pid, other), 409, "CONFLICT", ALREADY_TRAINING)
         assert server.http.post(f"/api/training/{pid}/experiments/{eid}/stop").status_code == 200
     finally:
