@@ -151,3 +151,30 @@ def _short_name(p) -> str:
 
 def gib(n: float) -> str:
     return f"{n / 1024**3:.2f} GiB"
+
+
+def make_running_experiment(db_url: str, project_id: str, name: str = "sse-bench") -> str:
+    """An experiment row that says `running` (with a split), for streaming benchmarks: the SSE
+    route then polls the event bus for it as it would for a live run."""
+    from appliance.store.db import session_scope
+    from appliance.store.ids import new_id
+    from appliance.store.tables import Experiment, Split, utcnow
+
+    split_id, exp_id = new_id("split"), new_id("experiment")
+    with session_scope(db_url) as s:
+        s.add(Split(id=split_id, project_id=project_id, name="bench", train=0.8, val=0.2, test=0.0, seed=0,
+                    stratified=True, counts={}))
+        s.flush()
+        s.add(Experiment(id=exp_id, project_id=project_id, split_id=split_id, name=name, model="resnet18",
+                         params={"task": "classification", "epochs": 1}, class_names=["a", "b"], status="running",
+                         heartbeat_at=utcnow(), started_at=utcnow()))
+    return exp_id
+
+
+def finish_experiment(db_url: str, exp_id: str) -> None:
+    from appliance.store.db import session_scope
+    from appliance.store.tables import Experiment, utcnow
+
+    with session_scope(db_url) as s:
+        exp = s.get(Experiment, exp_id)
+        exp.status, exp.finished_at = "completed", utcnow()

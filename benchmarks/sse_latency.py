@@ -33,34 +33,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit_json, free_port, machine, percentile, ray_init  # noqa: E402
+from _common import (  # noqa: E402
+    emit_json, finish_experiment, free_port, machine, make_running_experiment, percentile, ray_init,
+)
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-
-
-def make_running_experiment(db_url: str, project_id: str) -> str:
-    from appliance.store.db import session_scope
-    from appliance.store.ids import new_id
-    from appliance.store.tables import Experiment, Split, utcnow
-
-    split_id, exp_id = new_id("split"), new_id("experiment")
-    with session_scope(db_url) as s:
-        s.add(Split(id=split_id, project_id=project_id, name="bench", train=0.8, val=0.2, test=0.0, seed=0,
-                    stratified=True, counts={}))
-        s.flush()
-        s.add(Experiment(id=exp_id, project_id=project_id, split_id=split_id, name="sse-bench", model="resnet18",
-                         params={"task": "classification", "epochs": 1}, class_names=["a", "b"], status="running",
-                         heartbeat_at=utcnow(), started_at=utcnow()))
-    return exp_id
-
-
-def finish_experiment(db_url: str, exp_id: str) -> None:
-    from appliance.store.db import session_scope
-    from appliance.store.tables import Experiment, utcnow
-
-    with session_scope(db_url) as s:
-        exp = s.get(Experiment, exp_id)
-        exp.status, exp.finished_at = "completed", utcnow()
 
 
 class StreamReader(threading.Thread):

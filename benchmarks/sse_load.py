@@ -30,34 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit_json, free_port, machine, percentile, ray_init  # noqa: E402
+from _common import (  # noqa: E402
+    emit_json, finish_experiment, free_port, machine, make_running_experiment, percentile, ray_init,
+)
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-
-
-def make_running_experiment(db_url: str, project_id: str) -> str:
-    from appliance.store.db import session_scope
-    from appliance.store.ids import new_id
-    from appliance.store.tables import Experiment, Split, utcnow
-
-    split_id, exp_id = new_id("split"), new_id("experiment")
-    with session_scope(db_url) as s:
-        s.add(Split(id=split_id, project_id=project_id, name="bench", train=0.8, val=0.2, test=0.0, seed=0,
-                    stratified=True, counts={}))
-        s.flush()
-        s.add(Experiment(id=exp_id, project_id=project_id, split_id=split_id, name="sse-load", model="resnet18",
-                         params={"task": "classification", "epochs": 1}, class_names=["a", "b"], status="running",
-                         heartbeat_at=utcnow(), started_at=utcnow()))
-    return exp_id
-
-
-def end_experiment(db_url: str, exp_id: str) -> None:
-    from appliance.store.db import session_scope
-    from appliance.store.tables import Experiment, utcnow
-
-    with session_scope(db_url) as s:
-        exp = s.get(Experiment, exp_id)
-        exp.status, exp.finished_at = "completed", utcnow()
 
 
 def heartbeat_loop(db_url: str, exp_id: str, stop: threading.Event) -> None:
@@ -154,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             with httpx.Client(base_url=url, timeout=60) as http:
                 ids = [http.post("/api/projects", json={"name": f"bench-{i}", "task": "classification"}).json()["data"]["id"]
                        for i in range(args.projects)]
-                exp_id = make_running_experiment(settings.db_url, ids[0])
+                exp_id = make_running_experiment(settings.db_url, ids[0], name="sse-load")
                 threading.Thread(target=heartbeat_loop, args=(settings.db_url, exp_id, stop_beat), daemon=True).start()
                 bus = get_event_bus()
                 measure(http, 20)  # warm-up
@@ -185,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
                 time.sleep(2)
                 a2 = measure(http, args.requests)
                 print(f"A2 (streams closed): {summary(a2)}", flush=True)
-                end_experiment(settings.db_url, exp_id)
+                finish_experiment(settings.db_url, exp_id)
                 ray.get(bus.publish.remote(exp_id, "complete", {"status": "completed"}))
         finally:
             stop_beat.set()
