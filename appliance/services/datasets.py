@@ -93,34 +93,6 @@ def start_local_import(session: Session, settings: Settings, project_id: str, so
     return _queue(session, project_id, fmt, str(source.resolve()))
 
 
-def start_upload_import(
-    session: Session, settings: Settings, workspace: Workspace, project_id: str, fmt: str, upload, declared_size: int | None
-) -> ImportJob:
-    """Copy a file-like upload to staging (bounded memory, size-limited), check it, queue the job.
-    The HTTP route streams the request body straight to staging instead (`new_upload_stage` +
-    `queue_staged_upload`); this is for callers that already hold the file."""
-    get_project(session, project_id)
-    check_format(fmt)
-    admit_import(session, settings, workspace, declared_size)
-    limit = settings.max_upload_bytes
-    if declared_size is not None and declared_size > limit + 1024 * 1024:
-        raise upload_too_large(limit)
-    import_id, archive = new_upload_stage(workspace)
-    name = Path(getattr(upload, "filename", None) or _STAGED_ZIP).name
-    try:
-        written = 0
-        with archive.open("wb") as out:
-            while chunk := upload.file.read(1 << 20):
-                written += len(chunk)
-                if written > limit:
-                    raise upload_too_large(limit)
-                out.write(chunk)
-    except BaseException:
-        discard_stage(workspace, import_id)
-        raise
-    return queue_staged_upload(session, settings, workspace, project_id, fmt, import_id, name)
-
-
 def new_upload_stage(workspace: Workspace) -> tuple[str, Path]:
     """A new import id and the path its uploaded ZIP is to be written to (its folder exists)."""
     import_id = new_id("import")

@@ -35,14 +35,13 @@ CHILD = textwrap.dedent("""
     def die(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
 
-    class Upload:
-        def __init__(self, path):
-            self.filename, self.file = Path(path).name, open(path, "rb")
-
     with session_factory(settings.db_url)() as session:
-        if mode == "queued-upload":
-            job = datasets.start_upload_import(session, settings, datasets.Workspace(settings.workspace),
-                                               project_id, "auto", Upload(source), None)
+        if mode == "queued-upload":  # as the upload route does: the ZIP into staging, then queue it
+            workspace = datasets.Workspace(settings.workspace)
+            import_id, archive = datasets.new_upload_stage(workspace)
+            archive.write_bytes(Path(source).read_bytes())
+            job = datasets.queue_staged_upload(session, settings, workspace, project_id, "auto", import_id,
+                                               Path(source).name)
             print(job.id, flush=True)
             sys.exit(0)  # the server died with the upload queued
         job = datasets.start_local_import(session, settings, project_id, source, "auto")
