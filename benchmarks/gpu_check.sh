@@ -5,7 +5,9 @@
 #   2. gpu_eval_concurrency.py one vs four concurrent fractional-GPU evaluations (Ray tasks with
 #                              num_gpus=0.25 when Ray is installed, else four capped processes)
 #   3. gpu_export_check.py     TensorRT fp16 vs PyTorch eager fp32 (skips TensorRT when absent)
-#   4. pytest -m gpu           the tests marked `gpu` (skipped on CPU hosts), e.g. a TensorRT engine
+#   4. gpu_ray_check.py        Ray Train (TorchTrainer, use_gpu=True, a fractional GPU) vs the Ray-free
+#                              fit in the same run (skipped, and said so, when Ray is not installed)
+#   5. pytest -m gpu           the tests marked `gpu` (skipped on CPU hosts), e.g. a TensorRT engine
 #                              built and checked against PyTorch where TensorRT is installed
 # Each benchmark prints a JSON line; with RESULTS_DIR set, each also lands in $RESULTS_DIR/<name>.json
 # (and the tests' log and JUnit XML in $RESULTS_DIR/pytest_gpu.{log,xml}).
@@ -36,6 +38,11 @@ else
   run gpu_check
   run gpu_eval_concurrency
   run gpu_export_check
+fi
+if "$py" -c 'import ray' 2>/dev/null; then
+  if [ "$quick" -eq 1 ]; then run gpu_ray_check --images 1024; else run gpu_ray_check; fi
+else
+  echo "== gpu_ray_check skipped: Ray is not installed for $py (carry its wheel; see benchmarks/README.md)"
 fi
 
 # Only the files that hold gpu tests: the rest of the suite needs Ray and the web stack, which a
