@@ -173,6 +173,18 @@ def get_settings() -> Settings:
     return Settings()
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as AISTUDIO_* variables, for the Ray processes the appliance starts (the ingress
+    replica and what it launches): passed explicitly, since a process a cluster's raylet starts does
+    not inherit the environment of the one that asked for it."""
+    env = {}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if isinstance(value, list):  # import_roots, allowed_hosts: the comma form the settings parse
+            value = ",".join(str(p) for p in value)
+        env[f"AISTUDIO_{name.upper()}"] = str(value)
+    return env
+
+
 def job_config(settings: Settings) -> dict:
     """The settings Ray-side jobs need, as plain values (they travel through the event bus)."""
     return {

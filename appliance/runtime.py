@@ -7,7 +7,7 @@ import socket
 import time
 import urllib.request
 
-from appliance.config import Settings
+from appliance.config import Settings, settings_env
 from appliance.store.paths import Workspace
 
 log = logging.getLogger("aistudio")
@@ -39,7 +39,10 @@ def start_appliance(settings: Settings, wait_healthy_s: float = 120.0) -> str:
         _check_port_free(settings.host, settings.port)
     if not ray.is_initialized():
         if settings.ray_address:
-            ray.init(address=settings.ray_address, namespace=APP_NAME)
+            # Joined processes do not inherit this one's environment (a cluster's raylet starts them):
+            # the settings travel with the job, and with the ingress itself (`app_builder`).
+            ray.init(address=settings.ray_address, namespace=APP_NAME,
+                     runtime_env={"env_vars": settings_env(settings)})
         else:
             context = ray.init(
                 namespace=APP_NAME,
@@ -65,16 +68,6 @@ def start_appliance(settings: Settings, wait_healthy_s: float = 120.0) -> str:
     url = f"http://{host}:{settings.port}"
     _wait_healthy(url, wait_healthy_s)
     return url
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """AISTUDIO_* variables for Ray's processes, so the ingress replica sees the CLI's settings."""
-    env = {}
-    for name, value in settings.model_dump(exclude_none=True).items():
-        if isinstance(value, list):  # import_roots, allowed_hosts: the comma form the settings parse
-            value = ",".join(str(p) for p in value)
-        env[f"AISTUDIO_{name.upper()}"] = str(value)
-    return env
 
 
 def _check_port_free(host: str, port: int) -> None:

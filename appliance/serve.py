@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ray import serve
 
-from appliance.config import Settings, get_settings, job_config
+from appliance.config import Settings, get_settings, job_config, settings_env
 from appliance.main import create_app
 
 DEPLOYMENT_NAME = "AIStudioIngress"
@@ -61,6 +61,13 @@ class AIStudioIngress:
 
 
 def app_builder(args: dict | None = None, settings: Settings | None = None):
-    """Serve application for `serve run appliance.serve:app_builder` and RayService configs."""
-    streams = (settings or get_settings()).max_sse_streams
-    return AIStudioIngress.options(max_ongoing_requests=streams + REQUEST_HEADROOM).bind()
+    """Serve application for `serve run appliance.serve:app_builder` and RayService configs.
+
+    The settings go with the replica (its `runtime_env`): on a cluster the replica is started by a
+    raylet, with that raylet's environment and working folder, not the caller's. What the replica
+    starts (the event bus, training drivers, evaluation and export tasks, import workers) inherits them."""
+    settings = settings or get_settings()
+    return AIStudioIngress.options(
+        max_ongoing_requests=settings.max_sse_streams + REQUEST_HEADROOM,
+        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": settings_env(settings)}},
+    ).bind()

@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     import httpx
 
     from appliance.config import Settings
-    from appliance.runtime import APP_NAME, settings_env, start_appliance, stop_appliance
+    from appliance.config import settings_env
+    from appliance.runtime import APP_NAME, start_appliance, stop_appliance
     from tests.hostile.rawhttp import exchange, multipart, pieces
 
     before = machine()

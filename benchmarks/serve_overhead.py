@@ -102,7 +102,8 @@ def start_bare() -> tuple[dict, callable]:
 
 
 def start_aistudio(settings) -> tuple[dict, callable, str]:
-    from appliance.runtime import APP_NAME, settings_env, start_appliance, stop_appliance
+    from appliance.config import settings_env
+    from appliance.runtime import APP_NAME, start_appliance, stop_appliance
 
     init_s = ray_init(settings.ray_dashboard_port, APP_NAME, settings_env(settings))
     start = time.monotonic()
@@ -166,7 +167,7 @@ def serial_latency(url: str, n: int) -> dict:
 
 
 def start_uvicorn(settings, port: int) -> subprocess.Popen:
-    from appliance.runtime import settings_env
+    from appliance.config import settings_env
 
     env = {**os.environ, **settings_env(settings), "AISTUDIO_PORT": str(port)}
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "appliance.main:create_app",
