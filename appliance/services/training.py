@@ -26,7 +26,8 @@ from appliance.store.tables import EpochRecord, Experiment, Export
 from appliance.schemas import StrictBody
 from appliance.services import deletion, ray_tasks
 from appliance.services.projects import get_owned, get_project
-from appliance.services.splits import BACKGROUND, get_split
+from appliance.services.class_list import split_class_names
+from appliance.services.splits import get_split
 from ray_jobs.hyperparameters import Hyperparameters
 
 log = logging.getLogger("aistudio.training")
@@ -110,7 +111,7 @@ def create_experiment(session: Session, weights_dir: Path, project_id: str, body
             f"batch_size: {body.batch_size} is larger than the train subset ({totals.get('train', 0)} images); "
             "lower the batch size"
         )
-    class_names = [c for c in split.counts.get("classes", []) if c != BACKGROUND]
+    class_names = split_class_names(session, split.id, project.task)
     params = body.model_dump(include=set(Hyperparameters.model_fields))
     try:
         config = TrainConfig.from_run(body.model, class_names, {**params, "task": project.task},
