@@ -24,7 +24,7 @@ from appliance.store.paths import Workspace
 from appliance.store.status import ACTIVE, JobStatus
 from appliance.store.tables import EpochRecord, Experiment, Export
 from appliance.schemas import StrictBody
-from appliance.services import deletion, ray_tasks
+from appliance.services import baselines, deletion, ray_tasks
 from appliance.services.projects import get_owned, get_project
 from appliance.services.class_list import split_class_names
 from appliance.services.splits import get_split
@@ -70,7 +70,7 @@ def experiment_public(session: Session, exp: Experiment, with_history: bool = Fa
         "best_metric": exp.best_metric, "epochs_done": exp.epochs_done, "epochs": exp.params.get("epochs"),
         "metric_name": "accuracy" if exp.params.get("task") == "classification" else "mAP@.5",
         "error": exp.error, "created_at": exp.created_at, "started_at": exp.started_at,
-        "finished_at": exp.finished_at,
+        "finished_at": exp.finished_at, **baselines.for_experiment(session, exp),
     }
     if with_history:
         data["history"] = history(session, exp.id)

@@ -35,7 +35,9 @@ const series = (label, color) => ({
 });
 const charts = {
   loss: lineChart($("loss-chart"), [series("train loss", "#3a5bd9"), series("val loss", "#e39b2d")], { beginAtZero: true }),
-  metric: lineChart($("metric-chart"), [series("val metric", "#2e9d5b")], { suggestedMin: 0, suggestedMax: 1 }),
+  metric: lineChart($("metric-chart"), [series("val metric", "#2e9d5b"),
+    { ...series("majority baseline", "#a02f2f"), borderDash: [6, 4], pointRadius: 0, borderWidth: 1.5, hidden: true }],
+  { suggestedMin: 0, suggestedMax: 1 }),
 };
 
 // ------------------------------------------------------------------ live panel state
@@ -52,6 +54,11 @@ function drawCharts() {
   charts.loss.data.datasets[1].data = rows.map((r) => r.val_loss);
   charts.metric.data.labels = labels;
   charts.metric.data.datasets[0].data = rows.map((r) => r.val_metric);
+  // Issue #13: the val accuracy of always answering the most frequent val class, beside each epoch's.
+  const baseline = live.exp?.majority_baseline;
+  charts.metric.data.datasets[1].hidden = !baseline;
+  charts.metric.data.datasets[1].label = baseline ? `majority baseline (${baseline.class_name})` : "majority baseline";
+  charts.metric.data.datasets[1].data = baseline ? rows.map(() => baseline.share) : [];
   charts.loss.update();
   charts.metric.update();
   $("live-panel").dataset.points = String(rows.length);
@@ -86,7 +93,19 @@ function renderStats() {
   $("live-best").textContent = best === null || best === undefined ? "—" : Number(best).toFixed(4);
   $("live-metric-name").textContent = `Best ${exp.metric_name}`;
   $("live-val-loss").textContent = last ? fmtNum(last.val_loss) : "—";
+  renderBaselineFlag(exp, best);
   $("live-error").textContent = exp.error && ["failed", "interrupted"].includes(status) ? exp.error : "";
+}
+
+// A run whose best val accuracy does not get one val image more right than always answering the
+// most frequent val class (the server's rule; recomputed here as live epochs arrive).
+function renderBaselineFlag(exp, best) {
+  const flag = $("live-baseline-flag");
+  const b = exp && exp.majority_baseline;
+  const below = b && best !== null && best !== undefined && best * b.total < b.count + 0.5;
+  flag.hidden = !below;
+  flag.textContent = below ? `⚠ No better than always answering '${b.class_name}' (${(100 * b.share).toFixed(1)}%): ` +
+    `best val accuracy ${Number(best).toFixed(4)} on ${b.total} val images` : "";
 }
 
 function setLog(text) {
@@ -259,6 +278,7 @@ function clearPanel() {
   $("live-name").textContent = "— select an experiment";
   ["live-epoch", "live-speed", "live-eta", "live-best", "live-val-loss"].forEach((k) => { $(k).textContent = "—"; });
   $("live-error").textContent = "";
+  $("live-baseline-flag").hidden = true;
   $("log-tail").textContent = "Select an experiment to see its log.";
   $("log-note").textContent = "";
   drawCharts();
