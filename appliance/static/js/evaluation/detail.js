@@ -86,7 +86,10 @@ function renderHeadline(m, ev) {
       tile("mAR@100", f3(m.mar100)),
     ];
   }
-  $("headline").replaceChildren(...tiles);
+  if (ev.beats_baseline === false) tiles[0].classList.add("below-baseline"); // the accuracy tile
+  const flag = ev.beats_baseline === false
+    ? el("div", { class: "baseline-flag", id: "baseline-flag", role: "status", text: `⚠ ${ev.baseline_warning}` }) : null;
+  $("headline").replaceChildren(...(flag ? [flag] : []), ...tiles);
 }
 
 // Issue #13: the accuracy of always answering the most frequent class, and a flag when not beaten.
@@ -96,7 +99,5 @@ function baselineTiles(ev) {
   const tile = el("div", { class: "tile baseline-tile", id: "baseline-tile" },
     el("span", { class: "muted small", text: "Majority baseline" }), el("b", { text: pct(b.share) }),
     el("span", { class: "muted small", text: `always “${b.class_name}” (${b.count} / ${b.total})` }));
-  if (ev.beats_baseline !== false) return [tile];
-  tile.classList.add("below-baseline");
-  return [tile, el("div", { class: "baseline-flag", id: "baseline-flag", role: "status", text: `⚠ ${ev.baseline_warning}` })];
+  return [tile];
 }
