@@ -1,6 +1,7 @@
 """Issue #13, item 3, through real Ray, the Serve ingress and a real browser: a model that answers
 one class for every image is flagged "No better than always answering '<class>' (NN.N%)" in the
-API and on the evaluation and training pages, and a model that learned something is not.
+API and on the evaluation and training pages; a trained model is flagged exactly when it gets no
+more images right than the majority class.
 
 The one-class model is the session's shared trained classifier (`trained_classifier`) with its
 last layer replaced: weights 0 and a bias that picks one class, so its answer is that class
@@ -87,14 +88,18 @@ def test_one_class_model_is_flagged_in_the_api(server, one_class):
     assert listed["beats_baseline"] is False and listed["baseline_warning"] == ev["baseline_warning"]
 
 
-def test_a_model_that_learned_is_not_flagged(server, trained_classifier):
+def test_the_shared_classifier_is_judged_by_the_rule(server, trained_classifier):
+    """The session's trained classifier usually beats the majority class, but not always (see
+    `trained_classifier`: a few CPU epochs sometimes end at one class): whichever it did, the fields
+    must say so — flagged exactly when it gets no more test images right than the majority class."""
     pid, sid, eid = trained_classifier
     ev = evaluate(server.http, pid, eid)
     class_names = server.http.get(f"/api/training/{pid}/experiments/{eid}").json()["data"]["class_names"]
     baseline = expected_baseline(subset_labels(server.http, pid, sid, "test"), class_names)
     assert ev["majority_baseline"] == baseline
-    assert ev["metrics"]["accuracy"] > baseline["share"]  # the fixture's promise (tests/conftest.py)
-    assert ev["beats_baseline"] is True and ev["baseline_warning"] is None
+    correct = round(ev["metrics"]["accuracy"] * baseline["total"])
+    assert ev["beats_baseline"] is (correct > baseline["count"])
+    assert (ev["baseline_warning"] is None) is ev["beats_baseline"]
 
 
 def test_pages_show_the_baseline_and_the_flag(page, server, one_class):
