@@ -269,7 +269,27 @@ class EpochPublic(StoredRecord):
     images_per_s: float
 
 
-class ExperimentPublic(PublicModel):
+class MajorityBaseline(PublicModel):
+    """Always answering the most frequent class of the same images (issue #13; null for detection)."""
+
+    class_name: str = Field(description="The most frequent class (ties: first in class order)")
+    count: int = Field(description="Images of that class")
+    total: int = Field(description="Images compared (experiment: the val subset; evaluation: the evaluated subset)")
+    share: float = Field(description="count / total: the accuracy of always answering class_name")
+
+
+class BaselineFields(PublicModel):
+    majority_baseline: MajorityBaseline | None = Field(
+        description="Classification: the majority-class baseline of the images the accuracy is measured on; "
+        "null for detection or before there are images")
+    beats_baseline: bool | None = Field(
+        description="Whether the accuracy (experiment: best val accuracy) gets at least one image more right "
+        "than majority_baseline; null while there is no accuracy yet or no baseline")
+    baseline_warning: str | None = Field(
+        description="Human text when beats_baseline is false, e.g. \"No better than always answering 'ants' (48.8%)\"")
+
+
+class ExperimentPublic(BaselineFields):
     id: str
     project_id: str
     split_id: str
@@ -315,7 +335,7 @@ class NoHeadline(PublicModel):
     """`{}` until the evaluation has results."""
 
 
-class EvaluationPublic(PublicModel):
+class EvaluationPublic(BaselineFields):
     id: str
     project_id: str
     experiment_id: str

@@ -16,7 +16,7 @@ from appliance.store.errors import Unavailable
 from appliance.store.paths import Workspace
 from appliance.store.tables import EvalSample, Evaluation, Experiment
 from appliance.schemas import StrictBody
-from appliance.services import deletion, ray_tasks
+from appliance.services import baselines, deletion, ray_tasks
 from appliance.services.projects import get_owned, get_project
 from appliance.services.training import get_experiment
 
@@ -60,7 +60,7 @@ def evaluation_public(session: Session, ev: Evaluation, with_metrics: bool = Tru
         "experiment_name": exp.name if exp else None, "model": exp.model if exp else None,
         "subset": ev.subset, "checkpoint": ev.checkpoint, "status": ev.status, "done": ev.done, "total": ev.total,
         "error": ev.error, "created_at": ev.created_at, "finished_at": ev.finished_at,
-        "headline": headline(ev.metrics),
+        "headline": headline(ev.metrics), **baselines.for_evaluation(ev.metrics),
     }
     if with_metrics:
         data["metrics"] = ev.metrics

@@ -24,9 +24,10 @@ from appliance.store.paths import Workspace
 from appliance.store.status import ACTIVE, JobStatus
 from appliance.store.tables import EpochRecord, Experiment, Export
 from appliance.schemas import StrictBody
-from appliance.services import deletion, ray_tasks
+from appliance.services import baselines, deletion, ray_tasks
 from appliance.services.projects import get_owned, get_project
-from appliance.services.splits import BACKGROUND, get_split
+from appliance.services.class_list import split_class_names
+from appliance.services.splits import get_split
 from ray_jobs.hyperparameters import Hyperparameters
 
 log = logging.getLogger("aistudio.training")
@@ -69,7 +70,7 @@ def experiment_public(session: Session, exp: Experiment, with_history: bool = Fa
         "best_metric": exp.best_metric, "epochs_done": exp.epochs_done, "epochs": exp.params.get("epochs"),
         "metric_name": "accuracy" if exp.params.get("task") == "classification" else "mAP@.5",
         "error": exp.error, "created_at": exp.created_at, "started_at": exp.started_at,
-        "finished_at": exp.finished_at,
+        "finished_at": exp.finished_at, **baselines.for_experiment(session, exp),
     }
     if with_history:
         data["history"] = history(session, exp.id)
@@ -110,7 +111,7 @@ def create_experiment(session: Session, weights_dir: Path, project_id: str, body
             f"batch_size: {body.batch_size} is larger than the train subset ({totals.get('train', 0)} images); "
             "lower the batch size"
         )
-    class_names = [c for c in split.counts.get("classes", []) if c != BACKGROUND]
+    class_names = split_class_names(session, split.id, project.task)
     params = body.model_dump(include=set(Hyperparameters.model_fields))
     try:
         config = TrainConfig.from_run(body.model, class_names, {**params, "task": project.task},

@@ -13,9 +13,10 @@ function call(method, url, body, errorBox = $("experiments-action-error")) {
 const refreshTable = () => announce("experiments-changed");
 
 // ------------------------------------------------------------------ charts
-function lineChart(canvas, datasets, yOptions) {
+function lineChart(canvas, datasets, yOptions, plugins = []) {
   return new Chart(canvas, {
     type: "line",
+    plugins,
     data: { labels: [], datasets },
     options: {
       animation: false,
@@ -30,12 +31,36 @@ function lineChart(canvas, datasets, yOptions) {
     },
   });
 }
+// Issue #13: the val accuracy of always answering the most frequent val class, a dashed line across
+// the val chart (drawn whatever the number of epochs). `chart.$baseline`: {share, class_name} or null.
+const baselinePlugin = {
+  id: "majorityBaseline",
+  afterDatasetsDraw(chart) {
+    const b = chart.$baseline;
+    if (!b) return;
+    const { ctx, chartArea: area, scales: { y } } = chart;
+    const py = y.getPixelForValue(b.share);
+    ctx.save();
+    ctx.strokeStyle = "#a02f2f";
+    ctx.fillStyle = "#a02f2f";
+    ctx.lineWidth = 1.5;
+    ctx.setLineDash([6, 4]);
+    ctx.beginPath();
+    ctx.moveTo(area.left, py);
+    ctx.lineTo(area.right, py);
+    ctx.stroke();
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.textAlign = "right";
+    ctx.fillText(`majority baseline: always '${b.class_name}' ${(100 * b.share).toFixed(1)}%`, area.right - 4, py - 4);
+    ctx.restore();
+  },
+};
 const series = (label, color) => ({
   label, data: [], borderColor: color, backgroundColor: color, pointRadius: 3, borderWidth: 2, tension: 0.2, spanGaps: true,
 });
 const charts = {
   loss: lineChart($("loss-chart"), [series("train loss", "#3a5bd9"), series("val loss", "#e39b2d")], { beginAtZero: true }),
-  metric: lineChart($("metric-chart"), [series("val metric", "#2e9d5b")], { suggestedMin: 0, suggestedMax: 1 }),
+  metric: lineChart($("metric-chart"), [series("val metric", "#2e9d5b")], { suggestedMin: 0, suggestedMax: 1 }, [baselinePlugin]),
 };
 
 // ------------------------------------------------------------------ live panel state
@@ -52,6 +77,8 @@ function drawCharts() {
   charts.loss.data.datasets[1].data = rows.map((r) => r.val_loss);
   charts.metric.data.labels = labels;
   charts.metric.data.datasets[0].data = rows.map((r) => r.val_metric);
+  // Issue #13: the val accuracy of always answering the most frequent val class, beside each epoch's.
+  charts.metric.$baseline = live.exp?.majority_baseline || null;
   charts.loss.update();
   charts.metric.update();
   $("live-panel").dataset.points = String(rows.length);
@@ -86,7 +113,20 @@ function renderStats() {
   $("live-best").textContent = best === null || best === undefined ? "—" : Number(best).toFixed(4);
   $("live-metric-name").textContent = `Best ${exp.metric_name}`;
   $("live-val-loss").textContent = last ? fmtNum(last.val_loss) : "—";
+  const known = [exp.best_metric, ...metrics].filter((v) => v !== null && v !== undefined);
+  renderBaselineFlag(exp, known.length ? Math.max(...known) : null);
   $("live-error").textContent = exp.error && ["failed", "interrupted"].includes(status) ? exp.error : "";
+}
+
+// A run whose best val accuracy does not get one val image more right than always answering the
+// most frequent val class (the server's rule; recomputed here as live epochs arrive).
+function renderBaselineFlag(exp, best) {
+  const flag = $("live-baseline-flag");
+  const b = exp && exp.majority_baseline;
+  const below = b && best !== null && best !== undefined && best * b.total < b.count + 0.5;
+  flag.hidden = !below;
+  flag.textContent = below ? `⚠ No better than always answering '${b.class_name}' (${(100 * b.share).toFixed(1)}%): ` +
+    `best val accuracy ${Number(best).toFixed(4)} on ${b.total} val images` : "";
 }
 
 function setLog(text) {
@@ -259,6 +299,7 @@ function clearPanel() {
   $("live-name").textContent = "— select an experiment";
   ["live-epoch", "live-speed", "live-eta", "live-best", "live-val-loss"].forEach((k) => { $(k).textContent = "—"; });
   $("live-error").textContent = "";
+  $("live-baseline-flag").hidden = true;
   $("log-tail").textContent = "Select an experiment to see its log.";
   $("log-note").textContent = "";
   drawCharts();

@@ -60,7 +60,7 @@ export async function loadDetail() {
   pending.hidden = true;
   $("detail-body").hidden = false;
   state.metrics = ev.metrics;
-  renderHeadline(ev.metrics);
+  renderHeadline(ev.metrics, ev);
   renderPerClass();
   renderConfusion(ev.metrics);
   renderPr(ev.metrics);
@@ -68,13 +68,14 @@ export async function loadDetail() {
   loadGallery(0);
 }
 
-function renderHeadline(m) {
+function renderHeadline(m, ev) {
   const tile = (label, value, hint) => el("div", { class: "tile" }, el("span", { class: "muted small", text: label }),
     el("b", { text: value }), hint ? el("span", { class: "muted small", text: hint }) : null);
   let tiles;
   if (m.task === "classification") {
     tiles = [
       tile("Accuracy", pct(m.accuracy), `${m.num_samples} images`),
+      ...baselineTiles(ev),
       tile("Top-5 accuracy", m.top5 === null ? "n/a" : pct(m.top5), m.top5 === null ? "≤ 5 classes" : null),
       tile("Macro precision", f3(m.macro.precision)), tile("Macro recall", f3(m.macro.recall)), tile("Macro F1", f3(m.macro.f1)),
       tile("Weighted precision", f3(m.weighted.precision)), tile("Weighted recall", f3(m.weighted.recall)), tile("Weighted F1", f3(m.weighted.f1)),
@@ -85,5 +86,18 @@ function renderHeadline(m) {
       tile("mAR@100", f3(m.mar100)),
     ];
   }
-  $("headline").replaceChildren(...tiles);
+  if (ev.beats_baseline === false) tiles[0].classList.add("below-baseline"); // the accuracy tile
+  const flag = ev.beats_baseline === false
+    ? el("div", { class: "baseline-flag", id: "baseline-flag", role: "status", text: `⚠ ${ev.baseline_warning}` }) : null;
+  $("headline").replaceChildren(...(flag ? [flag] : []), ...tiles);
+}
+
+// Issue #13: the accuracy of always answering the most frequent class, and a flag when not beaten.
+function baselineTiles(ev) {
+  const b = ev.majority_baseline;
+  if (!b) return [];
+  const tile = el("div", { class: "tile baseline-tile", id: "baseline-tile" },
+    el("span", { class: "muted small", text: "Majority baseline" }), el("b", { text: pct(b.share) }),
+    el("span", { class: "muted small", text: `always “${b.class_name}” (${b.count} / ${b.total})` }));
+  return [tile];
 }
