@@ -236,6 +236,6 @@ def warnings(counts: Mapping, ratios: Mapping[str, float], from_source: bool = F
         if missing:
             named = ", ".join(missing[:_MAX_NAMED]) + (f" and {len(missing) - _MAX_NAMED} more" if len(missing) > _MAX_NAMED else "")
             noun = "Class" if len(missing) == 1 else f"{len(missing)} classes"
-            why = "" if from_source else " (too few images of them to share)"
+            why = "" if from_source else f" (too few images of {'it' if len(missing) == 1 else 'them'} to share)"
             out.append(f"{noun} {named} {'has' if len(missing) == 1 else 'have'} no image in {s}{why}.")
     return out

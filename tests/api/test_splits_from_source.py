@@ -81,7 +81,7 @@ def test_an_empty_subset_the_user_asked_for_is_a_warning(client, root):
     assert s["counts"]["total"] == {"train": 3, "val": 1, "test": 0}
     assert s["warnings"] == [
         f"Class {next(iter(s['counts']['per_class']['train'].keys() - s['counts']['per_class']['val']))} has no "
-        "image in val (too few images of them to share).",
+        "image in val (too few images of it to share).",
         "The test subset is empty: 10% of 4 images is less than one image. Add images or raise the test ratio.",
     ]
     assert create(client, pid, train=0.5, val=0.5, test=0.0)["warnings"] == []

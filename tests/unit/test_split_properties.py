@@ -301,14 +301,14 @@ def test_warnings_name_the_empty_subset_and_the_missing_classes():
               "per_class": {"train": {"cat": 1, "dog": 2}, "val": {}, "test": {"dog": 1}}, "classes": ["cat", "dog"]}
     assert warnings(counts, {"train": 0.8, "val": 0.1, "test": 0.1}) == [
         "The val subset is empty: 10% of 4 images is less than one image. Add images or raise the val ratio.",
-        "Class cat has no image in test (too few images of them to share).",
+        "Class cat has no image in test (too few images of it to share).",
     ]
     assert warnings(counts, {"train": 0.5, "val": 0.25, "test": 0.25})[0] == (
         "The val subset is empty: every class keeps an image in train first, which leaves none of the 4 "
         "images for it. Add images or raise the val ratio.")
     # No warning for a subset the user did not ask for; a split as imported warns when val is missing.
     assert warnings(counts, {"train": 0.9, "val": 0.0, "test": 0.1}) == [
-        "Class cat has no image in test (too few images of them to share)."]
+        "Class cat has no image in test (too few images of it to share)."]
     assert warnings(counts, {"train": 0.75, "val": 0.0, "test": 0.25}, from_source=True) == [
         "The imported subsets have no val images, and training needs val images; create a split with ratios instead.",
         "Class cat has no image in test.",
