@@ -199,3 +199,31 @@ def test_the_split_page_suggests_the_imported_subsets(client, root):
     assert form.attrs["hx-post"] == f"/api/splits/{pid}"
     assert page.select("#create-split-source input[name=from_source][checked]")
     assert "Or a new split by ratios" in page.select("#split-form-card h2")[0].text
+
+
+def test_migration_adds_from_source_to_existing_splits(tmp_path):
+    """A database from before #13 (no `splits.from_source`) upgrades in place; its splits read as
+    splits by ratios."""
+    import sqlite3
+
+    from sqlalchemy import create_engine
+
+    from appliance.services.splits import split_public
+    from appliance.store.db import SCHEMA_VERSION, migrate, session_factory
+    from appliance.store.tables import Split
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrate(create_engine(url))
+    with sqlite3.connect(tmp_path / "old.db") as db:  # back to the schema before the migration
+        db.execute("alter table splits drop column from_source")
+        db.execute("delete from schema_version where version = ?", (SCHEMA_VERSION,))
+        db.execute("insert into projects (id, name, task, description, created_at, updated_at) values "
+                   "('proj-000000000001', 'p', 'classification', '', '2026-01-01', '2026-01-01')")
+        db.execute("insert into splits (id, project_id, name, train, val, test, seed, stratified, counts, created_at) "
+                   "values ('split-000000000001', 'proj-000000000001', 'old', 0.5, 0.5, 0, 1, 1, ?, '2026-01-01')",
+                   ('{"total": {"train": 1, "val": 1, "test": 0}, "per_class": {"train": {"a": 1}, '
+                    '"val": {"a": 1}, "test": {}}, "classes": ["a"]}',))
+    assert migrate(create_engine(url)) == SCHEMA_VERSION
+    with session_factory(url)() as session:
+        old = split_public(session.get(Split, "split-000000000001"))
+    assert old["from_source"] is False and old["warnings"] == []
