@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Mapping
 
 SUBSETS = ("train", "val", "test")
@@ -119,11 +119,16 @@ def allocate(sizes: Mapping[str, int], ratios: Mapping[str, float], tie_rng: ran
             up.add((k, s))
             spare[k] -= 1
             need[s] -= 1
-    for k in keys:  # rare: the greedy pass left units; reroute them along augmenting paths
-        while spare[k]:
-            if not _augment(k, cells, up, need) and not _augment(k, [(k, s) for s in SUBSETS if ratios[s] > 0], up, need):
-                break  # cannot happen for ratios summing to 1; never loop forever
-            spare[k] -= 1
+    if any(spare.values()):  # rare: the greedy pass left units; reroute them along augmenting paths
+        options: dict[str, list[str]] = defaultdict(list)
+        for k, s in cells:
+            options[k].append(s)
+        holders: dict[str, dict[str, None]] = {s: {} for s in SUBSETS}
+        for k, s in sorted(up):
+            holders[s][k] = None
+        for k in keys:
+            while spare[k] and _augment(k, options, holders, up, need):
+                spare[k] -= 1
     for k, s in up:
         counts[k][s] += 1
     for k in keys:  # anything still unplaced (only on inconsistent input) goes to train
@@ -131,41 +136,47 @@ def allocate(sizes: Mapping[str, int], ratios: Mapping[str, float], tie_rng: ran
     return counts
 
 
-def _augment(start: str, cells: list[tuple[str, str]], up: set[tuple[str, str]], need: dict[str, int]) -> bool:
-    """Find stratum → subset → stratum … → subset with room, flipping the rounded-up cells on it."""
-    by_key: dict[str, list[str]] = defaultdict(list)
-    for k, s in cells:
-        by_key[k].append(s)
-    holders: dict[str, list[str]] = defaultdict(list)
-    for k, s in sorted(up):
-        holders[s].append(k)
-    parent: dict[tuple[str, str], tuple[str, str] | None] = {}
-    frontier, seen_keys = [(start, None)], {start}
-    while frontier:
-        nxt = []
-        for k, via in frontier:
-            for s in by_key[k]:
-                if (k, s) in up or ("s", s) in parent:
-                    continue
-                parent[("s", s)] = (k, via)
-                if need[s] > 0:
-                    node: tuple[str, str] | None = ("s", s)
-                    while node is not None:  # walk back: add (k, s), remove the (k', s_prev) edge it came by
-                        k_prev, via_prev = parent[node]
-                        up.add((k_prev, node[1]))
-                        if via_prev is not None:
-                            up.discard((k_prev, via_prev))
-                            node = ("s", via_prev)
-                        else:
-                            node = None
-                    need[s] -= 1
-                    return True
-                for k2 in holders[s]:
-                    if k2 not in seen_keys:
-                        seen_keys.add(k2)
-                        nxt.append((k2, s))
-        frontier = nxt
-    return False
+def _augment(start: str, options: dict[str, list[str]], holders: dict[str, dict[str, None]],
+             up: set[tuple[str, str]], need: dict[str, int]) -> bool:
+    """Breadth-first: stratum → subset it may round up in → stratum already rounded up there → … →
+    a subset still short of its total; flip the rounded-up cells along that path. `holders` maps a
+    subset to the strata rounded up in it (a dict, for a deterministic order)."""
+    parent: dict[str, tuple[str, str | None]] = {}  # subset → (stratum that reaches it, subset that stratum came by)
+    seen = {start}
+    queue: deque[str] = deque()
+
+    def visit(k: str, via: str | None) -> str | None:
+        for s in options[k]:
+            if (k, s) in up or s in parent:
+                continue
+            parent[s] = (k, via)
+            if need[s] > 0:
+                return s
+            queue.append(s)
+        return None
+
+    found = visit(start, None)
+    while found is None and queue:
+        s = queue.popleft()
+        for k2 in holders[s]:
+            if k2 not in seen:
+                seen.add(k2)
+                found = visit(k2, s)
+                if found is not None:
+                    break
+    if found is None:
+        return False
+    need[found] -= 1
+    node: str | None = found
+    while node is not None:  # walk back: round (k, node) up, un-round (k, via)
+        k_prev, via_prev = parent[node]
+        up.add((k_prev, node))
+        holders[node][k_prev] = None
+        if via_prev is not None:
+            up.discard((k_prev, via_prev))
+            del holders[via_prev][k_prev]
+        node = via_prev
+    return True
 
 
 def _keep_every_class_in_train(

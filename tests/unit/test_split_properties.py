@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from appliance.services.split_allocation import (
     BACKGROUND,
     SUBSETS,
+    allocate,
     assign,
     stratum_of,
     summarize,
@@ -133,6 +134,21 @@ def test_target_totals_sum_to_n_and_round_by_largest_remainder(n, ratios_):
         assert counts["train"] >= 1
     for s in SUBSETS:
         assert abs(counts[s] - n * ratios_[s]) < 1, (s, counts, n, ratios_)
+
+
+@given(st.dictionaries(st.text("abcdefgh", min_size=1, max_size=4), st.integers(0, 12), min_size=1, max_size=12),
+       ratios(), seeds)
+@example({"k0": 1, "k1": 4, "k2": 3, "k3": 1, "k4": 1, "k5": 2}, {"train": 10 / 22, "val": 7 / 22, "test": 5 / 22}, 0)
+def test_allocate_rounds_every_cell_and_meets_the_totals(sizes, ratios_, seed):
+    """The matrix rounding under the totals (the example needs the augmenting-path pass): every
+    stratum's count is the floor or ceiling of its quota, rows add up to the stratum, columns to
+    `target_totals`."""
+    counts = allocate(sizes, ratios_, random.Random(seed))
+    assert {s: sum(c[s] for c in counts.values()) for s in SUBSETS} == target_totals(sum(sizes.values()), ratios_)
+    for k, n in sizes.items():
+        assert sum(counts[k].values()) == n
+        for s in SUBSETS:
+            assert math.floor(n * ratios_[s]) <= counts[k][s] <= math.ceil(n * ratios_[s]), (k, s, counts[k])
 
 
 @given(strata(max_per_class=6), ratios(), seeds)
