@@ -213,18 +213,21 @@ class SubsetCounts(PublicModel):
 
 class SplitCounts(PublicModel):
     total: SubsetCounts
-    per_class: dict[str, dict[str, int]] = Field(description="subset → class → images")
-    classes: list[str] = Field(description="Strata: the classes (`(no boxes)` for background detection images)")
+    per_class: dict[str, dict[str, int]] = Field(
+        description="subset → class → images holding that class (a detection image counts for each class it contains)")
+    classes: list[str] = Field(description="The classes (`(no boxes)` for detection images without boxes)")
 
 
 class SplitPublic(PublicModel):
     id: str
     project_id: str
     name: str
-    ratios: SubsetValues
+    ratios: SubsetValues = Field(description="As asked; for a split as imported, the imported subsets' shares")
     seed: int
     stratified: bool
+    from_source: bool = Field(description="The split keeps the subsets the dataset was imported with")
     counts: SplitCounts
+    warnings: list[str] = Field(description="Human text: a subset asked for that is empty, classes missing from a subset")
     created_at: Timestamp
 
 

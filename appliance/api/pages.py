@@ -45,7 +45,8 @@ def _dataset_context(session, project_id: str) -> dict:
 
 def _split_context(session, project_id: str) -> dict:
     return {"splits": split_service.list_splits(session, project_id),
-            "summary": dataset_service.summary(session, project_id)}
+            "summary": dataset_service.summary(session, project_id),
+            "source_subsets": split_service.source_subsets(session, project_id)}
 
 
 def _training_context(session, project_id: str, settings) -> dict:

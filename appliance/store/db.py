@@ -36,8 +36,17 @@ def _add_run_claim_and_driver(conn: Connection) -> None:
             conn.exec_driver_sql(f"ALTER TABLE experiments ADD COLUMN {name} {kind}")
 
 
+def _add_split_from_source(conn: Connection) -> None:
+    """Splits: `from_source`, a split that keeps the subsets the dataset was imported with (issue #13).
+    Skipped where v1 was just created from tables that already have it."""
+    if "from_source" not in {c["name"] for c in inspect(conn).get_columns("splits")}:
+        conn.exec_driver_sql("ALTER TABLE splits ADD COLUMN from_source BOOLEAN NOT NULL DEFAULT FALSE")
+
+
 # Append a function for each schema change; never edit a released entry.
-MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1, _login_sessions, _add_run_claim_and_driver]
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _create_v1, _login_sessions, _add_run_claim_and_driver, _add_split_from_source,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

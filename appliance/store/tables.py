@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy import DateTime as _DateTime
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -126,6 +126,7 @@ class Split(Base):
     test: Mapped[float] = mapped_column(Float)
     seed: Mapped[int] = mapped_column(Integer)
     stratified: Mapped[bool] = mapped_column(Boolean, default=True)
+    from_source: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # "as imported"
     counts: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -377,6 +377,10 @@ def base_body(op: Operation, kind: str, schema: dict, world: World) -> dict[str,
             raise Unhandled(f"{op.id}: required field {name} needs a real value: add it to World")
         else:
             body[name] = valid_value(inner)
+    # Optional in the schema, yet needed for a valid body: a split's ratios (unless `from_source`, #13).
+    for name in ("train", "val", "test"):
+        if name in schema["properties"] and name not in body:
+            body[name] = world.values[name]
     return body
 
 

@@ -154,21 +154,24 @@ def test_detection_stratifies_by_dominant_class(client, root):
     assert len(names) == 15
 
 
-def test_dominant_class_is_the_most_frequent_box_label(client, root):
+def test_detection_counts_every_box_class_of_an_image(client, root):
+    """Issue #13 item 2: a detection image's stratum is the set of its classes, and the counts name
+    every class (before, only each image's most frequent box class, here 'car', was counted)."""
     from PIL import Image as PILImage
 
     folder = root / "dom"
     folder.mkdir()
     rows = ["filename,xmin,ymin,xmax,ymax,label"]
-    for i in range(6):  # each image: two 'car' boxes and one 'person' box → stratum 'car'
+    for i in range(6):  # each image: two 'car' boxes and one 'person' box → stratum 'car+person'
         PILImage.new("RGB", (40, 40), (i * 20, 10, 10)).save(folder / f"{i}.png")
         rows += [f"{i}.png,1,1,10,10,car", f"{i}.png,12,12,20,20,car", f"{i}.png,2,20,10,30,person"]
     (folder / "boxes.csv").write_text("\n".join(rows) + "\n")
     pid = create_project(client, "detection")
     assert import_and_wait(client, pid, folder)["added"] == 6
     s = create(client, pid, train=0.5, val=0.5, test=0.0)
-    assert s["counts"]["classes"] == ["car"]
-    assert s["counts"]["per_class"]["train"] == {"car": 3} and s["counts"]["per_class"]["val"] == {"car": 3}
+    assert s["counts"]["classes"] == ["car", "person"]
+    assert s["counts"]["per_class"]["train"] == {"car": 3, "person": 3} == s["counts"]["per_class"]["val"]
+    assert s["counts"]["total"] == {"train": 3, "val": 3, "test": 0} and s["warnings"] == []
 
 
 def test_delete_split(client, balanced):
