@@ -287,7 +287,8 @@ list.addEventListener("keydown", (e) => {
 function tickDurations() {
   const now = Date.now();
   document.querySelectorAll("#experiment-list .duration[data-started]").forEach((el) => {
-    el.textContent = fmtDuration((now - parseUtc(el.dataset.started).getTime()) / 1000);
+    // The ended attempts' seconds (resumes add up) plus this attempt's so far.
+    el.textContent = fmtDuration(Number(el.dataset.base || 0) + (now - parseUtc(el.dataset.started).getTime()) / 1000);
   });
 }
 setInterval(tickDurations, 1000);
