@@ -81,7 +81,7 @@ def test_boxes_drawn_on_detection_thumbnails(wide_page, server, detection_projec
             assert drawn["height"] == pytest.approx((box["y2"] - box["y1"]) * scale, abs=3.5)
             assert rects.nth(j).get_attribute("data-label") == box["label"]
     screenshot(page, f"{SHOTS}-thumbnail-boxes")
-    page.screenshot(path=f"/work/shots/{SHOTS}-thumbnail-boxes.png")
+    page.locator("#browse-card").screenshot(path=f"/work/shots/{SHOTS}-thumbnail-boxes.png")
 
 
 def _detection_confusion(classes: int) -> dict:
