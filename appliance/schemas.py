@@ -307,8 +307,11 @@ class ExperimentPublic(BaselineFields):
     metric_name: str = Field(description="`accuracy` or `mAP@.5`")
     error: str | None
     created_at: Timestamp
-    started_at: datetime | None
+    started_at: datetime | None = Field(description="When the current (or last) attempt started")
     finished_at: datetime | None
+    run_seconds: float = Field(description="Seconds trained by the run's ended attempts (resumes add up)")
+    duration_s: float | None = Field(description="Seconds trained over all attempts, the running one included; "
+                                                 "null if it never ran")
 
 
 class ExperimentDetailPublic(ExperimentPublic):

@@ -7,7 +7,8 @@ Events are kept per experiment with a sequence number; history lives in the data
 
 Gates are a test hook, used only when the appliance runs with `AISTUDIO_TRAINING_GATES=true`:
 a run then calls `pass_gate` at named points — `start` (its driver, before it takes the run) and
-`epoch:<n>` (the Train worker, before epoch n trains); evaluations and exports pass `running` (keyed
+`epoch:<n>` (the Train worker, before epoch n trains), `batch:<n>` (the Train worker, after the
+first batch of epoch n and its `progress` event); evaluations and exports pass `running` (keyed
 by their own id) once their record says running — which records the point and the pid of the
 process there, and waits while a test keeps that gate closed. A test can thus act at an exact
 point of a run (stop it while queued, on its last epoch, kill its driver) without relying on
@@ -44,6 +45,8 @@ class EventBus:
 
     def publish(self, run_id: str, kind: str, data: dict) -> int:
         events = self._events.setdefault(run_id, [])
+        if kind == "progress":  # only the latest batch progress matters: it replaces the previous one
+            self._events[run_id] = events = [e for e in events if e["type"] != "progress"]
         self._seq += 1
         events.append({"seq": self._seq, "type": kind, "data": data, "ts": time.time()})
         if len(events) > MAX_EVENTS_PER_RUN:  # keep epochs/complete, drop the oldest logs

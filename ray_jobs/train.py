@@ -51,6 +51,10 @@ class RunReporter:
             f"lr {_fmt(event['lr'])}  {event['seconds']:.1f}s  {event['images_per_s']:.1f} img/s"
         )
 
+    def progress(self, event: dict) -> None:
+        """Batches done in the current epoch (throttled by `BatchProgressCallback`); on the bus only."""
+        self.bus.publish.remote(self.experiment_id, "progress", event)
+
     def log(self, line: str) -> None:
         write_log(self.log_file, line)
         self.bus.publish.remote(self.experiment_id, "log", {"line": line})
@@ -109,6 +113,19 @@ def epoch_gate_callback(bus, experiment_id: str):
                 pass_gate(bus, experiment_id, f"epoch:{trainer.current_epoch + 1}")
 
     return EpochGate()
+
+
+def batch_gate_callback(bus, experiment_id: str):
+    """Test hook (setting `training_gates`): rank 0 passes gate `batch:<n>` after the first batch of
+    epoch n, once its progress event is published — a test can hold a run mid-epoch there."""
+    from lightning.pytorch.callbacks import Callback
+
+    class BatchGate(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.is_global_zero and batch_idx == 0:
+                pass_gate(bus, experiment_id, f"batch:{trainer.current_epoch + 1}")
+
+    return BatchGate()
 
 
 EPOCH_LINE = re.compile(r"^\S+ \S+  epoch (\d+)/\d+  ")  # a line `RunReporter.epoch_end` wrote
@@ -181,7 +198,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
     from ray_jobs.core.data import set_max_image_pixels
-    from ray_jobs.core.fit import BestLastCheckpoint, EpochEventCallback, assemble_fit
+    from ray_jobs.core.fit import BatchProgressCallback, BestLastCheckpoint, EpochEventCallback, assemble_fit
     from ray_jobs.core.module import TrainConfig
 
     set_max_image_pixels(cfg.get("max_image_pixels"))
@@ -191,9 +208,11 @@ def train_loop_per_worker(cfg: dict) -> None:
         EpochEventCallback(reporter.epoch_end, reporter.should_stop),
         checkpoints,
         report_to_ray_callback(checkpoints),
+        BatchProgressCallback(reporter.progress),
     ]
     if cfg.get("gates"):
         callbacks.insert(0, epoch_gate_callback(reporter.bus, cfg["experiment_id"]))
+        callbacks.append(batch_gate_callback(reporter.bus, cfg["experiment_id"]))  # after the progress event
     trainer, module, datamodule = assemble_fit(
         TrainConfig.from_dict(cfg["config"]), cfg["train_samples"], cfg["val_samples"], callbacks,
         accelerator="gpu" if cfg["use_gpu"] else "cpu", devices="auto",

@@ -19,6 +19,7 @@ from appliance.services import projects as project_service
 from appliance.services import splits as split_service
 from appliance.services import system as system_service
 from appliance.services import training as training_service
+from appliance.services.ray_runtime import cluster_gpus
 from appliance.web import render
 
 router = APIRouter(include_in_schema=False)
@@ -54,7 +55,8 @@ def _training_context(session, project_id: str, settings) -> dict:
     models = [{**m, "weights_available": (settings.weights_cache / m["weights_file"]).is_file()}
               for m in training_service.catalog(project.task)]
     return {"models": models, "splits": split_service.list_splits(session, project_id),
-            "experiments": training_service.list_experiments(session, project_id)}
+            "experiments": training_service.list_experiments(session, project_id),
+            "training_gpus": cluster_gpus()}  # what a run would get: mixed precision needs one
 
 
 
@@ -72,7 +74,18 @@ def _export_context(session, project_id: str) -> dict:
             "exports": export_service.list_exports(session, project_id),
             "gpu": system_service.gpus(),
             # Cheap presence check only (no import): the API gives the precise reason when it refuses.
-            "tensorrt_installed": importlib.util.find_spec("tensorrt") is not None}
+            "tensorrt_installed": importlib.util.find_spec("tensorrt") is not None,
+            "tensorrt_refused": _tensorrt_refused()}
+
+
+def _tensorrt_refused() -> str | None:
+    """Why this host refuses TensorRT exports (the option is then disabled), or None when it may
+    build them; cheap checks only — the API still gives the precise reason if it refuses anyway."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed on this host (the [gpu] extra, in the Docker image)"
+    if cluster_gpus() <= 0:
+        return "the Ray cluster has no GPU to build a TensorRT engine on"
+    return None
 
 
 CONTEXT = {"dataset": _dataset_context, "split": _split_context, "evaluation": _evaluation_context,

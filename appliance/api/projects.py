@@ -28,7 +28,9 @@ def create_project(request: Request, body: ProjectCreate, session: SessionDep, w
     project = service.create_project(session, workspace, body)
     if wants_fragment(request):
         items, _ = service.list_projects(session, 0, 500)
-        return render(request, "fragments/project_list.html", status_code=201, projects=items)
+        response = render(request, "fragments/project_list.html", status_code=201, projects=items)
+        response.headers["HX-Redirect"] = f"/projects/{project.id}/dataset"  # the page opens the new project
+        return response
     return ok(project)
 
 

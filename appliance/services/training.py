@@ -70,7 +70,8 @@ def experiment_public(session: Session, exp: Experiment, with_history: bool = Fa
         "best_metric": exp.best_metric, "epochs_done": exp.epochs_done, "epochs": exp.params.get("epochs"),
         "metric_name": "accuracy" if exp.params.get("task") == "classification" else "mAP@.5",
         "error": exp.error, "created_at": exp.created_at, "started_at": exp.started_at,
-        "finished_at": exp.finished_at, **baselines.for_experiment(session, exp),
+        "finished_at": exp.finished_at, "run_seconds": exp.run_seconds or 0.0,
+        "duration_s": runs.duration_seconds(exp), **baselines.for_experiment(session, exp),
     }
     if with_history:
         data["history"] = history(session, exp.id)

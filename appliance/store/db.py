@@ -43,9 +43,16 @@ def _add_split_from_source(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE splits ADD COLUMN from_source BOOLEAN NOT NULL DEFAULT FALSE")
 
 
+def _add_run_seconds(conn: Connection) -> None:
+    """Experiments: `run_seconds`, the training time of a run's ended attempts, so its duration keeps
+    counting across resumes (issue #13, item 11). Skipped where v1 was just created with it."""
+    if "run_seconds" not in {c["name"] for c in inspect(conn).get_columns("experiments")}:
+        conn.exec_driver_sql("ALTER TABLE experiments ADD COLUMN run_seconds FLOAT NOT NULL DEFAULT 0")
+
+
 # Append a function for each schema change; never edit a released entry.
 MIGRATIONS: list[Callable[[Connection], None]] = [
-    _create_v1, _login_sessions, _add_run_claim_and_driver, _add_split_from_source,
+    _create_v1, _login_sessions, _add_run_claim_and_driver, _add_split_from_source, _add_run_seconds,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -134,7 +134,7 @@ def mark_running(db_url: str, experiment_id: str, claim_id: str, job_id: str | N
             update(Experiment)
             .where(Experiment.id == experiment_id, Experiment.status == JobStatus.QUEUED, Experiment.claim_id == claim_id)
             .values(status=JobStatus.RUNNING, error=None, job_id=job_id, ray_driver=ray_driver, started_at=now,
-                    heartbeat_at=now, finished_at=None)
+                    heartbeat_at=now, finished_at=None, **({} if resume else {"run_seconds": 0.0}))
         ).rowcount
         if won != 1:
             s.rollback()
@@ -149,6 +149,27 @@ def mark_running(db_url: str, experiment_id: str, claim_id: str, job_id: str | N
         if not resume:
             s.execute(delete(EpochRecord).where(EpochRecord.experiment_id == experiment_id))
             s.execute(update(Experiment).where(Experiment.id == experiment_id).values(epochs_done=0, best_metric=None))
+
+
+def _end_attempt(exp: Experiment, status: JobStatus | str, error: str | None, now: datetime) -> None:
+    """The run's current attempt ends: add the time it trained to `run_seconds` (a queued attempt
+    trained none), so the run's duration keeps counting across resumes."""
+    if exp.status == JobStatus.RUNNING and exp.started_at is not None:
+        exp.run_seconds = (exp.run_seconds or 0.0) + max(0.0, (now - exp.started_at).total_seconds())
+    exp.status, exp.error, exp.finished_at = status, error, now
+
+
+def duration_seconds(exp: Experiment, now: datetime | None = None) -> float | None:
+    """Seconds the run has trained, over all its attempts (resumes included): the ended attempts'
+    `run_seconds`, plus the running attempt's time so far. None: it never ran."""
+    if exp.started_at is None:
+        return None
+    total = exp.run_seconds or 0.0
+    if exp.status == JobStatus.RUNNING:
+        total += max(0.0, ((now or utcnow()) - exp.started_at).total_seconds())
+    elif not total and exp.finished_at is not None:  # ended before run_seconds was recorded
+        total = max(0.0, (exp.finished_at - exp.started_at).total_seconds())
+    return total
 
 
 def _holds(exp: Experiment | None, claim_id: str | None) -> bool:
@@ -215,7 +236,7 @@ def finish(db_url: str, experiment_id: str, status: JobStatus, error: str | None
             return {"status": status.value, "best_metric": None}
         if not _holds(exp, claim_id):
             return {"status": exp.status, "best_metric": exp.best_metric, "error": exp.error}
-        exp.status, exp.error, exp.finished_at = status, error, utcnow()
+        _end_attempt(exp, status, error, utcnow())
         release_slot(s, experiment_id)
         return {"status": status.value, "best_metric": exp.best_metric, "error": error}
 
@@ -249,7 +270,7 @@ def reap_stale_runs(db_url: str, now: datetime | None = None, ray_started_at: da
             exp = s.get(Experiment, exp_id)
             if exp is None or exp.status not in ACTIVE or (exp.heartbeat_at, exp.ray_driver) != candidates[exp_id]:
                 continue  # ended, or moved on (a new claim, a fresh heartbeat) while Ray was asked
-            exp.status, exp.error, exp.finished_at = JobStatus.INTERRUPTED, reason, now
+            _end_attempt(exp, JobStatus.INTERRUPTED, reason, now)
             reaped.append(exp_id)
         for exp_id in reaped:
             s.execute(delete(Lock).where(Lock.name == TRAINING_LOCK, Lock.holder == exp_id))
@@ -347,9 +368,11 @@ def interrupt_runs(db_url: str, experiment_ids: list[str], reason: str) -> list[
     if not experiment_ids:
         return []
     with session_scope(db_url) as s:
-        cut = list(s.scalars(select(Experiment.id).where(Experiment.id.in_(experiment_ids),
-                                                         Experiment.status != JobStatus.COMPLETED)))
-        s.execute(update(Experiment).where(Experiment.id.in_(cut))
-                  .values(status=JobStatus.INTERRUPTED, error=reason, finished_at=utcnow()))
+        cut = list(s.scalars(select(Experiment).where(Experiment.id.in_(experiment_ids),
+                                                      Experiment.status != JobStatus.COMPLETED)))
+        now = utcnow()
+        for exp in cut:
+            _end_attempt(exp, JobStatus.INTERRUPTED, reason, now)
+        cut = [exp.id for exp in cut]
         s.execute(delete(Lock).where(Lock.name == TRAINING_LOCK, Lock.holder.in_(experiment_ids)))
     return cut

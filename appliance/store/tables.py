@@ -161,6 +161,8 @@ class Experiment(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Seconds trained by the run's ended attempts (each end adds its attempt's; a fresh start resets it).
+    run_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
 
 class EpochRecord(Base):

@@ -79,6 +79,33 @@ class EpochEventCallback(Callback):
             trainer.should_stop = True
 
 
+class BatchProgressCallback(Callback):
+    """Progress inside an epoch (rank 0): `{"epoch", "epochs", "batch", "batches", "elapsed_s"}` after
+    the first batch of each epoch, its last one, and otherwise at most once every `every_s` seconds —
+    so a long epoch is not a frozen page, and the event bus is not flooded by many small batches."""
+
+    def __init__(self, publish: Callable[[dict], None], every_s: float = 0.5):
+        self.publish, self.every_s = publish, every_s
+        self._epoch_start = self._last = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = time.perf_counter()
+        self._last = 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not trainer.is_global_zero:
+            return
+        now = time.perf_counter()
+        batches = trainer.num_training_batches
+        total = int(batches) if isinstance(batches, int | float) and math.isfinite(batches) else None
+        done = batch_idx + 1
+        if batch_idx and done != total and now - self._last < self.every_s:
+            return
+        self._last = now
+        self.publish({"epoch": trainer.current_epoch + 1, "epochs": trainer.max_epochs, "batch": done,
+                      "batches": total, "elapsed_s": now - self._epoch_start})
+
+
 def _atomic_copy(source: Path, target: Path) -> None:
     """Publish `source` as `target` atomically: a hard link where possible (`last.ckpt` is later
     replaced by a new file, never rewritten, so the link keeps this epoch's bytes), else a copy."""

@@ -209,14 +209,16 @@ def test_migration_adds_from_source_to_existing_splits(tmp_path):
     from sqlalchemy import create_engine
 
     from appliance.services.splits import split_public
-    from appliance.store.db import SCHEMA_VERSION, migrate, session_factory
+    from appliance.store.db import MIGRATIONS, SCHEMA_VERSION, _add_split_from_source, migrate, session_factory
     from appliance.store.tables import Split
+
+    added_in = MIGRATIONS.index(_add_split_from_source) + 1  # the version that brought the column
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     migrate(create_engine(url))
     with sqlite3.connect(tmp_path / "old.db") as db:  # back to the schema before the migration
         db.execute("alter table splits drop column from_source")
-        db.execute("delete from schema_version where version = ?", (SCHEMA_VERSION,))
+        db.execute("delete from schema_version where version >= ?", (added_in,))
         db.execute("insert into projects (id, name, task, description, created_at, updated_at) values "
                    "('proj-000000000001', 'p', 'classification', '', '2026-01-01', '2026-01-01')")
         db.execute("insert into splits (id, project_id, name, train, val, test, seed, stratified, counts, created_at) "

@@ -18,7 +18,11 @@ htmx.defineExtension("json-form", {
 function formToJson(form) {
   const out = {};
   for (const el of form.elements) {
-    if (!el.name || el.disabled) continue;
+    if (!el.name) continue;
+    if (el.disabled) { // skipped, except a checkbox marked `data-sent-disabled` (sent as it shows, e.g. false)
+      if (el.type === "checkbox" && el.dataset.sentDisabled !== undefined) out[el.name] = el.checked;
+      continue;
+    }
     if (el.type === "checkbox") {
       if (el.dataset.list !== undefined) { (out[el.name] ||= []); if (el.checked) out[el.name].push(el.value); }
       else out[el.name] = el.checked;

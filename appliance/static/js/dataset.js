@@ -77,13 +77,44 @@ async function refreshClassFilter() {
   labelSelect.value = summary.classes.some((c) => c.name === current) ? current : "";
 }
 document.body.addEventListener("dataset-changed", refreshClassFilter);
-// `/projects/<id>/dataset?split_id=…&subset=…` (the split page's Browse link) preselects the filter.
-const query = new URLSearchParams(location.search);
-if (query.get("split_id") && [...splitSelect.options].some((o) => o.value === query.get("split_id"))) {
-  splitSelect.value = query.get("split_id");
-  subsetSelect.disabled = false;
-  if (query.get("subset")) subsetSelect.value = query.get("subset");
-  htmx.trigger(filter, "change");
+// The grid's filter, its page and the open image live in the URL
+// (`?label=…&split_id=…&subset=…&offset=…&image=…`), so reload and Back keep them; the split
+// page's Browse link uses the same query to preselect a subset.
+function syncUrl() {
+  const q = new URLSearchParams();
+  if (labelSelect.value) q.set("label", labelSelect.value);
+  if (splitSelect.value) q.set("split_id", splitSelect.value);
+  if (splitSelect.value && subsetSelect.value) q.set("subset", subsetSelect.value);
+  const offset = Number(document.querySelector("#image-grid .grid-page")?.dataset.offset || 0);
+  if (offset > 0) q.set("offset", String(offset));
+  if (shown) q.set("image", shown.id);
+  const url = location.pathname + (q.size ? `?${q}` : "");
+  if (url !== location.pathname + location.search) history.replaceState(history.state, "", url);
+}
+const hasOption = (select, value) => [...select.options].some((o) => o.value === value);
+function restoreFromUrl() {
+  const query = new URLSearchParams(location.search);
+  let changed = false;
+  if (query.get("label") && hasOption(labelSelect, query.get("label"))) { labelSelect.value = query.get("label"); changed = true; }
+  if (query.get("split_id") && hasOption(splitSelect, query.get("split_id"))) {
+    splitSelect.value = query.get("split_id");
+    subsetSelect.disabled = false;
+    if (query.get("subset") && hasOption(subsetSelect, query.get("subset"))) subsetSelect.value = query.get("subset");
+    changed = true;
+  }
+  const offset = Number.parseInt(query.get("offset") || "0", 10);
+  if (changed || offset > 0) {
+    const params = new URLSearchParams(new FormData(filter));
+    if (offset > 0) params.set("offset", String(offset));
+    htmx.ajax("GET", `/api/datasets/${projectId}/images?${params}`, { target: "#image-grid", swap: "innerHTML" });
+  }
+  const imageId = query.get("image");
+  if (imageId) {
+    fetch(`/api/datasets/${projectId}/images/${encodeURIComponent(imageId)}`)
+      .then((res) => (res.ok ? res.json() : null))
+      .then((body) => { if (body && body.data) openImage(body.data); else syncUrl(); })
+      .catch(() => syncUrl());
+  }
 }
 
 // ------------------------------------------------------------------ image view
@@ -132,12 +163,14 @@ function openImage(image) {
   meta.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
   modal.hidden = false;
   $("viewer-close").focus();
+  syncUrl();
 }
 
 function closeImage() {
   modal.hidden = true;
   viewerImg.removeAttribute("src");
   shown = null;
+  syncUrl();
 }
 
 $("image-grid").addEventListener("click", (evt) => {
@@ -154,9 +187,18 @@ $("viewer-delete").addEventListener("click", async () => {
   announce("dataset-changed");
 });
 
+// Thumbnail boxes take their class's colour, as in the image view.
+function colourThumbBoxes(root) {
+  (root || document).querySelectorAll(".thumb-boxes rect[data-label]").forEach((r) => { r.style.stroke = colourFor(r.dataset.label); });
+}
+
 // ------------------------------------------------------------------ wiring
 document.body.addEventListener("htmx:afterSettle", (evt) => {
   announceFinishedImport();
   renderCharts(evt.detail.target);
+  colourThumbBoxes(evt.detail.target);
+  if (evt.detail.target.id === "image-grid") syncUrl();
 });
 renderCharts(document);
+colourThumbBoxes(document);
+restoreFromUrl();

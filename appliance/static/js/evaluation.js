@@ -29,3 +29,6 @@ window.evaluationPage = {
   },
 };
 applyListState();
+// `?evaluation=<id>` (kept in the URL by the detail card) reopens that evaluation.
+const wanted = new URLSearchParams(location.search).get("evaluation");
+if (wanted && [...document.querySelectorAll("#evaluations-table tr.eval-row")].some((r) => r.dataset.evaluationId === wanted)) select(wanted);

@@ -66,7 +66,7 @@ const charts = {
 // ------------------------------------------------------------------ live panel state
 const live = {
   id: null, exp: null, epochs: new Map(), status: null, source: null, token: 0,
-  logLines: new Set(), retry: null, stopping: false,
+  logLines: new Set(), retry: null, stopping: false, progress: null,
 };
 
 function drawCharts() {
@@ -90,7 +90,7 @@ function renderStats() {
   const pill = $("live-status");
   pill.hidden = !status;
   pill.className = `pill ${status || ""}`;
-  pill.textContent = live.stopping && isActive(status) ? "stopping…" : status || "";
+  pill.textContent = live.stopping && isActive(status) ? (status === "running" ? "stopping after this epoch…" : "stopping…") : status || "";
   if (!exp) return;
   const rows = [...live.epochs.values()].sort((a, b) => a.epoch - b.epoch);
   const last = rows[rows.length - 1];
@@ -98,8 +98,17 @@ function renderStats() {
   const done = last ? last.epoch : exp.epochs_done;
   $("live-epoch").textContent = `${done} / ${planned}`;
   $("live-speed").textContent = last && last.images_per_s ? last.images_per_s.toFixed(1) : "—";
-  if (status === "running" && rows.length) {
-    const mean = rows.reduce((a, r) => a + (r.seconds || 0), 0) / rows.length;
+  const mean = rows.length ? rows.reduce((a, r) => a + (r.seconds || 0), 0) / rows.length : null;
+  const p = status === "running" && live.progress && live.progress.epoch > done ? live.progress : null;
+  renderProgress(p);
+  if (p && p.batch > 0) {
+    // Inside an epoch: this epoch's remaining batches at its own pace, then the epochs left at the
+    // mean epoch time so far (or this epoch's pace before any epoch ended).
+    const perBatch = p.elapsed_s / p.batch;
+    const epochEstimate = mean ?? (p.batches ? perBatch * p.batches : 0);
+    const rest = p.batches ? perBatch * Math.max(0, p.batches - p.batch) : 0;
+    $("live-eta").textContent = fmtDuration(rest + epochEstimate * Math.max(0, planned - p.epoch));
+  } else if (status === "running" && rows.length) {
     $("live-eta").textContent = fmtDuration(mean * Math.max(0, planned - done));
   } else if (status === "running") {
     $("live-eta").textContent = "after epoch 1";
@@ -116,6 +125,27 @@ function renderStats() {
   const known = [exp.best_metric, ...metrics].filter((v) => v !== null && v !== undefined);
   renderBaselineFlag(exp, known.length ? Math.max(...known) : null);
   $("live-error").textContent = exp.error && ["failed", "interrupted"].includes(status) ? exp.error : "";
+  const note = $("live-stop-note");
+  note.hidden = !(live.stopping && isActive(status));
+  note.textContent = status === "queued"
+    ? "Stop requested: the run ends before it starts training."
+    : `Stop requested: training stops at the end of the current epoch (epoch ${Math.min(done + 1, planned)} of ${planned}); its checkpoint is kept, so you can resume.`;
+}
+
+function renderProgress(p) {
+  const bar = $("live-progress");
+  bar.hidden = !p;
+  const panel = $("live-panel");
+  if (!p) {
+    $("live-batch").textContent = "—";
+    delete panel.dataset.batch;
+    return;
+  }
+  const ofTotal = p.batches ? ` / ${p.batches}` : "";
+  $("live-batch").textContent = `${p.batch}${ofTotal}`;
+  $("live-batch").title = p.batches && p.batch >= p.batches ? "all batches done: validating" : `epoch ${p.epoch}`;
+  bar.firstElementChild.style.width = p.batches ? `${((100 * p.batch) / p.batches).toFixed(1)}%` : "0%";
+  panel.dataset.batch = `${p.epoch}:${p.batch}/${p.batches ?? ""}`;
 }
 
 // A run whose best val accuracy does not get one val image more right than always answering the
@@ -171,7 +201,7 @@ function markSelectedRow() {
 async function select(id) {
   closeStream();
   const token = ++live.token;
-  Object.assign(live, { id, exp: null, status: null, epochs: new Map(), stopping: false });
+  Object.assign(live, { id, exp: null, status: null, epochs: new Map(), stopping: false, progress: null });
   markSelectedRow();
   if (location.hash !== `#${id}`) history.replaceState(null, "", `#${id}`);
   $("live-name").textContent = "— loading…";
@@ -216,11 +246,18 @@ function openStream(id, token) {
     if (!mine()) return;
     const ev = JSON.parse(e.data);
     live.epochs.set(ev.epoch, ev);
+    if (live.progress && live.progress.epoch <= ev.epoch) live.progress = null;
     if (live.exp) live.exp.epochs_done = Math.max(live.exp.epochs_done || 0, ev.epoch);
     if (live.status === "queued") live.status = "running";
     drawCharts();
     renderStats();
     refreshTable();
+  });
+  source.addEventListener("progress", (e) => {
+    if (!mine()) return;
+    live.progress = JSON.parse(e.data);
+    if (live.status === "queued") live.status = "running";
+    renderStats();
   });
   source.addEventListener("log", (e) => {
     if (mine()) appendLog(JSON.parse(e.data).line);
@@ -231,6 +268,7 @@ function openStream(id, token) {
     closeStream();
     live.status = data.status;
     live.stopping = false;
+    live.progress = null;
     if (live.exp) Object.assign(live.exp, { status: data.status, best_metric: data.best_metric, error: data.error });
     $("log-note").textContent = "";
     renderStats();
@@ -294,10 +332,10 @@ const actions = {
 function clearPanel() {
   closeStream();
   live.token++;
-  Object.assign(live, { id: null, exp: null, status: null, epochs: new Map() });
+  Object.assign(live, { id: null, exp: null, status: null, epochs: new Map(), progress: null });
   history.replaceState(null, "", location.pathname + location.search);
   $("live-name").textContent = "— select an experiment";
-  ["live-epoch", "live-speed", "live-eta", "live-best", "live-val-loss"].forEach((k) => { $(k).textContent = "—"; });
+  ["live-epoch", "live-batch", "live-speed", "live-eta", "live-best", "live-val-loss"].forEach((k) => { $(k).textContent = "—"; });
   $("live-error").textContent = "";
   $("live-baseline-flag").hidden = true;
   $("log-tail").textContent = "Select an experiment to see its log.";
@@ -328,7 +366,8 @@ list.addEventListener("keydown", (e) => {
 function tickDurations() {
   const now = Date.now();
   document.querySelectorAll("#experiment-list .duration[data-started]").forEach((el) => {
-    el.textContent = fmtDuration((now - parseUtc(el.dataset.started).getTime()) / 1000);
+    // The ended attempts' seconds (resumes add up) plus this attempt's so far.
+    el.textContent = fmtDuration(Number(el.dataset.base || 0) + (now - parseUtc(el.dataset.started).getTime()) / 1000);
   });
 }
 setInterval(tickDurations, 1000);

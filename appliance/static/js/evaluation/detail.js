@@ -17,6 +17,7 @@ export function select(id) {
   state.shownStatus = null;
   document.querySelectorAll("#evaluations-table tr.eval-row").forEach((r) => r.classList.toggle("selected", r.dataset.evaluationId === id));
   $("detail-card").hidden = false;
+  setUrlEvaluation(id);
   loadDetail().then(() => $("detail-card").scrollIntoView({ behavior: "smooth", block: "start" }));
 }
 
@@ -26,6 +27,15 @@ export function closeDetail() {
   state.metrics = null;
   $("detail-card").hidden = true;
   document.querySelectorAll("#evaluations-table tr.eval-row.selected").forEach((r) => r.classList.remove("selected"));
+  setUrlEvaluation(null);
+}
+
+// The open evaluation lives in the URL (`?evaluation=…`), so reload and Back reopen it.
+function setUrlEvaluation(id) {
+  const q = new URLSearchParams(location.search);
+  if (id) q.set("evaluation", id); else q.delete("evaluation");
+  const url = location.pathname + (q.size ? `?${q}` : "") + location.hash;
+  if (url !== location.pathname + location.search + location.hash) history.replaceState(history.state, "", url);
 }
 $("detail-close").addEventListener("click", closeDetail);
 

@@ -81,7 +81,20 @@ export function renderConfusion(m) {
       el("td", { class: "num total", text: String(total) }));
   });
   $("confusion").replaceChildren(el("table", { class: "heat confusion", id: "confusion-table" }, el("thead", {}, head), el("tbody", {}, ...body)));
+  fitConfusion();
 }
+
+// A matrix wider than its half of the card takes the card's whole width (per-class table above);
+// one wider still scrolls inside the card.
+function fitConfusion() {
+  const box = $("confusion");
+  const grid = box.closest(".detail-grid");
+  const table = $("confusion-table");
+  if (!grid || !table) return;
+  grid.classList.remove("stacked");
+  if (box.clientWidth && table.scrollWidth > box.clientWidth) grid.classList.add("stacked");
+}
+window.addEventListener("resize", fitConfusion);
 
 $("confusion").addEventListener("click", (evt) => {
   const cell = evt.target.closest("td.cell.has");
