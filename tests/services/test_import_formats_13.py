@@ -10,6 +10,7 @@ Every format records `subset_hint` (train / val / test; `valid` → val), includ
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -24,8 +25,10 @@ W, H = 40, 20
 
 
 def image(path: Path, size=(W, H)) -> Path:
+    """A small image whose content differs per file name (the import skips identical content)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, (120, 30, 200)).save(path)
+    colour = tuple(hashlib.sha256(path.as_posix().encode()).digest()[:3])
+    Image.new("RGB", size, colour).save(path)
     return path
 
 
