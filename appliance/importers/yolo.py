@@ -135,7 +135,7 @@ def choose_yaml(root: Path, yaml_file: str | None) -> str | None:
     if len(candidates) > 1:
         raise InvalidDataset(
             f"yaml_file: several YAML files at the dataset root have class names ({', '.join(candidates)}); "
-            "choose one with the yaml_file option"
+            "choose one with the yaml_file option (Class-list YAML on the import form)"
         )
     return candidates[0] if candidates else None
 

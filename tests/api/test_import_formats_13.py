@@ -46,7 +46,7 @@ def test_several_yamls_local_import_is_refused_at_once_naming_them(client, root,
     assert r.status_code == 400, r.text
     assert r.json()["error"] == {"code": "INVALID_DATASET", "message": (
         "yaml_file: several YAML files at the dataset root have class names (coco8.yaml, other.yaml); "
-        "choose one with the yaml_file option")}
+        "choose one with the yaml_file option (Class-list YAML on the import form)")}
     assert client.get(f"/api/datasets/{pid}").json()["data"]["image_count"] == 0
     r = local(client, pid, folder, "yolo", yaml_file="missing.yaml")
     assert r.status_code == 400 and r.json()["error"]["message"] == (
@@ -69,7 +69,7 @@ def test_several_yamls_upload_fails_the_job_naming_them_then_works_when_named(cl
     job = wait_import(client, pid, r.json()["data"]["id"])
     assert job["status"] == "failed" and job["error"] == (
         "yaml_file: several YAML files at the dataset root have class names (coco8.yaml, other.yaml); "
-        "choose one with the yaml_file option")
+        "choose one with the yaml_file option (Class-list YAML on the import form)")
     assert client.get(f"/api/datasets/{pid}").json()["data"]["image_count"] == 0  # nothing half-written
     with open(archive, "rb") as f:
         r = client.post("/api/datasets/import/upload", data={"project_id": pid, "yaml_file": "other.yaml"},

@@ -144,7 +144,7 @@ def test_several_yamls_are_refused_naming_them_until_one_is_chosen(tmp_path):
         parse_source(tmp_path, "auto", "detection")
     assert caught.value.message == (
         "yaml_file: several YAML files at the dataset root have class names (coco8-grayscale.yml, coco8.yaml); "
-        "choose one with the yaml_file option"
+        "choose one with the yaml_file option (Class-list YAML on the import form)"
     )
     assert parse_source(tmp_path, "yolo", "detection", yaml_file="coco8.yaml").classes == ["person", "car"]
     chosen = parse_source(tmp_path, "auto", "detection", yaml_file="coco8-grayscale.yml")
