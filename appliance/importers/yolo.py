@@ -268,7 +268,9 @@ def _yaml_subsets(doc: dict, yaml_path: Path, root: Path, warnings: list[ImportW
         also = 0
         for entry in entries:
             if not isinstance(entry, str) or not entry.strip():
-                warnings.append(ImportWarning(name, f"{key}: {str(entry)[:60]!r} is not a folder or a .txt file "
+                # Named by type, never str(): an alias-expanded structure could be enormous.
+                shown = repr(entry) if isinstance(entry, str) else f"a {type(entry).__name__}"
+                warnings.append(ImportWarning(name, f"{key}: {shown[:60]} is not a folder or a .txt file "
                                                     "of image paths; ignored"))
                 continue
             for image in _entry_images(entry, key, bases, real_root, root, name, warnings):

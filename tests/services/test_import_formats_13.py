@@ -185,9 +185,21 @@ def test_subset_entries_outside_the_dataset_are_ignored_with_a_warning(tmp_path)
     assert "train: '../nowhere' is not a folder, an image or a .txt file in the dataset; ignored" in reasons
     assert "val: 'link' points outside the dataset; ignored" in reasons
     assert "val: '../outside' points outside the dataset; ignored" in reasons
-    assert "val: '7' is not a folder or a .txt file of image paths; ignored" in reasons
+    assert "val: a int is not a folder or a .txt file of image paths; ignored" in reasons
+    assert "val: a dict is not a folder or a .txt file of image paths; ignored" in reasons
     assert "test: '/etc' points outside the dataset; ignored" in reasons
     assert not any(str(outside) in w.reason or str(tmp_path) in w.reason for w in parsed.warnings)
+
+
+def test_alias_bomb_in_a_subset_entry_is_named_by_type(tmp_path):
+    """A YAML 'billion laughs' of aliases: each entry is a huge list once expanded; never str()'d."""
+    yolo_pair(tmp_path, "images/a.jpg", "labels/a.txt")
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    write(tmp_path / "bomb.yaml", "\n".join(levels) + "\ntrain: [*a8, images]\nnames: [cat]\n")
+    parsed = parse_source(tmp_path, "yolo", "detection")
+    assert subsets(parsed) == {"images/a.jpg": "train"}
+    assert warned(parsed, "bomb.yaml") == ["train: a list is not a folder or a .txt file of image paths; ignored"]
 
 
 def test_txt_list_naming_files_outside_assigns_nothing(tmp_path, tmp_path_factory):
