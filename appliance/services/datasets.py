@@ -40,6 +40,7 @@ from appliance.store.paths import Workspace, is_within, safe_join
 from appliance.importers import (
     DEFAULT_MAX_IMAGE_PIXELS, check_free_space, check_zip, extract_zip, make_thumbnail, parse_source, store_image,
 )
+from appliance.importers.parsed import is_utf8_text, utf8_text
 from appliance.importers.yolo import choose_yaml
 from appliance.services import deletion
 from appliance.services.projects import get_owned, get_project
@@ -69,10 +70,10 @@ def check_yaml_file(yaml_file: str | None) -> str | None:
     """The `yaml_file` option: the bare name of a YAML file at the dataset root, or None."""
     if yaml_file is None or yaml_file == "":
         return None
-    bad = any(c in yaml_file for c in "/\\\x00") or yaml_file.startswith(".") or yaml_file != yaml_file.strip()
-    if bad or not yaml_file.lower().endswith((".yaml", ".yml")):
+    bad = any(c in yaml_file for c in "/\\") or yaml_file.startswith(".") or yaml_file != yaml_file.strip()
+    if bad or not yaml_file.isprintable() or not is_utf8_text(yaml_file) or not yaml_file.lower().endswith((".yaml", ".yml")):
         raise ValidationFailed(f"yaml_file: must be the name of a .yaml or .yml file at the dataset root, "
-                               f"without folders (got {yaml_file[:80]!r})")
+                               f"without folders (got {utf8_text(yaml_file[:80])!r})")
     return yaml_file
 
 

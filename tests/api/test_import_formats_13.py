@@ -5,6 +5,7 @@ builders; one import per new format runs through the real Serve ingress (`server
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -22,8 +23,10 @@ def root(settings) -> Path:
 
 
 def local(http, pid: str, path: Path, fmt: str = "auto", **extra):
-    return http.post("/api/datasets/import/local",
-                     json={"project_id": pid, "source_path": str(path), "format": fmt, **extra})
+    body = {"project_id": pid, "source_path": str(path), "format": fmt, **extra}
+    # json.dumps escapes a lone surrogate as `\ud800`, as a browser's JSON.stringify does
+    return http.post("/api/datasets/import/local", content=json.dumps(body),
+                     headers={"content-type": "application/json"})
 
 
 def two_yamls(folder: Path) -> Path:
@@ -82,7 +85,7 @@ def test_several_yamls_upload_fails_the_job_naming_them_then_works_when_named(cl
 
 
 @pytest.mark.parametrize("bad", ["../coco8.yaml", "sub/x.yaml", "x\\y.yaml", ".hidden.yaml", "names.txt", "a.yaml/",
-                                 "a.yaml\x00", "x" * 300 + ".yaml", 7, ["a.yaml"]])
+                                 "a.yaml\x00", "a\nb.yaml", "\ud800.yaml", "x" * 300 + ".yaml", 7, ["a.yaml"]])
 def test_bad_yaml_file_values_are_refused_naming_the_field(client, root, bad):
     folder = two_yamls(root / "ds")
     pid = create_project(client, "detection")
