@@ -131,8 +131,9 @@ class ImportJobPublic(PublicModel):
     id: str
     project_id: str
     status: str = Field(description="queued | running | cancelling | completed | failed | cancelled")
-    format: str = Field(description="The requested format: auto | folder | csv | coco | yolo")
+    format: str = Field(description="The requested format: auto | folder | csv | coco | yolo | voc")
     source: str = Field(description="The server folder, or `upload:<name>` for a ZIP upload")
+    yaml_file: str | None = Field(None, description="YOLO: the root YAML read for class names, when one was named")
     detected: str = Field(description="What the reader found (e.g. `coco (1 annotation file)`); empty until parsed")
     done: int
     total: int

@@ -19,7 +19,9 @@ from appliance.services import thumbnails
 from appliance.web import render, wants_fragment
 
 router = APIRouter(prefix="/api/datasets", tags=["datasets"])
-ImportFormat = Literal["auto", "folder", "csv", "coco", "yolo"]
+YAML_FILE_HELP = ("YOLO: the name of the YAML file at the dataset root that holds the class names "
+                  "(e.g. coco8.yaml), needed when several root YAML files have `names`")
+ImportFormat = Literal["auto", "folder", "csv", "coco", "yolo", "voc"]
 # Content-addressed names (one id per stored file) never change: cache them for good — in the
 # user's own browser only (`private`): they may sit behind the API token.
 IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}
@@ -29,6 +31,7 @@ class LocalImport(StrictBody):
     project_id: str
     source_path: str = Field(min_length=1, max_length=4096)
     format: ImportFormat = "auto"
+    yaml_file: str | None = Field(None, max_length=255, description=YAML_FILE_HELP)
 
 
 def _accepted(request: Request, job, data: dict | None = None):
@@ -41,7 +44,8 @@ def _accepted(request: Request, job, data: dict | None = None):
 @router.post("/import/local", status_code=202, response_model=Envelope[ImportJobPublic])
 def import_local(request: Request, body: LocalImport, session: SessionDep, settings: SettingsDep, runner: RunnerDep):
     """Import from a folder on the server (under an allowed import root) → 202 import job."""
-    job = service.start_local_import(session, settings, body.project_id, body.source_path, body.format)
+    job = service.start_local_import(session, settings, body.project_id, body.source_path, body.format,
+                                     body.yaml_file)
     runner.submit("import", service.run_import, settings, job.id)
     return _accepted(request, job)
 
@@ -51,6 +55,7 @@ class UploadFields(BaseModel):
 
     project_id: str
     format: ImportFormat = "auto"
+    yaml_file: str | None = Field(None, max_length=255)
 
 
 # The form as FastAPI would describe it: the route reads the body itself (see receive_file_form).
@@ -62,6 +67,7 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
         "file": {"type": "string", "contentMediaType": "application/octet-stream", "title": "File",
                  "description": "A ZIP archive of the dataset"},
         "format": {"type": "string", "enum": list(get_args(ImportFormat)), "title": "Format", "default": "auto"},
+        "yaml_file": {"type": "string", "maxLength": 255, "title": "Yaml File", "description": YAML_FILE_HELP},
     },
 }}}}}
 
@@ -122,7 +128,7 @@ async def import_upload(
 def _queue_upload(session, settings, workspace, fields: UploadFields, import_id: str, filename: str | None):
     """In a worker thread: the database work of an upload (the route itself is async)."""
     job = service.queue_staged_upload(session, settings, workspace, fields.project_id, fields.format, import_id,
-                                      filename or "")
+                                      filename or "", fields.yaml_file)
     return job, service.import_public(job)
 
 

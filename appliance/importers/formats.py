@@ -1,7 +1,7 @@
 """Turn an import source folder into a `ParsedDataset`.
 
 Two stages, so every format gets the same checks: a format reader (folder, csvfile, coco,
-yolo) reads annotations and lists files without decoding anything; then each image is probed
+yolo, voc) reads annotations and lists files without decoding anything; then each image is probed
 once (hash + full decode + EXIF size) and its boxes are scaled, clipped and filtered against the
 image's real, oriented size. Problems with one image, box or row become warnings; only a
 source that is malformed as a whole, or leaves nothing to import, raises `InvalidDataset`.
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from appliance.store.errors import InvalidDataset, ValidationFailed
-from appliance.importers import coco, csvfile, folder, yolo
+from appliance.importers import coco, csvfile, folder, voc, yolo
 from appliance.importers.images import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, UnreadableImage, probe_image
 from appliance.importers.parsed import ImportWarning, ParsedBox, ParsedDataset, ParsedItem, is_utf8_text, utf8_text
 from appliance.importers.sources import (
@@ -27,12 +27,13 @@ from appliance.importers.sources import (
     rel,
 )
 
-FORMATS = ("folder", "csv", "coco", "yolo")
+FORMATS = ("folder", "csv", "coco", "yolo", "voc")
 TASKS = ("classification", "detection")
-_READERS = {"folder": folder, "csv": csvfile, "coco": coco, "yolo": yolo}
+_READERS = {"folder": folder, "csv": csvfile, "coco": coco, "yolo": yolo, "voc": voc}
+_ANNOTATED = ("coco", "yolo", "voc", "csv")  # formats auto-detection looks for before class folders
 _ACCEPTS = {
     "classification": "class folders (folder) or a CSV of filename,label",
-    "detection": "COCO JSON, YOLO labels, or a CSV of filename,xmin,ymin,xmax,ymax,label",
+    "detection": "COCO JSON, YOLO labels, Pascal VOC XML, or a CSV of filename,xmin,ymin,xmax,ymax,label",
 }
 _CLIP_TOLERANCE = 1.0  # pixels; exports round coordinates, so smaller overshoots are clipped silently
 NESTED_ARCHIVE = "an archive inside the dataset; archives are not extracted, so nothing in it was imported"
@@ -43,13 +44,15 @@ Progress = Callable[[int, int], None]
 def parse_source(
     root: Path, fmt: str, task: str, *, progress: Progress | None = None,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_annotation_bytes: int | None = None,
+    yaml_file: str | None = None,
 ) -> ParsedDataset:
     """Parse the dataset under `root` as `fmt` ('auto' detects it) for a `task` project.
 
     `progress(done, total)` is called after each image is probed: that is where the time goes.
     Images over `max_pixels` are skipped with a warning, undecoded. `max_annotation_bytes`: the
     most annotation content read (each file, and all of them together), checked from the files'
-    sizes before any is read.
+    sizes before any is read. `yaml_file`: the root YAML with the YOLO class names, when there
+    are several (YOLO only).
     """
     root = Path(root)
     if fmt != "auto" and fmt not in FORMATS:
@@ -59,9 +62,10 @@ def parse_source(
     if not root.is_dir():
         raise InvalidDataset(f"{root.name}: not a folder")
     chosen = detect_format(root)[0] if fmt == "auto" else fmt
+    options = {"yaml_file": yaml_file} if chosen == "yolo" and yaml_file else {}
     if max_annotation_bytes is not None:
-        check_annotation_size(root, chosen, max_annotation_bytes)
-    raw = _READERS[chosen].read(root)
+        check_annotation_size(root, chosen, max_annotation_bytes, **options)
+    raw = _READERS[chosen].read(root, **options)
     raw.warnings += [ImportWarning(rel(p, root), NESTED_ARCHIVE) for p in _archives(root)]
     if raw.task != task:
         raise InvalidDataset(
@@ -77,16 +81,16 @@ def parse_source(
 
 
 def detect_format(root: Path) -> tuple[str, list[str]]:
-    """The format of `root` and the files that show it. Annotation files (COCO, YOLO, CSV) win
+    """The format of `root` and the files that show it. Annotation files (COCO, YOLO, VOC, CSV) win
     over plain class folders, since their image folders look like class folders too."""
-    found = {fmt: evidence for fmt in ("coco", "yolo", "csv") if (evidence := _READERS[fmt].find(root))}
+    found = {fmt: evidence for fmt in _ANNOTATED if (evidence := _READERS[fmt].find(root))}
     if len(found) > 1:
         listed = "; ".join(f"{fmt}: {preview(evidence, 3)}" for fmt, evidence in found.items())
         raise InvalidDataset(f"{root.name}: ambiguous layout ({listed}); choose the format explicitly")
     if not found and (evidence := folder.find(root)):
         found = {"folder": evidence}
     if not found:
-        looked_for = "; ".join(_READERS[fmt].LOOKED_FOR for fmt in ("coco", "yolo", "csv", "folder"))
+        looked_for = "; ".join(_READERS[fmt].LOOKED_FOR for fmt in (*_ANNOTATED, "folder"))
         archives = _archives(root)
         hint = ""
         if archives:
@@ -96,10 +100,10 @@ def detect_format(root: Path) -> tuple[str, list[str]]:
     return next(iter(found.items()))
 
 
-def check_annotation_size(root: Path, fmt: str, limit: int) -> None:
+def check_annotation_size(root: Path, fmt: str, limit: int, **options: str) -> None:
     """Refuse, naming the file, annotation files over `limit` bytes alone or together: they are
     read whole, and parsed they take many times their size in memory."""
-    files = getattr(_READERS[fmt], "annotation_files", lambda _root: [])(root)
+    files = getattr(_READERS[fmt], "annotation_files", lambda _root, **_: [])(root, **options)
     total = 0
     for path in files:
         size = path.stat().st_size
@@ -187,7 +191,7 @@ def _fit_box(
     elif x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
         reason = "box outside the image"
     else:
-        clipped = ParsedBox(max(x1, 0), max(y1, 0), min(x2, width), min(y2, height), b.label)
+        clipped = ParsedBox(max(x1, 0), max(y1, 0), min(x2, width), min(y2, height), b.label, b.difficult)
         overshoot = max(clipped.x1 - x1, clipped.y1 - y1, x2 - clipped.x2, y2 - clipped.y2)
         if overshoot > _CLIP_TOLERANCE:
             warnings.append(ImportWarning(relpath, f"box clipped to the image ({b.where})"))

@@ -19,6 +19,7 @@ class ParsedBox:
     x2: float
     y2: float
     label: str
+    difficult: bool = False  # Pascal VOC's `difficult` flag (not stored: the box table has no column for it)
 
 
 @dataclass
@@ -57,7 +58,7 @@ class ImportWarning:  # noqa: A001 - the name the API uses; shadows the builtin 
 
 @dataclass
 class ParsedDataset:
-    format: str  # folder | csv | coco | yolo (what was actually parsed)
+    format: str  # folder | csv | coco | yolo | voc (what was actually parsed)
     task: str  # classification | detection
     classes: list[str]
     items: list[ParsedItem]

@@ -35,6 +35,7 @@ class RawBox:
     y2: float
     label: str
     where: str  # "labels/a.txt line 3": names the annotation in warnings
+    difficult: bool = False  # Pascal VOC's `difficult` flag
 
 
 @dataclass

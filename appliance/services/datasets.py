@@ -40,12 +40,14 @@ from appliance.store.paths import Workspace, is_within, safe_join
 from appliance.importers import (
     DEFAULT_MAX_IMAGE_PIXELS, check_free_space, check_zip, extract_zip, make_thumbnail, parse_source, store_image,
 )
+from appliance.importers.parsed import is_utf8_text, utf8_text
+from appliance.importers.yolo import choose_yaml
 from appliance.services import deletion
 from appliance.services.projects import get_owned, get_project
 
 log = logging.getLogger("aistudio.datasets")
 
-IMPORT_FORMATS = ("auto", "folder", "csv", "coco", "yolo")
+IMPORT_FORMATS = ("auto", "folder", "csv", "coco", "yolo", "voc")
 _EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif", "GIF": ".gif"}
 _PROGRESS_EVERY_S = 0.5
 IMBALANCE_RATIO = 10
@@ -64,9 +66,22 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def start_local_import(session: Session, settings: Settings, project_id: str, source_path: str, fmt: str) -> ImportJob:
+def check_yaml_file(yaml_file: str | None) -> str | None:
+    """The `yaml_file` option: the bare name of a YAML file at the dataset root, or None."""
+    if yaml_file is None or yaml_file == "":
+        return None
+    bad = any(c in yaml_file for c in "/\\") or yaml_file.startswith(".") or yaml_file != yaml_file.strip()
+    if bad or not yaml_file.isprintable() or not is_utf8_text(yaml_file) or not yaml_file.lower().endswith((".yaml", ".yml")):
+        raise ValidationFailed(f"yaml_file: must be the name of a .yaml or .yml file at the dataset root, "
+                               f"without folders (got {utf8_text(yaml_file[:80])!r})")
+    return yaml_file
+
+
+def start_local_import(session: Session, settings: Settings, project_id: str, source_path: str, fmt: str,
+                       yaml_file: str | None = None) -> ImportJob:
     get_project(session, project_id)
     check_format(fmt)
+    yaml_file = check_yaml_file(yaml_file)
     admit_import(session, settings, None, None)
     if "\x00" in source_path:  # the OS can't take it: every path call would raise ValueError
         raise ValidationFailed("source_path: contains a NUL character, which no path on the server can hold")
@@ -90,7 +105,12 @@ def start_local_import(session: Session, settings: Settings, project_id: str, so
         )
     if not folder:
         raise InvalidDataset(f"source_path {source_path} is not a folder on the server")
-    return _queue(session, project_id, fmt, str(source.resolve()))
+    if fmt in ("auto", "yolo"):
+        try:  # several root YAML files with class names and none chosen: refused now, not by the job later
+            choose_yaml(source.resolve(), yaml_file)
+        except OSError:  # unreadable folder: the job reports it
+            pass
+    return _queue(session, project_id, fmt, str(source.resolve()), yaml_file=yaml_file)
 
 
 def new_upload_stage(workspace: Workspace) -> tuple[str, Path]:
@@ -111,7 +131,8 @@ def discard_stage(workspace: Workspace, import_id: str) -> None:
 
 
 def queue_staged_upload(
-    session: Session, settings: Settings, workspace: Workspace, project_id: str, fmt: str, import_id: str, filename: str
+    session: Session, settings: Settings, workspace: Workspace, project_id: str, fmt: str, import_id: str, filename: str,
+    yaml_file: str | None = None,
 ) -> ImportJob:
     """Check the ZIP already written by `new_upload_stage`'s caller and queue its import; on any
     refusal the staged upload is removed."""
@@ -119,9 +140,10 @@ def queue_staged_upload(
     try:
         get_project(session, project_id)
         check_format(fmt)
+        yaml_file = check_yaml_file(yaml_file)
         stage = workspace.staging_dir / import_id
         _check_upload(stage / _STAGED_ZIP, settings, stage)
-        return _queue(session, project_id, fmt, f"upload:{name}", import_id=import_id)
+        return _queue(session, project_id, fmt, f"upload:{name}", import_id=import_id, yaml_file=yaml_file)
     except BaseException as exc:
         discard_stage(workspace, import_id)
         if isinstance(exc, AppError):
@@ -162,8 +184,9 @@ def upload_too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"file: the upload is larger than the limit of {limit} bytes (AISTUDIO_MAX_UPLOAD_BYTES)")
 
 
-def _queue(session: Session, project_id: str, fmt: str, source: str, import_id: str | None = None) -> ImportJob:
-    return imports.queue(session, project_id, fmt, source, import_id)
+def _queue(session: Session, project_id: str, fmt: str, source: str, import_id: str | None = None,
+           yaml_file: str | None = None) -> ImportJob:
+    return imports.queue(session, project_id, fmt, source, import_id, yaml_file=yaml_file)
 
 
 def get_import(session: Session, project_id: str, import_id: str) -> ImportJob:
@@ -179,7 +202,7 @@ def cancel_import(session: Session, project_id: str, import_id: str) -> ImportJo
 def import_public(job: ImportJob) -> dict:
     return {
         "id": job.id, "project_id": job.project_id, "status": job.status, "format": job.format,
-        "source": job.source, "detected": job.detected, "done": job.done, "total": job.total,
+        "source": job.source, "yaml_file": job.yaml_file, "detected": job.detected, "done": job.done, "total": job.total,
         "added": job.added, "skipped": job.skipped, "duplicates": job.duplicates,
         "warnings": job.warnings or [], "error": job.error,
         "created_at": job.created_at, "finished_at": job.finished_at,
@@ -303,7 +326,8 @@ def run_import_here(settings: Settings, import_id: str) -> None:
         root = _source_root(settings, stage, source)
         tracker = _Progress(url, import_id)
         parsed = parse_source(root, fmt, task, progress=tracker, max_pixels=settings.max_image_pixels,
-                              max_annotation_bytes=settings.max_annotation_bytes)
+                              max_annotation_bytes=settings.max_annotation_bytes,
+                              yaml_file=imports.yaml_file(url, import_id))
         tracker.check_cancel()
         added, duplicates = _stage_and_commit(url, workspace, project_id, import_id, parsed, stage, tracker,
                                               owned=source.startswith("upload:"),

@@ -50,9 +50,17 @@ def _add_run_seconds(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE experiments ADD COLUMN run_seconds FLOAT NOT NULL DEFAULT 0")
 
 
+def _add_import_yaml_file(conn: Connection) -> None:
+    """Import jobs: `yaml_file`, the root YAML a YOLO import reads its class names from when the
+    dataset has several (issue #13 item 4). Skipped where v1 was just created with it."""
+    if "yaml_file" not in {c["name"] for c in inspect(conn).get_columns("import_jobs")}:
+        conn.exec_driver_sql("ALTER TABLE import_jobs ADD COLUMN yaml_file VARCHAR(255)")
+
+
 # Append a function for each schema change; never edit a released entry.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _create_v1, _login_sessions, _add_run_claim_and_driver, _add_split_from_source, _add_run_seconds,
+    _add_import_yaml_file,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -22,9 +22,10 @@ INTERRUPTED_MESSAGE = "The server stopped during this import; the dataset is unc
 IN_PROGRESS = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
 
 
-def queue(session: Session, project_id: str, fmt: str, source: str, import_id: str | None = None) -> ImportJob:
+def queue(session: Session, project_id: str, fmt: str, source: str, import_id: str | None = None,
+          yaml_file: str | None = None) -> ImportJob:
     job = ImportJob(id=import_id or new_id("import"), project_id=project_id, status=JobStatus.QUEUED, format=fmt,
-                    source=source)
+                    source=source, yaml_file=yaml_file)
     session.add(job)
     session.commit()
     return job
@@ -62,6 +63,12 @@ def start(db_url: str, import_id: str) -> tuple[str, str, str, str] | None:
         job = s.get(ImportJob, import_id)
         project = s.get(Project, job.project_id)
         return project.id, project.task, job.format, job.source
+
+
+def yaml_file(db_url: str, import_id: str) -> str | None:
+    """The import's `yaml_file` option (YOLO: which root YAML holds the class names)."""
+    with session_scope(db_url) as s:
+        return s.get(ImportJob, import_id).yaml_file
 
 
 def set_progress(db_url: str, import_id: str, done: int, total: int) -> bool:

@@ -104,6 +104,7 @@ class ImportJob(Base):
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED)
     format: Mapped[str] = mapped_column(String(20))
     source: Mapped[str] = mapped_column(Text)
+    yaml_file: Mapped[str | None] = mapped_column(String(255), nullable=True)  # YOLO: the root YAML to read
     detected: Mapped[str] = mapped_column(Text, default="")
     done: Mapped[int] = mapped_column(Integer, default=0)
     total: Mapped[int] = mapped_column(Integer, default=0)

@@ -254,9 +254,9 @@ def test_missing_folder_inside_the_root_is_invalid_dataset(client, root):
 def test_unknown_format_is_422_naming_format(client, root, tmp_path):
     gen = make_classification_folder(root / "f", per_class=1)
     pid = create_project(client)
-    assert "format" in error_of(start_path_import(client, pid, gen.root, fmt="voc"), 422, "VALIDATION_ERROR")
+    assert "format" in error_of(start_path_import(client, pid, gen.root, fmt="pascal"), 422, "VALIDATION_ERROR")
     archive = zip_dir(gen.root, tmp_path / "f.zip")
-    assert "format" in error_of(start_zip_import(client, pid, archive, fmt="voc"), 422, "VALIDATION_ERROR")
+    assert "format" in error_of(start_zip_import(client, pid, archive, fmt="pascal"), 422, "VALIDATION_ERROR")
 
 
 def test_unknown_project_is_404(client, root, tmp_path):

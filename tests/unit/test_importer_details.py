@@ -13,7 +13,7 @@ from PIL import Image
 
 from appliance.store.errors import InvalidDataset
 from appliance.importers import make_thumbnail, parse_source, probe_image, store_image
-from appliance.importers import yolo
+from appliance.importers import voc, yolo
 from appliance.importers.formats import detect_format
 from appliance.importers.images import UnreadableImage
 from appliance.importers.sources import find_file, is_ignored, preview, subdirs, subset_of
@@ -50,7 +50,7 @@ def test_parse_source_arguments(tmp_path):
 
     with pytest.raises(ValidationFailed) as caught:
         parse_source(tmp_path, "xml", "detection")
-    assert caught.value.message == "format must be auto, folder, csv, coco, yolo (got 'xml')"
+    assert caught.value.message == "format must be auto, folder, csv, coco, yolo, voc (got 'xml')"
     with pytest.raises(ValidationFailed) as caught:
         parse_source(tmp_path, "auto", "segmentation")
     assert caught.value.message == "task must be classification or detection (got 'segmentation')"
@@ -362,7 +362,7 @@ def test_ambiguous_layout_lists_the_evidence(tmp_path):
 def test_nothing_recognised_lists_every_layout(tmp_path):
     write(tmp_path / "notes.txt", "hello")
     message = error(tmp_path, "auto")
-    assert f"{yolo.LOOKED_FOR}; a *.csv file" in message and "; one sub-folder of images per class" in message
+    assert f"{yolo.LOOKED_FOR}; {voc.LOOKED_FOR}; a *.csv file" in message and "; one sub-folder of images per class" in message
 
 
 # --------------------------------------------------------------------------- YOLO
