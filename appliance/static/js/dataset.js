@@ -59,7 +59,7 @@ splitSelect.addEventListener("change", () => {
 document.body.addEventListener("htmx:configRequest", (evt) => {
   if (evt.detail.verb !== "get" || !evt.detail.path.startsWith("/api/datasets/")) return;
   const params = evt.detail.parameters;
-  for (const key of ["label", "split_id", "subset"]) {
+  for (const key of ["label", "split_id", "subset", "issue"]) {
     const value = params instanceof FormData ? params.get(key) : params[key];
     if (value === "" || value === null) {
       if (params instanceof FormData) params.delete(key); else delete params[key];
@@ -83,6 +83,12 @@ if (query.get("split_id") && [...splitSelect.options].some((o) => o.value === qu
   splitSelect.value = query.get("split_id");
   subsetSelect.disabled = false;
   if (query.get("subset")) subsetSelect.value = query.get("subset");
+  htmx.trigger(filter, "change");
+}
+// `?issue=…` (the health summary's links) shows only the images a health check flags.
+const issueSelect = $("filter-issue");
+if (query.get("issue") && [...issueSelect.options].some((o) => o.value === query.get("issue"))) {
+  issueSelect.value = query.get("issue");
   htmx.trigger(filter, "change");
 }
 
