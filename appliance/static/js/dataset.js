@@ -85,11 +85,13 @@ if (query.get("split_id") && [...splitSelect.options].some((o) => o.value === qu
   if (query.get("subset")) subsetSelect.value = query.get("subset");
   htmx.trigger(filter, "change");
 }
-// `?issue=…` (the health summary's links) shows only the images a health check flags.
+// `?issue=…` (the health summary's links) shows only the images a health check flags. A module runs
+// before DOMContentLoaded, where htmx wires the form: trigger after that.
 const issueSelect = $("filter-issue");
 if (query.get("issue") && [...issueSelect.options].some((o) => o.value === query.get("issue"))) {
   issueSelect.value = query.get("issue");
-  htmx.trigger(filter, "change");
+  const apply = () => htmx.trigger(filter, "change");
+  if (document.readyState === "complete") apply(); else document.addEventListener("DOMContentLoaded", apply);
 }
 
 // ------------------------------------------------------------------ image view
