@@ -15,12 +15,16 @@ from PIL import Image, ImageDraw, ImageEnhance
 from pydantic import ValidationError
 from sqlalchemy import update
 
+from fastapi.testclient import TestClient
+
 from appliance.config import Settings
+from appliance.main import create_app
 from appliance.services import health
-from appliance.store.db import session_scope
+from appliance.store.db import SCHEMA_VERSION, get_engine, migrate, session_scope
 from appliance.store.tables import Image as ImageRow
 from tests.fixtures import class_image, create_project, import_and_wait, list_all_images, save_image
 from tests.htmlq import parse
+from tests.workflows import wait_for
 
 
 def scene(seed: int, size: int = 96) -> Image.Image:
@@ -162,16 +166,34 @@ def test_exact_and_near_groups_and_unrelated_pictures(client, root):
     assert dataset.select_one("#near-duplicates-link").attrs["href"] == f"/projects/{pid}/dataset/near-duplicates"
 
 
-def test_hashes_missing_before_the_upgrade_are_backfilled(client, settings, leaky):
-    """Images of a database from before hashing (phash null) are left out, then hashed by the backfill."""
+def test_hashes_missing_before_the_upgrade_are_backfilled_at_start(client, settings, leaky):
+    """Images of a database from before hashing (phash null) are left out of the checks (and counted),
+    until the next start-up hashes them in the background."""
     pid = leaky["pid"]
     with session_scope(settings.db_url) as s:
         s.execute(update(ImageRow).where(ImageRow.project_id == pid).values(phash=None))
     summary = client.get(f"/api/datasets/{pid}").json()["data"]
     assert summary["near_duplicate_groups"] == 0 and summary["health"]["unhashed_images"] == 14
-    assert health.backfill_phashes(settings) == 14
-    summary = client.get(f"/api/datasets/{pid}").json()["data"]
-    assert summary["near_duplicate_groups"] == 1 and summary["health"]["unhashed_images"] == 0
+    with TestClient(create_app(settings)) as restarted:
+        summary = wait_for(lambda: restarted.get(f"/api/datasets/{pid}").json()["data"],
+                           lambda d: d["health"]["unhashed_images"] == 0, timeout=60)
+    assert summary["near_duplicate_groups"] == 1
+
+
+def test_migration_adds_the_hash_column_to_an_older_database(tmp_path):
+    """A database at the version before this change gets `images.phash` (null) and keeps its rows."""
+    engine = get_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE images DROP COLUMN phash")
+        conn.exec_driver_sql("DELETE FROM schema_version WHERE version = (SELECT max(version) FROM schema_version)")
+        conn.exec_driver_sql("INSERT INTO projects (id, name, task, description, created_at, updated_at) "
+                             "VALUES ('proj-1', 'p', 'classification', '', '2026-01-01', '2026-01-01')")
+        conn.exec_driver_sql("INSERT INTO images (id, project_id, filename, original_name, sha256, width, height, "
+                             "size_bytes, created_at) VALUES ('img-1', 'proj-1', 'a.jpg', 'a.jpg', 'x', 4, 4, 1, '2026-01-01')")
+    assert migrate(engine) == SCHEMA_VERSION
+    with engine.begin() as conn:
+        assert conn.exec_driver_sql("SELECT id, phash FROM images").all() == [("img-1", None)]
 
 
 def test_neighbour_search_matches_brute_force():
