@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         default=16, gt=0,
         description="Imports that may be queued or running at once; one more is refused with 429.",
     )
+    near_duplicate_distance: int = Field(
+        default=6, ge=0, le=10,
+        description="Near-duplicate threshold of the dataset health check: two images whose 64-bit perceptual "
+        "hashes differ in at most this many bits are near-duplicates (0: identical hashes only; 10 at most).",
+    )
     api_token: str | None = Field(
         default=None, description="When set, every API and page request needs this bearer token."
     )

@@ -159,6 +159,69 @@ class Stats(PublicModel):
     median: Number
 
 
+class ClassImbalance(PublicModel):
+    ratio: float | None = Field(description="Images of the largest class / of the smallest; null with < 2 classes")
+    largest: str | None
+    smallest: str | None
+    advice: str
+
+
+class HealthLimits(PublicModel):
+    tiny_side: int = Field(description="Pixels: an image whose shorter side is below this is tiny")
+    huge_side: int = Field(description="Pixels: an image whose longer side is above this is huge")
+    extreme_aspect: float = Field(description="width/height above this (or below its inverse) is extreme")
+
+
+class DatasetHealth(PublicModel):
+    near_duplicate_distance: int = Field(description="Hamming threshold (bits of the 64-bit perceptual hash)")
+    near_duplicate_groups: int
+    near_duplicate_images: int = Field(description="Images in a near-duplicate group")
+    unhashed_images: int = Field(description="Images without a perceptual hash yet (left out of the checks)")
+    class_imbalance: ClassImbalance
+    tiny_images: int
+    huge_images: int
+    extreme_aspect_images: int
+    degenerate_boxes: int = Field(description="Boxes under 1 px wide or high (zero/negative area included) or "
+                                  "reaching outside the image")
+    degenerate_box_images: int
+    limits: HealthLimits
+
+
+class HealthImage(PublicModel):
+    id: str
+    filename: str
+    original_name: str
+    label: str | None
+    width: int
+    height: int
+    phash: str | None = Field(description="64-bit perceptual hash, 16 hex digits")
+    thumbnail_url: str
+
+
+class NearDuplicateGroup(PublicModel):
+    size: int
+    exact: bool = Field(description="Every image of the group has the same perceptual hash")
+    distinct_hashes: int
+    images: list[HealthImage]
+
+
+class LeakPair(PublicModel):
+    distance: int = Field(description="Bits between the two perceptual hashes (0: same hash)")
+    subset: Literal["val", "test"] = Field(description="The held-out subset of `held_out_image`")
+    train_image: HealthImage
+    held_out_image: HealthImage
+
+
+class SplitLeaks(PublicModel):
+    split_id: str
+    distance: int
+    count: int = Field(description="Near-duplicate pairs with one image in train and one in val or test")
+    by_subset: dict[str, int] = Field(description="`count` per held-out subset (val, test)")
+    pairs: list[LeakPair] = Field(description="The first pairs (exact-hash first)")
+    truncated: bool = Field(description="More pairs than listed")
+    unhashed_images: int
+
+
 class DatasetSummaryPublic(PublicModel):
     project_id: str
     task: Task
@@ -171,6 +234,8 @@ class DatasetSummaryPublic(PublicModel):
     height: Stats | None = Field(description="Pixels; null without images")
     aspect_ratio: Stats | None = Field(description="width / height; null without images")
     images_without_labels: int
+    near_duplicate_groups: int = Field(description="Groups of near-duplicate images (see `health`)")
+    health: DatasetHealth
     warnings: list[str] = Field(description="Dataset health warnings (e.g. strong class imbalance)")
     last_import: ImportJobPublic | None
 

@@ -22,6 +22,7 @@ router = APIRouter(prefix="/api/datasets", tags=["datasets"])
 YAML_FILE_HELP = ("YOLO: the name of the YAML file at the dataset root that holds the class names "
                   "(e.g. coco8.yaml), needed when several root YAML files have `names`")
 ImportFormat = Literal["auto", "folder", "csv", "coco", "yolo", "voc"]
+HealthIssue = Literal["near_duplicate", "tiny", "huge", "extreme_aspect", "degenerate_boxes"]  # health.ISSUES
 # Content-addressed names (one id per stored file) never change: cache them for good — in the
 # user's own browser only (`private`): they may sit behind the API token.
 IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}
@@ -148,9 +149,10 @@ def cancel_import(project_id: ProjectId, import_id: str, session: SessionDep):
 
 
 @router.get("/{project_id}", response_model=Envelope[DatasetSummaryPublic])
-def summary(request: Request, project_id: ProjectId, session: SessionDep):
-    """Health report: counts, class histogram, boxes, image sizes, unlabeled images, warnings."""
-    data = service.summary(session, project_id)
+def summary(request: Request, project_id: ProjectId, session: SessionDep, settings: SettingsDep):
+    """Health report: counts, class histogram, boxes, image sizes, unlabeled images, near-duplicates and
+    the other health checks (`health`), warnings."""
+    data = service.summary(session, project_id, settings.near_duplicate_distance)
     if wants_fragment(request):
         return render(request, "fragments/dataset_summary.html", summary=data)
     return ok(data)
@@ -158,14 +160,17 @@ def summary(request: Request, project_id: ProjectId, session: SessionDep):
 
 @router.get("/{project_id}/images", response_model=Envelope[Page[ImagePublic]])
 def list_images(
-    request: Request, project_id: ProjectId, session: SessionDep, offset: OffsetQ = 0, limit: LimitQ = 60,
-    label: str | None = None, split_id: str | None = None, subset: Literal["train", "val", "test"] | None = None,
+    request: Request, project_id: ProjectId, session: SessionDep, settings: SettingsDep, offset: OffsetQ = 0,
+    limit: LimitQ = 60, label: str | None = None, split_id: str | None = None,
+    subset: Literal["train", "val", "test"] | None = None, issue: HealthIssue | None = None,
 ):
-    """A page of images with annotations, filtered by label and split subset."""
-    items, total = service.list_images(session, project_id, offset, limit, label, split_id, subset)
+    """A page of images with annotations, filtered by label, split subset and health issue."""
+    items, total = service.list_images(session, project_id, offset, limit, label, split_id, subset, issue,
+                                       settings.near_duplicate_distance)
     if wants_fragment(request):
         return render(request, "fragments/image_grid.html", images=items, total=total, offset=offset, limit=limit,
-                      project_id=project_id, label=label or "", split_id=split_id or "", subset=subset or "")
+                      project_id=project_id, label=label or "", split_id=split_id or "", subset=subset or "",
+                      issue=issue or "")
     return ok(Page(items=items, total=total, offset=offset, limit=limit))
 
 

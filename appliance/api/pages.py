@@ -34,8 +34,8 @@ BUILT: set[str] = {"dataset", "split", "training", "evaluation", "export"}
 GRID_PAGE = 48  # thumbnails per grid page (a multiple of the 4, 6 and 8 column layouts)
 
 
-def _dataset_context(session, project_id: str) -> dict:
-    summary = dataset_service.summary(session, project_id)
+def _dataset_context(session, project_id: str, settings) -> dict:
+    summary = dataset_service.summary(session, project_id, settings.near_duplicate_distance)
     images, total = dataset_service.list_images(session, project_id, 0, GRID_PAGE)
     return {
         "summary": summary, "splits": split_service.list_splits(session, project_id),
@@ -44,9 +44,9 @@ def _dataset_context(session, project_id: str) -> dict:
     }
 
 
-def _split_context(session, project_id: str) -> dict:
+def _split_context(session, project_id: str, settings) -> dict:
     return {"splits": split_service.list_splits(session, project_id),
-            "summary": dataset_service.summary(session, project_id),
+            "summary": dataset_service.summary(session, project_id, settings.near_duplicate_distance),
             "source_subsets": split_service.source_subsets(session, project_id)}
 
 
@@ -61,14 +61,14 @@ def _training_context(session, project_id: str, settings) -> dict:
 
 
 
-def _evaluation_context(session, project_id: str) -> dict:
+def _evaluation_context(session, project_id: str, settings=None) -> dict:
     experiments = training_service.list_experiments(session, project_id)
     return {"experiments": experiments,
             "trained": [e for e in experiments if e["status"] in EVALUABLE and (e["epochs_done"] or 0) > 0],
             "evaluations": evaluation_service.list_evaluations(session, project_id)}
 
 
-def _export_context(session, project_id: str) -> dict:
+def _export_context(session, project_id: str, settings=None) -> dict:
     experiments = training_service.list_experiments(session, project_id)
     return {"trained": [e for e in experiments if e["status"] in EVALUABLE and (e["epochs_done"] or 0) > 0],
             "exports": export_service.list_exports(session, project_id),
@@ -108,7 +108,7 @@ def project_section(request: Request, project_id: ProjectId, section: Section, s
                     settings: SettingsDep):
     project = project_service.get_project(session, project_id)
     template = f"pages/{section}.html" if section in BUILT else "pages/not_built.html"
-    extra = CONTEXT[section](session, project_id) if section in BUILT and section in CONTEXT else {}
+    extra = CONTEXT[section](session, project_id, settings) if section in BUILT and section in CONTEXT else {}
     if section == "training":
         extra = _training_context(session, project_id, settings)
     return render(request, template, project=project, section=section, sections=SECTIONS, project_id=project_id,

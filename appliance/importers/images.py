@@ -142,8 +142,9 @@ def store_image(src: Path, dst: Path, info: ImageInfo | None = None, move: bool 
     return info
 
 
-def make_thumbnail(src: Path, dst: Path, size: int = THUMBNAIL_SIZE, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
-    """Write a JPEG thumbnail that fits in size x size, atomically (concurrent requests race).
+def make_thumbnail(src: Path, dst: Path, size: int = THUMBNAIL_SIZE, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Write a JPEG thumbnail that fits in size x size, atomically (concurrent requests race);
+    return it (RGB), so the import can hash it in the same pass.
 
     Memory stays near one decode of the source: its size is checked against `max_pixels` from the
     header, a JPEG decodes at 1/2..1/8 scale (`draft`), the image is reduced in its own mode, and
@@ -171,6 +172,7 @@ def make_thumbnail(src: Path, dst: Path, size: int = THUMBNAIL_SIZE, max_pixels:
         raise UnreadableImage(src, str(exc) or type(exc).__name__) from exc
     with _atomic_target(dst) as tmp:
         thumb.save(tmp, format="JPEG", quality=85)
+    return thumb
 
 
 def _probe_bytes(path: Path, data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ImageInfo:

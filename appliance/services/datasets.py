@@ -42,7 +42,7 @@ from appliance.importers import (
 )
 from appliance.importers.parsed import is_utf8_text, utf8_text
 from appliance.importers.yolo import choose_yaml
-from appliance.services import deletion
+from appliance.services import deletion, health
 from appliance.services.projects import get_owned, get_project
 
 log = logging.getLogger("aistudio.datasets")
@@ -51,6 +51,7 @@ IMPORT_FORMATS = ("auto", "folder", "csv", "coco", "yolo", "voc")
 _EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif", "GIF": ".gif"}
 _PROGRESS_EVERY_S = 0.5
 IMBALANCE_RATIO = 10
+DEFAULT_NEAR_DUPLICATE_DISTANCE = 6  # the default of AISTUDIO_NEAR_DUPLICATE_DISTANCE
 _STAGED_ZIP = "upload.zip"  # an upload's name in its staging folder
 
 
@@ -398,7 +399,8 @@ def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, 
                       owned: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
     """`owned`: the source files are ours (an extracted upload), so they are moved, not copied.
     Each image's thumbnail is made here, from the staged file, so no page view ever decodes a
-    full image; one that fails is left to the lazy path (`services/thumbnails.py`)."""
+    full image; one that fails is left to the lazy path (`services/thumbnails.py`). Its perceptual
+    hash is taken from the thumbnail in the same pass (`services/health.py`)."""
     with session_scope(url) as s:
         known = set(s.scalars(select(Image.sha256).where(Image.project_id == project_id)))
     staged_dir, staged_thumbs = stage / "images", stage / "thumbs"
@@ -413,12 +415,12 @@ def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, 
         image_id = new_id("image")
         filename = image_id + _EXTENSIONS.get(info.format, Path(item.relpath).suffix.lower())
         store_image(item.source, staged_dir / filename, info, move=owned)
-        _stage_thumbnail(staged_dir / filename, staged_thumbs / Workspace.thumb_name(filename), max_pixels)
+        phash = _stage_thumbnail(staged_dir / filename, staged_thumbs / Workspace.thumb_name(filename), max_pixels)
         rows.append({
             "id": image_id, "project_id": project_id, "filename": filename, "original_name": item.relpath,
             "sha256": info.sha256, "width": info.width, "height": info.height,
             "size_bytes": (staged_dir / filename).stat().st_size, "label": item.label,
-            "subset_hint": item.subset_hint, "import_id": import_id, "created_at": utcnow(),
+            "subset_hint": item.subset_hint, "import_id": import_id, "created_at": utcnow(), "phash": phash,
         })
         boxes += [{"image_id": image_id, "label": b.label, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2} for b in item.boxes]
     tracker.check_cancel()
@@ -448,11 +450,18 @@ def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, 
     return len(rows), duplicates
 
 
-def _stage_thumbnail(image: Path, thumb: Path, max_pixels: int) -> None:
+def _stage_thumbnail(image: Path, thumb: Path, max_pixels: int) -> str | None:
+    """Make the thumbnail; return the perceptual hash of it (None when either failed)."""
     try:
-        make_thumbnail(image, thumb, max_pixels=max_pixels)
+        small = make_thumbnail(image, thumb, max_pixels=max_pixels)
     except Exception:  # the image passed its probe; a thumbnail problem must not fail the import
         log.warning("No thumbnail for %s at import; it will be made on request", image.name, exc_info=True)
+        return None
+    try:
+        return health.phash_hex(small)
+    except Exception:  # left to the start-up backfill
+        log.warning("No perceptual hash for %s at import", image.name, exc_info=True)
+        return None
 
 
 def recover_imports(app) -> None:
@@ -474,6 +483,8 @@ def recover_imports(app) -> None:
                 _remove(leftover)
     for import_id in queued:
         app.state.runner.submit("import", run_import, settings, import_id)
+    # Perceptual hashes of images imported before hashing existed (after the queued imports: one lane).
+    app.state.runner.submit("import", health.backfill_phashes, settings)
 
 
 def _remove_unrecorded_images(session: Session, workspace: Workspace, project_id: str) -> None:
@@ -499,7 +510,7 @@ def _remove(path: Path) -> None:
 
 # ---------------------------------------------------------------- summary and browsing
 
-def summary(session: Session, project_id: str) -> dict:
+def summary(session: Session, project_id: str, near_duplicate_distance: int = DEFAULT_NEAR_DUPLICATE_DISTANCE) -> dict:
     project = get_project(session, project_id)
     images = session.execute(
         select(Image.id, Image.width, Image.height, Image.label).where(Image.project_id == project_id)
@@ -531,6 +542,7 @@ def summary(session: Session, project_id: str) -> dict:
             f"Strong class imbalance: the largest class has {counts[-1] / counts[0]:.0f}x the images of the smallest; "
             "consider class-weighted loss or more images of the rare classes"
         )
+    checks = health.checks(session, project_id, class_counts, near_duplicate_distance)
     return {
         "project_id": project_id,
         "task": project.task,
@@ -543,6 +555,8 @@ def summary(session: Session, project_id: str) -> dict:
         "height": _stats(heights),
         "aspect_ratio": _stats(aspects),
         "images_without_labels": unlabeled,
+        "near_duplicate_groups": checks["near_duplicate_groups"],
+        "health": checks,
         "warnings": warnings,
         "last_import": import_public(last) if last else None,
     }
@@ -556,9 +570,13 @@ def _stats(values: list[float]) -> dict | None:
 
 
 def list_images(session: Session, project_id: str, offset: int, limit: int, label: str | None = None,
-                split_id: str | None = None, subset: str | None = None) -> tuple[list[dict], int]:
+                split_id: str | None = None, subset: str | None = None, issue: str | None = None,
+                near_duplicate_distance: int = DEFAULT_NEAR_DUPLICATE_DISTANCE) -> tuple[list[dict], int]:
+    """`issue`: only the images a health check flags (`health.ISSUES`)."""
     project = get_project(session, project_id)
     query = select(Image).where(Image.project_id == project_id)
+    if issue and issue != "near_duplicate":
+        query = query.where(health.issue_condition(issue))
     if label:
         if project.task == "classification":
             query = query.where(Image.label == label)
@@ -574,8 +592,14 @@ def list_images(session: Session, project_id: str, offset: int, limit: int, labe
         if subset:
             sub = sub.where(SplitAssignment.subset == subset)
         query = query.where(Image.id.in_(sub))
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.options(selectinload(Image.boxes)).order_by(Image.created_at, Image.id).offset(offset).limit(limit))
+    order = (Image.created_at, Image.id)
+    if issue == "near_duplicate":  # a set from the index, possibly larger than SQL's parameter limit: filter here
+        flagged = health.near_duplicate_ids(session, project_id, near_duplicate_distance)
+        ids = [i for i in session.scalars(query.with_only_columns(Image.id).order_by(*order)) if i in flagged]
+        query, total, offset = query.where(Image.id.in_(ids[offset:offset + limit])), len(ids), 0
+    else:
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.options(selectinload(Image.boxes)).order_by(*order).offset(offset).limit(limit))
     return [image_public(r) for r in rows], total
 
 

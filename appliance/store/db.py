@@ -57,10 +57,17 @@ def _add_import_yaml_file(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE import_jobs ADD COLUMN yaml_file VARCHAR(255)")
 
 
+def _add_image_phash(conn: Connection) -> None:
+    """Images: `phash`, the perceptual hash for near-duplicate checks (issue 13, item 7). Images
+    imported before get theirs from a backfill at start-up (`services.health.backfill_phashes`)."""
+    if "phash" not in {c["name"] for c in inspect(conn).get_columns("images")}:
+        conn.exec_driver_sql("ALTER TABLE images ADD COLUMN phash VARCHAR(16)")
+
+
 # Append a function for each schema change; never edit a released entry.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _create_v1, _login_sessions, _add_run_claim_and_driver, _add_split_from_source, _add_run_seconds,
-    _add_import_yaml_file,
+    _add_import_yaml_file, _add_image_phash,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

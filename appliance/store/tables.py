@@ -79,6 +79,8 @@ class Image(Base):
     label: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
     subset_hint: Mapped[str | None] = mapped_column(String(10), nullable=True)
     import_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # 64-bit perceptual hash (imagehash.phash of the thumbnail) as 16 hex digits; null until computed.
+    phash: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     boxes: Mapped[list["Box"]] = relationship(
         back_populates="image", cascade="all, delete-orphan", passive_deletes=True, order_by="Box.id"

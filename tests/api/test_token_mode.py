@@ -64,6 +64,9 @@ EXPECTED = {
     ("DELETE", "/api/export/{project_id}/{export_id}"): 200,
     ("GET", "/api/system/health"): 200, ("GET", "/api/system/gpu"): 200, ("GET", "/api/system/workspace"): 200,
     ("GET", "/api/system/jobs"): 200,
+    # Dataset health (issue 13 item 7)
+    ("GET", "/api/datasets/{project_id}/near-duplicates"): 200, ("GET", "/api/splits/{project_id}/{split_id}/leaks"): 200,
+    ("GET", "/projects/{project_id}/dataset/near-duplicates"): 200,
     ("GET", "/"): 307, ("GET", "/projects"): 200, ("GET", "/projects/{project_id}/{section}"): 200,
     ("GET", "/login"): 200, ("POST", "/login"): 303, ("POST", "/logout"): 303,
 }

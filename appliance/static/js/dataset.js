@@ -59,7 +59,7 @@ splitSelect.addEventListener("change", () => {
 document.body.addEventListener("htmx:configRequest", (evt) => {
   if (evt.detail.verb !== "get" || !evt.detail.path.startsWith("/api/datasets/")) return;
   const params = evt.detail.parameters;
-  for (const key of ["label", "split_id", "subset"]) {
+  for (const key of ["label", "split_id", "subset", "issue"]) {
     const value = params instanceof FormData ? params.get(key) : params[key];
     if (value === "" || value === null) {
       if (params instanceof FormData) params.delete(key); else delete params[key];
@@ -115,6 +115,14 @@ function restoreFromUrl() {
       .then((body) => { if (body && body.data) openImage(body.data); else syncUrl(); })
       .catch(() => syncUrl());
   }
+}
+// `?issue=…` (the health summary's links) shows only the images a health check flags. A module runs
+// before DOMContentLoaded, where htmx wires the form: trigger after that.
+const issueSelect = $("filter-issue");
+if (query.get("issue") && [...issueSelect.options].some((o) => o.value === query.get("issue"))) {
+  issueSelect.value = query.get("issue");
+  const apply = () => htmx.trigger(filter, "change");
+  if (document.readyState === "complete") apply(); else document.addEventListener("DOMContentLoaded", apply);
 }
 
 // ------------------------------------------------------------------ image view
