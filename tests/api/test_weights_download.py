@@ -27,10 +27,11 @@ SMALL = MODELS["mobilenet_v3_small"].weights_file
 
 
 class WeightsHost:
-    """A threaded HTTP server serving `files` (name → bytes); a name in `hold` waits for `release`."""
+    """A threaded HTTP server serving `files` (name → bytes); a name in `hold` waits for `release`
+    before answering, one in `hold_half` sends half its bytes and then waits."""
 
     def __init__(self, files: dict[str, bytes]):
-        self.files, self.hold, self.release, self.requests = files, set(), threading.Event(), []
+        self.files, self.hold, self.hold_half, self.release, self.requests = files, set(), set(), threading.Event(), []
         host = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -46,6 +47,11 @@ class WeightsHost:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                if name in host.hold_half:
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    host.release.wait(30)
+                    data = data[len(data) // 2:]
                 self.wfile.write(data)
 
             def log_message(self, *args):
