@@ -362,6 +362,8 @@ class _SampleHead(StoredRecord):
     label: str | None = Field(description="The true class (detection: of the first true box)")
     index: int = Field(description="Position in the evaluated subset")
     id: int | str
+    original_name: str | None = Field(
+        default=None, description="The image's path in the imported dataset (`val/ants/x.jpg`); None once deleted")
 
 
 class ClassificationSample(_SampleHead):

@@ -201,7 +201,8 @@ def download_weights(
     part = path.with_name(path.name + ".part")
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(part, "wb") as out:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "aistudio-fetch-weights"}),
+                                    timeout=timeout_s) as response, open(part, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             done = 0
             if progress:

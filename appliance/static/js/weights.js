@@ -27,6 +27,7 @@ function show(data) {
   const running = Boolean(job && job.status === "running");
   watched = watched || running;
   $("weights-fetch").disabled = running;
+  $("weights-fetch").hidden = !running && data.models.every((m) => m.available); // nothing left to fetch
   const bar = $("weights-bar");
   bar.hidden = !running;
   let text = "";
