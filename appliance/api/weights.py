@@ -26,9 +26,9 @@ def weights_status(request: Request, settings: SettingsDep, task: Task | None = 
 
 
 @router.post("", response_model=Envelope[WeightsPublic], status_code=202)
-def fetch_weights(request: Request, settings: SettingsDep, body: WeightsFetch | None = None):
-    """Download the missing weights files in the background (as `aistudio fetch-weights` does); 409 while one runs."""
+def fetch_weights(request: Request, settings: SettingsDep, body: WeightsFetch):
+    """Download the missing weights files in the background (as `aistudio fetch-weights` does; `{}`: every
+    model); 409 while one runs."""
     downloads = _downloads(request)
-    service.start(settings, request.app.state.runner, downloads, request.app.state.stopping,
-                  body.models if body else None)
+    service.start(settings, request.app.state.runner, downloads, request.app.state.stopping, body.models)
     return ok(service.status(settings, downloads))
