@@ -75,6 +75,7 @@ def test_evaluation_pop_up_shows_the_imported_path(page, server, trained_classif
 
     page.goto(f"/projects/{pid}/evaluation")
     page.locator(f"tr.eval-row[data-evaluation-id='{evid}'] button.view").click()
+    page.select_option("#gallery-kind", "all")
     first = page.locator("#gallery .sample").first
     first.wait_for()
     first.click()
