@@ -62,15 +62,34 @@ def _force_exit() -> None:
 def fetch_weights(
     dest: Annotated[Optional[Path], typer.Option(help="Weights cache folder (AISTUDIO_WEIGHTS_DIR).")] = None,
     models: Annotated[Optional[list[str]], typer.Option("--model", help="Only these catalog models.")] = None,
+    url: Annotated[Optional[str], typer.Option(help="Mirror base URL (AISTUDIO_WEIGHTS_URL).")] = None,
 ) -> None:
-    """Download the catalog's pretrained weights into the cache (Docker build time only)."""
+    """Download the catalog's pretrained weights into the cache (the image build; the Training page's
+    "Download weights" does the same in the appliance)."""
     from appliance.config import get_settings
-    from ray_jobs.core.catalog import MODELS, download_weights
+    from ray_jobs.core.catalog import MODELS, WeightsDownloadError, download_weights
 
-    folder = (dest or get_settings().weights_cache).resolve()
+    settings = get_settings()
+    folder = (dest or settings.weights_cache).resolve()
     folder.mkdir(parents=True, exist_ok=True)
+    unknown = [m for m in models or [] if m not in MODELS]
+    if unknown:
+        raise typer.BadParameter(f"unknown model {', '.join(unknown)}; valid: {', '.join(MODELS)}", param_hint="--model")
+    shown: dict[str, int] = {}
+
+    def progress(file: str, done: int, total: int | None) -> None:
+        step = done // (25 << 20)  # a line every 25 MB
+        if shown.get(file) != step:
+            shown[file] = step
+            typer.echo(f"  {file}: {done / 1e6:.0f}" + (f" / {total / 1e6:.0f} MB" if total else " MB"), err=True)
+
     for name in models or list(MODELS):
-        path = download_weights(name, folder)
+        try:
+            path = download_weights(name, folder, base_url=url or settings.weights_url,
+                                    verify=settings.weights_verify, progress=progress)
+        except WeightsDownloadError as exc:
+            typer.echo(f"{name}: {exc}", err=True)
+            raise typer.Exit(1) from exc
         typer.echo(f"{name}: {path}")
 
 

@@ -95,6 +95,16 @@ class Settings(BaseSettings):
     weights_dir: Path | None = Field(
         default=None, description="Pretrained weights cache. Default: `<workspace>/weights`."
     )
+    weights_url: str | None = Field(
+        default=None,
+        description="Base URL of a mirror that serves torchvision's weights files by file name, for "
+        "`aistudio fetch-weights` and the Training page's download. Default: torchvision's own URLs.",
+    )
+    weights_verify: bool = Field(
+        default=True,
+        description="Keep a downloaded weights file only if its SHA-256 starts with the hash in torchvision's "
+        "file name. Off only for a mirror that serves other bytes under those names.",
+    )
     sse_keepalive_s: float = Field(
         default=10.0, gt=0, le=300,
         description="Seconds of quiet after which a live training stream sends a `: keep-alive` comment.",

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 
 from appliance import __version__
-from appliance.api import evaluation, export, health, pages, projects, splits, datasets, system, training
+from appliance.api import docs, evaluation, export, health, pages, projects, splits, datasets, system, training, weights
 from appliance.http.auth import TokenAuthMiddleware
 from appliance.http.limits import BodyLimitMiddleware
 from appliance.http.hosts import AllowedHostsMiddleware
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Import images, split, train, evaluate and export image models on Ray.",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # /docs from vendored assets (api/docs.py); ReDoc needs a CDN
     )
     app.state.settings = settings
 
@@ -68,6 +69,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AllowedHostsMiddleware, allowed=settings.trusted_hosts)  # outermost: DNS rebinding
     install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static")
-    for module in (projects, datasets, splits, training, evaluation, export, system, health, pages):
+    for module in (projects, datasets, splits, training, evaluation, export, system, health, weights, pages, docs):
         app.include_router(module.router)
     return app

@@ -454,6 +454,8 @@ class _SampleHead(StoredRecord):
     label: str | None = Field(description="The true class (detection: of the first true box)")
     index: int = Field(description="Position in the evaluated subset")
     id: int | str
+    original_name: str | None = Field(
+        default=None, description="The image's path in the imported dataset (`val/ants/x.jpg`); None once deleted")
 
 
 class ClassificationSample(_SampleHead):
@@ -553,3 +555,39 @@ class ExportPublic(PublicModel):
     created_at: Timestamp
     finished_at: datetime | None
     download_url: str | None = Field(description="Set once completed")
+
+
+# -- pretrained weights (issue #13 item 8)
+
+class WeightsFetch(StrictBody):
+    models: list[str] | None = Field(
+        default=None, max_length=100,
+        description="Catalog models whose weights to download, in this order; default: every model. "
+                    "Files already in the cache are kept.",
+    )
+
+
+class WeightsModelPublic(PublicModel):
+    name: str
+    task: Task
+    weights_file: str
+    available: bool = Field(description="The file is in the weights cache: Pretrained can be ticked")
+
+
+class WeightsDownloadPublic(PublicModel):
+    status: str = Field(description="running | completed | failed")
+    models: list[str] = Field(description="The models whose files this download fetches")
+    files_done: int
+    files_total: int
+    current: str | None = Field(description="The file being fetched (the one that failed, when failed)")
+    bytes_done: int = Field(description="Bytes of `current` so far")
+    bytes_total: int | None = Field(description="Size of `current`, when the server sends it")
+    error: str | None = Field(description="Why it failed: unreachable host (offline), HTTP error, bad checksum")
+    started_at: Timestamp
+    finished_at: datetime | None
+
+
+class WeightsPublic(PublicModel):
+    models: list[WeightsModelPublic]
+    source: str = Field(description="The host the files are downloaded from (AISTUDIO_WEIGHTS_URL or torchvision's)")
+    download: WeightsDownloadPublic | None = Field(description="The latest download since the appliance started")

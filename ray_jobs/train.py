@@ -300,7 +300,8 @@ def _train(settings: dict, bus, workspace: Workspace, experiment_id: str, run: r
         log_file.unlink(missing_ok=True)
     use_gpu = ray.cluster_resources().get("GPU", 0) >= settings["train_gpu_fraction"]
     write_log(str(log_file), f"{'resuming' if resume else 'starting'} {run.model} for {params['epochs']} epochs on "
-              f"{'1 GPU' if use_gpu else 'CPU'}: {len(train_samples)} train / {len(val_samples)} val images")
+              f"{'1 GPU' if use_gpu else 'CPU'}: {len(train_samples)} train / {len(val_samples)} val images, "
+              f"{'from pretrained weights' if params.get('pretrained') else 'training from scratch (no pretrained weights)'}")
     config = TrainConfig.from_run(run.model, run.class_names, params, weights_dir=settings["weights_dir"]).to_dict()
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -68,8 +68,36 @@ def _describe_validation(exc: RequestValidationError) -> str:
             continue
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "form")]
         field = ".".join(loc) or "body"
-        parts.append(f"{field}: {err.get('msg', 'invalid')}")
+        parts.append(f"{field}: {_plain(err)}")
     return "Invalid request — " + "; ".join(parts)
+
+
+# Pydantic's wording ("Input should be greater than or equal to 1", "Value error, …") in plain words,
+# by error type; a type not listed keeps pydantic's message. (issue #13 item 13)
+_PLAIN = {
+    "missing": "is required", "extra_forbidden": "is not a field of this request",
+    "string_too_long": "must be at most {max_length} characters", "string_type": "must be text",
+    "greater_than_equal": "must be at least {ge}", "less_than_equal": "must be at most {le}",
+    "greater_than": "must be more than {gt}", "less_than": "must be less than {lt}",
+    "literal_error": "must be {expected}", "enum": "must be {expected}",
+    "int_type": "must be a whole number", "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number", "float_type": "must be a number", "float_parsing": "must be a number",
+    "bool_type": "must be true or false", "bool_parsing": "must be true or false", "list_type": "must be a list",
+    "dict_type": "must be an object", "model_type": "must be an object", "model_attributes_type": "must be an object",
+    "too_long": "must have at most {max_length} items", "too_short": "must have at least {min_length} items",
+}
+
+
+def _plain(err: dict) -> str:
+    kind, ctx = err.get("type"), err.get("ctx") or {}
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return str(ctx["error"])
+    if kind == "string_too_short":
+        return "must not be empty" if ctx.get("min_length") == 1 else f"must be at least {ctx.get('min_length')} characters"
+    try:
+        return _PLAIN[kind].format(**{k: f"{v:g}" if isinstance(v, float) else v for k, v in ctx.items()})
+    except (KeyError, IndexError):
+        return err.get("msg", "invalid")
 
 
 def request_id(request: Request) -> str:

@@ -14,7 +14,7 @@ from appliance.store import evaluations, runs
 from appliance.store.db import session_scope
 from appliance.store.errors import Unavailable
 from appliance.store.paths import Workspace
-from appliance.store.tables import EvalSample, Evaluation, Experiment
+from appliance.store.tables import EvalSample, Evaluation, Experiment, Image
 from appliance.schemas import StrictBody
 from appliance.services import baselines, deletion, ray_tasks
 from appliance.services.projects import get_owned, get_project
@@ -107,7 +107,9 @@ def list_samples(session: Session, project_id: str, evaluation_id: str, kind: st
     if cell is not None:  # confusion-matrix cell: [truth, prediction]
         rows = [r for r in rows if _in_cell(r.payload, cell)]
     total = len(rows)
-    return [_sample_public(project_id, r) for r in rows[offset:offset + limit]], total
+    shown = rows[offset:offset + limit]
+    names = dict(session.execute(select(Image.id, Image.original_name).where(Image.id.in_([r.image_id for r in shown]))).all())
+    return [{**_sample_public(project_id, r), "original_name": names.get(r.image_id)} for r in shown], total
 
 
 def _in_cell(payload: dict, cell: tuple[int, int]) -> bool:

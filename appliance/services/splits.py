@@ -126,14 +126,13 @@ def create_split(session: Session, project_id: str, body: SplitCreate) -> dict:
 
 def delete_split(session: Session, project_id: str, split_id: str) -> None:
     split = get_split(session, project_id, split_id)
-    users = session.execute(select(Experiment.id, Experiment.status).where(Experiment.split_id == split_id)).all()
-    training = [eid for eid, status in users if status in ACTIVE]
+    users = session.execute(select(Experiment.name, Experiment.status).where(Experiment.split_id == split_id)).all()
+    training = ", ".join(f'"{name}"' for name, status in users if status in ACTIVE)
     if training:
-        raise Conflict(f"Split {split_id} is used by experiment {', '.join(training)}, which is training; stop it first")
+        raise Conflict(f'Split "{split.name}" is used by experiment {training}, which is training; stop it first')
     if users:
-        raise Conflict(
-            f"Split {split_id} is used by experiments {', '.join(e for e, _ in users)}; delete them first "
-            "(their evaluations depend on this split)"
-        )
+        quoted = ", ".join(f'"{name}"' for name, _ in users)
+        raise Conflict(f'Split "{split.name}" is used by experiment{"s" if len(users) > 1 else ""} {quoted}; '
+                       "delete them first (their evaluations depend on this split)")
     session.delete(split)
     session.commit()

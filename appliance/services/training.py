@@ -119,8 +119,12 @@ def create_experiment(session: Session, weights_dir: Path, project_id: str, body
                                       weights_dir=str(weights_dir))
         if body.pretrained:
             weights_path(body.model, weights_dir)
-    except MissingWeightsError as exc:
-        raise ValidationFailed(f"pretrained: {exc}") from exc
+    except MissingWeightsError as exc:  # the catalog's message names a server folder: not for the page
+        raise ValidationFailed(
+            f"pretrained: the pretrained weights of {body.model} ({exc.file.name}) are not downloaded yet: "
+            "press \"Download weights\" beside Pretrained on the Training page (or POST /api/weights, or run "
+            "`aistudio fetch-weights` on the server), or untick Pretrained to train from scratch"
+        ) from exc
     except ValueError as exc:
         raise ValidationFailed(str(exc)) from exc
     exp = Experiment(

@@ -1,7 +1,7 @@
 """Which torchvision models the studio trains, and how to build them without any download.
 
-Pretrained weights are read only from a local folder (the appliance runs offline; the image
-build fills it with `download_weights`). They load
+Pretrained weights are read only from a local folder (the appliance may run offline; the image
+build, `aistudio fetch-weights` and the Training page's download fill it with `download_weights`). They load
 into the same architecture that random init builds, so a checkpoint can always be rebuilt from
 its hyperparameters alone, on a host that never had the weights file.
 """
@@ -158,16 +158,82 @@ def weights_path(name: str, weights_dir: Path | str) -> Path:
     return path
 
 
-def download_weights(name: str, weights_dir: Path | str) -> Path:
-    """Fetch one model's pretrained weights into `weights_dir` (image build time only).
+class WeightsDownloadError(RuntimeError):
+    """A weights file could not be fetched (offline, HTTP error, wrong checksum); nothing was kept."""
 
-    The only function here that uses the network; training never calls it.
+
+TORCHVISION_URL = "https://download.pytorch.org/models/"
+Progress = Callable[[str, int, int | None], None]  # (file name, bytes so far, total bytes or None)
+
+
+def weights_url(name: str, base_url: str | None = None) -> str:
+    """Where a model's weights file is fetched: torchvision's own URL, or `<base_url>/<file>` (a mirror)."""
+    spec = get_spec(name)
+    return f"{base_url.rstrip('/')}/{spec.weights_file}" if base_url else spec.weights.url
+
+
+def download_weights(
+    name: str,
+    weights_dir: Path | str,
+    base_url: str | None = None,
+    verify: bool = True,
+    progress: Progress | None = None,
+    timeout_s: float = 30.0,
+) -> Path:
+    """Fetch one model's pretrained weights into `weights_dir`; a file already there is kept.
+
+    The only function here that uses the network (`aistudio fetch-weights` and the Training
+    page's download both call it); training never does. The file is written beside its final
+    name and moved there only once complete and, with `verify`, once its SHA-256 starts with the
+    hash in torchvision's file name (`resnet18-f37072fd.pth`).
     """
+    import hashlib
+    import os
+    import urllib.error
+    import urllib.request
+
     spec = get_spec(name)
     path = Path(weights_dir) / spec.weights_file
-    if not path.is_file():
-        match = torch.hub.HASH_REGEX.search(spec.weights_file)
-        torch.hub.download_url_to_file(spec.weights.url, str(path), hash_prefix=match.group(1) if match else None)
+    if path.is_file():
+        return path
+    url = weights_url(name, base_url)
+    where = urlparse(url).netloc or url
+    part = path.with_name(path.name + ".part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "aistudio-fetch-weights"}),
+                                    timeout=timeout_s) as response, open(part, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            done = 0
+            if progress:
+                progress(spec.weights_file, 0, total)
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(spec.weights_file, done, total)
+    except urllib.error.HTTPError as exc:
+        part.unlink(missing_ok=True)
+        raise WeightsDownloadError(
+            f"{spec.weights_file}: {where} answered HTTP {exc.code} ({exc.reason}) for {url}"
+        ) from exc
+    except (urllib.error.URLError, OSError) as exc:
+        part.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", None) or exc
+        raise WeightsDownloadError(
+            f"{spec.weights_file}: could not reach {where} ({reason}). The host looks offline: "
+            "copy the weights files in from a machine that is online (`aistudio fetch-weights --dest DIR` there), "
+            "set AISTUDIO_WEIGHTS_URL to a mirror it can reach, or train from scratch (Pretrained off)"
+        ) from exc
+    match = torch.hub.HASH_REGEX.search(spec.weights_file)
+    if verify and match and not digest.hexdigest().startswith(match.group(1)):
+        part.unlink(missing_ok=True)
+        raise WeightsDownloadError(
+            f"{spec.weights_file}: the file from {where} has SHA-256 {digest.hexdigest()[:12]}…, not "
+            f"{match.group(1)}… as its name says; it was not kept (a wrong or damaged file)"
+        )
+    os.replace(part, path)
     return path
 
 

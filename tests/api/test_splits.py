@@ -189,12 +189,13 @@ def test_delete_split(client, balanced):
 def test_delete_refused_while_an_experiment_uses_the_split(client, settings, balanced, status):
     s = create(client, balanced)
     with session_scope(settings.db_url) as db:
-        db.add(Experiment(id="exp-0123456789ab", project_id=balanced, split_id=s["id"], name="e",
+        db.add(Experiment(id="exp-0123456789ab", project_id=balanced, split_id=s["id"], name="Baseline run",
                           model="resnet18", status=status))
     r = client.delete(f"/api/splits/{balanced}/{s['id']}")
     assert r.status_code == 409, r.text
     err = r.json()["error"]
-    assert err["code"] == "CONFLICT" and "exp-0123456789ab" in err["message"]
+    # issue #13 item 13: the experiment by its name, not its id
+    assert err["code"] == "CONFLICT" and '"Baseline run"' in err["message"] and "exp-0123456789ab" not in err["message"]
     if status in ("running", "queued"):
         assert "training" in err["message"]
     assert client.get(f"/api/splits/{balanced}/{s['id']}").status_code == 200

@@ -39,7 +39,8 @@ def test_create_shows_validation_error(page):
     page.goto("/projects")
     page.evaluate("document.querySelector('#create-project input[name=name]').removeAttribute('required')")
     page.click("#create-project button[type=submit]")
-    page.locator("#form-error", has_text="VALIDATION_ERROR").wait_for()
+    page.locator("#form-error", has_text="name: is required").wait_for()
+    assert page.locator("#form-error").inner_text() == "name: is required"  # issue #13 item 13
 
 
 def test_sign_in_form_returns_to_the_page_asked_for(browser, server):

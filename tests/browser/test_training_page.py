@@ -101,6 +101,6 @@ def test_form_shows_validation_error(page, server, project):
     form.locator("input[name=name]").fill("Too big a batch")
     form.locator("input[name=batch_size]").fill("500")  # the train subset has 12 images
     form.locator("button[type=submit]").click()
-    expect(page.locator("#new-experiment-card .error")).to_contain_text("VALIDATION_ERROR")
+    expect(page.locator("#new-experiment-card .error")).to_contain_text("larger than the train subset")
     expect(page.locator("#new-experiment-card .error")).to_contain_text("batch_size")
     assert not any(e["name"] == "Too big a batch" for e in _data(server.http.get(f"/api/training/{pid}/experiments")))

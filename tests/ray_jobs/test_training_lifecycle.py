@@ -136,8 +136,8 @@ def test_every_refused_run_request_names_the_problem(server, dataset):
     refused(server.http.post(stop), 409, "CONFLICT", eid, "is created, not training")
     refused(server.http.post(f"/api/training/{other_project}/experiments/{eid}/stop"), 404, "NOT_FOUND", eid)
     bad_bodies = [
-        ({"project_id": pid}, "experiment_id: Field required"),
-        ({"experiment_id": eid}, "project_id: Field required"),
+        ({"project_id": pid}, "experiment_id: is required"),
+        ({"experiment_id": eid}, "project_id: is required"),
         ({"project_id": pid, "experiment_id": eid, "resume": "maybe"}, "resume:"),
         ({"project_id": pid, "experiment_id": eid, "resume": True, "epochs": 0}, "epochs:"),
         ({"project_id": pid, "experiment_id": eid, "resume": True, "epochs": 1001}, "epochs:"),

@@ -1,6 +1,6 @@
 // Behaviour of every page (loaded by base.html): the htmx "json-form" extension, error envelopes
 // of htmx requests shown next to their form, and the projects list's Rename button.
-import { api, confirmForce, offersForce, toast, withForce } from "./common.js";
+import { api, clearToasts, confirmForce, humanError, offersForce, toast, withForce } from "./common.js";
 
 // htmx extension "json-form": send a form as a JSON body typed from its inputs
 // (number inputs → numbers, checkboxes → booleans, multi-selects/`data-list` → arrays, empty optional → omitted).
@@ -45,7 +45,7 @@ document.addEventListener("htmx:responseError", (evt) => {
   let body = null;
   try {
     body = JSON.parse(evt.detail.xhr.responseText);
-    if (body.error) message = `${body.error.code}: ${body.error.message}`;
+    if (body.error) message = humanError(body.error);
   } catch (_) { /* not JSON */ }
   const { verb, path } = evt.detail.requestConfig;
   if (verb === "delete" && offersForce(evt.detail.xhr.status, body) && confirmForce(body.error.message)) {
@@ -61,6 +61,10 @@ document.addEventListener("htmx:responseError", (evt) => {
 document.addEventListener("htmx:beforeRequest", (evt) => {
   const box = errorBoxFor(evt.detail.elt);
   if (box) box.textContent = "";
+});
+// A successful action (not a poll) means the failure a toast reported is over.
+document.addEventListener("htmx:afterRequest", (evt) => {
+  if (evt.detail.successful && evt.detail.requestConfig && evt.detail.requestConfig.verb !== "get") clearToasts();
 });
 
 function errorBoxFor(elt) {

@@ -54,6 +54,31 @@ export function parseUtc(iso) { // the database hands back naive UTC timestamps
 }
 
 // ------------------------------------------------------------------ errors and the API
+// What a page shows for an error envelope: the message without the code and without "Invalid
+// request — " ("name: must not be empty": the field keeps the name the API and the docs use);
+// ids the page knows a name for (experiment rows, project rows, split options) read as “name”.
+export function humanError(error) {
+  if (!error) return "";
+  const text = String(error.message || error.code || "").replace(/^Invalid request — /, "");
+  const names = namesOnPage();
+  return text.replace(/^body: /, "Request: ").replace(/\b(?:exp|proj|split)-[0-9a-f]{12}\b/g, (id) => (names.has(id) ? `“${names.get(id)}”` : id));
+}
+
+function namesOnPage() {
+  const names = new Map();
+  for (const row of document.querySelectorAll("tr[data-experiment-id][data-name]")) names.set(row.dataset.experimentId, row.dataset.name);
+  for (const b of document.querySelectorAll("tr[data-project-id] button.rename[data-name]")) {
+    names.set(b.closest("tr").dataset.projectId, b.dataset.name);
+  }
+  for (const o of document.querySelectorAll("option[value^='split-']")) names.set(o.value, o.textContent.split(" — ")[0].trim());
+  return names;
+}
+
+// A failed action's toast stays until it times out or the next action succeeds.
+export function clearToasts() {
+  for (const t of document.querySelectorAll(".toast")) t.remove();
+}
+
 export function toast(message) {
   const t = document.createElement("div");
   t.className = "toast";
@@ -86,10 +111,11 @@ export async function api(method, url, body, errorBox) {
     return api(method, withForce(url), body, errorBox);
   }
   if (!res.ok || data.status === "error") {
-    const msg = data.error ? `${data.error.code}: ${data.error.message}` : `Request failed (${res.status})`;
+    const msg = data.error ? humanError(data.error) : `Request failed (${res.status})`;
     if (errorBox) errorBox.textContent = msg; else toast(msg);
     throw new Error(msg);
   }
+  if (method !== "GET") clearToasts(); // the condition a toast reported is gone
   return data.data;
 }
 
