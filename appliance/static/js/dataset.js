@@ -78,11 +78,13 @@ async function refreshClassFilter() {
 }
 document.body.addEventListener("dataset-changed", refreshClassFilter);
 // The grid's filter, its page and the open image live in the URL
-// (`?label=…&split_id=…&subset=…&offset=…&image=…`), so reload and Back keep them; the split
-// page's Browse link uses the same query to preselect a subset.
+// (`?label=…&split_id=…&subset=…&issue=…&offset=…&image=…`), so reload and Back keep them; the
+// split page's Browse link and the health summary's links use the same query to preselect a filter.
+const issueSelect = $("filter-issue");
 function syncUrl() {
   const q = new URLSearchParams();
   if (labelSelect.value) q.set("label", labelSelect.value);
+  if (issueSelect.value) q.set("issue", issueSelect.value);
   if (splitSelect.value) q.set("split_id", splitSelect.value);
   if (splitSelect.value && subsetSelect.value) q.set("subset", subsetSelect.value);
   const offset = Number(document.querySelector("#image-grid .grid-page")?.dataset.offset || 0);
@@ -96,6 +98,7 @@ function restoreFromUrl() {
   const query = new URLSearchParams(location.search);
   let changed = false;
   if (query.get("label") && hasOption(labelSelect, query.get("label"))) { labelSelect.value = query.get("label"); changed = true; }
+  if (query.get("issue") && hasOption(issueSelect, query.get("issue"))) { issueSelect.value = query.get("issue"); changed = true; }
   if (query.get("split_id") && hasOption(splitSelect, query.get("split_id"))) {
     splitSelect.value = query.get("split_id");
     subsetSelect.disabled = false;
@@ -115,14 +118,6 @@ function restoreFromUrl() {
       .then((body) => { if (body && body.data) openImage(body.data); else syncUrl(); })
       .catch(() => syncUrl());
   }
-}
-// `?issue=…` (the health summary's links) shows only the images a health check flags. A module runs
-// before DOMContentLoaded, where htmx wires the form: trigger after that.
-const issueSelect = $("filter-issue");
-if (query.get("issue") && [...issueSelect.options].some((o) => o.value === query.get("issue"))) {
-  issueSelect.value = query.get("issue");
-  const apply = () => htmx.trigger(filter, "change");
-  if (document.readyState === "complete") apply(); else document.addEventListener("DOMContentLoaded", apply);
 }
 
 // ------------------------------------------------------------------ image view
