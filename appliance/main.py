@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 
 from appliance import __version__
-from appliance.api import evaluation, export, pages, projects, splits, datasets, system, training
+from appliance.api import deployments, evaluation, export, pages, projects, splits, datasets, system, training
 from appliance.http.auth import TokenAuthMiddleware
 from appliance.http.limits import BodyLimitMiddleware
 from appliance.http.hosts import AllowedHostsMiddleware
@@ -68,6 +68,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AllowedHostsMiddleware, allowed=settings.trusted_hosts)  # outermost: DNS rebinding
     install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static")
-    for module in (projects, datasets, splits, training, evaluation, export, system, pages):
+    for module in (projects, datasets, splits, training, evaluation, export, deployments, system, pages):
         app.include_router(module.router)
     return app

@@ -10,10 +10,22 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+import torch
+import torchvision
+
 from ray_jobs.core import export as ex
-from tests.ray_jobs.test_core_export import CLASSES, CLS_PRE, _image, classifier, onnx_cls  # noqa: F401
+from tests.ray_jobs.test_core_export import CLASSES, CLS_PRE, _image
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def onnx_cls(tmp_path_factory):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=len(CLASSES)).eval()
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    return path, ex.export_onnx(model, "classification", CLS_PRE, path)
 
 
 def test_bundle_files_unpack_readable_by_all(onnx_cls, tmp_path):
