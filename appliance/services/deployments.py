@@ -50,6 +50,13 @@ def check_request(session: Session, workspace: Workspace, body: DeploymentCreate
     """Everything refused before a record exists; returns the export to serve."""
     if body.max_replicas < body.min_replicas:
         raise ValidationFailed(f"max_replicas: must be at least min_replicas ({body.min_replicas})")
+    gpus = cluster_gpus()
+    if body.gpu_fraction > 0 and gpus == 0:
+        raise ValidationFailed("gpu_fraction: this cluster has no GPU; use 0 (the endpoint runs on CPUs)")
+    taken = store.by_name(session, body.name)
+    if taken is not None:
+        raise Conflict(f"name: the endpoint name '{body.name}' is taken (deployment {taken.id}, {taken.status}); "
+                       "choose another or undeploy it first")
     get_project(session, body.project_id)
     check_id("export", body.export_id)
     export = get_owned(session, Export, "export", body.project_id, body.export_id)
@@ -57,18 +64,11 @@ def check_request(session: Session, workspace: Workspace, body: DeploymentCreate
         raise Conflict(f"export_id: export {export.id} is {export.status}; only a completed export can be deployed")
     if not bundle_path(workspace, export).is_file():
         raise NotFound(f"export_id: the bundle of export {export.id} is missing from the workspace")
-    gpus = cluster_gpus()
-    if body.gpu_fraction > 0 and gpus == 0:
-        raise ValidationFailed("gpu_fraction: this cluster has no GPU; use 0 (the endpoint runs on CPUs)")
     if export.format == "tensorrt" and (gpus == 0 or body.gpu_fraction == 0):
         raise ValidationFailed("gpu_fraction: a TensorRT engine runs on a GPU only; give the endpoint a GPU share "
                                "(or deploy the ONNX export)")
     if not ray_is_up():
         raise Unavailable("Ray is not reachable; endpoints run on the Ray cluster")
-    taken = store.by_name(session, body.name)
-    if taken is not None:
-        raise Conflict(f"name: the endpoint name '{body.name}' is taken (deployment {taken.id}, {taken.status}); "
-                       "choose another or undeploy it first")
     return export
 
 
