@@ -152,7 +152,11 @@ async function tryImage(file) {
   $("try-result").hidden = false;
 }
 
-$("try-file").addEventListener("change", (evt) => { const f = evt.target.files[0]; if (f) tryImage(f); });
+$("try-file").addEventListener("change", (evt) => {
+  const f = evt.target.files[0];
+  evt.target.value = ""; // choosing the same file again must send it again
+  if (f) tryImage(f);
+});
 const drop = $("try-drop");
 drop.addEventListener("dragover", (evt) => { evt.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
