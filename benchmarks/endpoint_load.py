@@ -133,7 +133,8 @@ def run_locust(host: str, path: str, images: Path, users: int, duration_s: int, 
            "-u", str(users), "-r", str(users), "-t", f"{duration_s}s", "--csv", str(prefix),
            "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "5"]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=duration_s + 120)
-    rows = list(csv.DictReader(open(f"{prefix}_stats.csv")))
+    stats = Path(f"{prefix}_stats.csv")
+    rows = list(csv.DictReader(stats.open())) if stats.is_file() else []
     agg = next((r for r in rows if r["Name"] == "Aggregated"), None)
     if agg is None or int(agg["Request Count"]) == 0:
         raise RuntimeError(f"locust produced no requests: rc={proc.returncode}\n{proc.stderr[-2000:]}")
