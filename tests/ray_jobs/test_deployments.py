@@ -70,8 +70,11 @@ def classifier_export(server, trained_classifier):
 
 
 def test_endpoint_answers_as_the_bundle_does_and_guards_its_door(server, classifier_export, tmp_path):
+    from ray import serve  # the session's Ray + Serve run in this process (the `server` fixture)
+
     pid, export = classifier_export
     name = f"colours-{uuid.uuid4().hex[:6]}"
+    ingress_deployed_at = serve.status().applications["aistudio"].last_deployed_time_s
     keyed = deploy(server, pid, export["id"], name, max_batch_size=4, batch_wait_ms=2)
     key = keyed["api_key"]
     assert key and keyed["auth"] == "key"
@@ -114,8 +117,11 @@ def test_endpoint_answers_as_the_bundle_does_and_guards_its_door(server, classif
                 assert r.status_code == 400, r.text
                 assert r.json()["status"] == "error" and field in r.json()["error"]["message"], r.text
 
-        # the UI ingress still answers beside the two endpoints
+        # the UI ingress still answers beside the two endpoints, and deploying them never redeployed it
         assert server.http.get("/api/system/health").status_code == 200
+        apps = serve.status().applications
+        assert apps["aistudio"].last_deployed_time_s == ingress_deployed_at
+        assert {f"model-{name}", f"model-{name}-open"} <= set(apps)
         # names are unique; the export and the project it serves cannot be deleted from under it
         r = server.http.post("/api/deployments", json={"project_id": pid, "export_id": export["id"], "name": name})
         assert r.status_code == 409 and "name" in r.json()["error"]["message"]
