@@ -78,10 +78,12 @@ def test_deploy_from_the_page_and_try_it(page, server, onnx_export, tmp_path):
     page.fill("#try-key", "wrong")
     page.set_input_files("#try-file", str(tmp_path / "img.jpg"))
     expect(page.locator("#try-error")).to_contain_text("UNAUTHORIZED")
+    expect(page.locator("#try-result")).to_be_hidden()
 
     page.once("dialog", lambda d: d.accept())
     endpoint.locator("button[data-action=undeploy]").click()
     expect(endpoint).to_have_count(0, timeout=60_000)
+    expect(page.locator("#key-box")).to_be_hidden()
     shot(page, "deploy-after-undeploy")
     with server.anon() as anon:
         assert anon.post(f"/models/{name}/predict", content=b"x", headers={"Content-Type": "image/jpeg"}).status_code == 404

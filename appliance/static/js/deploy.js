@@ -101,6 +101,9 @@ $("endpoint-list").addEventListener("click", async (evt) => {
   button.disabled = true;
   button.textContent = "Undeploying…";
   await api("DELETE", `/api/deployments/${d.id}`, null, $("endpoints-error")).catch(() => null);
+  if ($("key-name").textContent === d.name) $("key-box").hidden = true;
+  if ($("try-endpoint").value === d.name) { $("try-result").hidden = true; $("try-error").textContent = ""; }
+  delete keys[d.name];
   refresh();
 });
 
@@ -121,6 +124,7 @@ async function tryImage(file) {
   const res = await fetch(d.url, { method: "POST", headers, body: file });
   const body = await res.json().catch(() => ({}));
   if (!res.ok) {
+    $("try-result").hidden = true; // an old answer beside the error would read as this image's
     $("try-error").textContent = body.error ? `${body.error.code}: ${body.error.message}` : `Request failed (${res.status})`;
     return;
   }
