@@ -102,7 +102,11 @@ $("endpoint-list").addEventListener("click", async (evt) => {
   button.textContent = "Undeploying…";
   await api("DELETE", `/api/deployments/${d.id}`, null, $("endpoints-error")).catch(() => null);
   if ($("key-name").textContent === d.name) $("key-box").hidden = true;
-  if ($("try-endpoint").value === d.name) { $("try-result").hidden = true; $("try-error").textContent = ""; }
+  if ($("try-endpoint").value === d.name) {
+    $("try-result").hidden = true;
+    $("try-error").textContent = "";
+    $("try-key").value = "";
+  }
   delete keys[d.name];
   refresh();
 });
