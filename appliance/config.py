@@ -118,6 +118,14 @@ class Settings(BaseSettings):
         default=4, ge=1, le=64,
         description="\"Try one image\" requests in flight at once; more get 503 with Retry-After at once.",
     )
+    endpoint_cpus: float = Field(
+        default=0.25, ge=0, le=64,
+        description="CPUs Ray reserves for each replica of a prediction endpoint (Deploy page; fractions allowed).",
+    )
+    endpoint_start_timeout_s: float = Field(
+        default=300, gt=0, le=3600,
+        description="How long a prediction endpoint may take to start before its deployment is marked failed.",
+    )
     max_sse_streams: int = Field(
         default=100, ge=1, le=10000,
         description="Live training streams (SSE) open at once; more get 429 with Retry-After.",

@@ -10,7 +10,9 @@ from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 
 from appliance import __version__
-from appliance.api import docs, evaluation, export, health, pages, projects, splits, datasets, system, training, weights
+from appliance.api import (
+    datasets, deployments, docs, evaluation, export, health, pages, projects, splits, system, training, weights,
+)
 from appliance.http.auth import TokenAuthMiddleware
 from appliance.http.limits import BodyLimitMiddleware
 from appliance.http.hosts import AllowedHostsMiddleware
@@ -69,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AllowedHostsMiddleware, allowed=settings.trusted_hosts)  # outermost: DNS rebinding
     install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static")
-    for module in (projects, datasets, splits, training, evaluation, export, system, health, weights, pages, docs):
+    for module in (projects, datasets, splits, training, evaluation, export, deployments, system, health, weights,
+                   pages, docs):
         app.include_router(module.router)
     return app

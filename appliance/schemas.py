@@ -591,3 +591,47 @@ class WeightsPublic(PublicModel):
     models: list[WeightsModelPublic]
     source: str = Field(description="The host the files are downloaded from (AISTUDIO_WEIGHTS_URL or torchvision's)")
     download: WeightsDownloadPublic | None = Field(description="The latest download since the appliance started")
+
+
+# -- deployments (issue #16)
+
+
+class ReplicasPublic(PublicModel):
+    running: int = Field(description="Replicas Serve reports RUNNING")
+    target: int = Field(description="Replicas Serve is starting or running")
+
+
+class EndpointFiguresPublic(PublicModel):
+    requests: int = Field(description="Requests answered since the endpoint (re)started, errors included")
+    errors: int = Field(description="Answers with a 4xx/5xx status")
+    p50_ms: float | None = Field(description="Median latency in the replica over the last 2000 requests")
+    p99_ms: float | None = Field(description="99th percentile latency over the last 2000 requests")
+    rps: float = Field(description="Requests per second over the last 10 s")
+
+
+class DeploymentPublic(PublicModel):
+    id: str
+    project_id: str
+    export_id: str
+    name: str
+    status: Literal["deploying", "running", "failed", "stopped"]
+    url: str = Field(description="POST an image here: /models/<name>/predict")
+    format: str | None
+    model: str | None
+    experiment_name: str | None
+    task: Task
+    min_replicas: int
+    max_replicas: int
+    gpu_fraction: float
+    max_batch_size: int
+    batch_wait_ms: float
+    auth: Literal["key", "none"]
+    replicas: ReplicasPublic
+    metrics: EndpointFiguresPublic
+    error: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class DeploymentCreated(DeploymentPublic):
+    api_key: str | None = Field(description="The endpoint's key (auth=key): shown only in this answer, stored hashed")

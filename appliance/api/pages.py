@@ -24,13 +24,13 @@ from appliance.web import render
 
 router = APIRouter(include_in_schema=False)
 
-Section = Literal["dataset", "split", "training", "evaluation", "export"]
+Section = Literal["dataset", "split", "training", "evaluation", "export", "deploy"]
 SECTIONS = [
     ("dataset", "Dataset"), ("split", "Split"), ("training", "Training"),
-    ("evaluation", "Evaluation"), ("export", "Export"),
+    ("evaluation", "Evaluation"), ("export", "Export"), ("deploy", "Deploy"),
 ]
 # Sections whose page is written; the others say plainly that they are not built yet.
-BUILT: set[str] = {"dataset", "split", "training", "evaluation", "export"}
+BUILT: set[str] = {"dataset", "split", "training", "evaluation", "export", "deploy"}
 GRID_PAGE = 48  # thumbnails per grid page (a multiple of the 4, 6 and 8 column layouts)
 
 
@@ -88,8 +88,13 @@ def _tensorrt_refused() -> str | None:
     return None
 
 
+def _deploy_context(session, project_id: str) -> dict:
+    exports = [e for e in export_service.list_exports(session, project_id) if e["status"] == "completed"]
+    return {"exports": exports, "gpu": system_service.gpus()}
+
+
 CONTEXT = {"dataset": _dataset_context, "split": _split_context, "evaluation": _evaluation_context,
-           "export": _export_context}
+           "export": _export_context, "deploy": _deploy_context}
 
 
 @router.get("/")

@@ -27,7 +27,9 @@ from appliance.store import login_sessions
 
 COOKIE_NAME = "aistudio_session"
 OPEN_PATHS = ("/api/system/health", "/login", "/logout", "/favicon.ico")
-OPEN_PREFIXES = ("/static/",)
+# `/models/`: prediction endpoints are their own Serve applications guarding themselves with their key; the
+# ingress has no route there, so what reaches it is an endpoint not (or no longer) deployed: a plain 404.
+OPEN_PREFIXES = ("/static/", "/models/")
 DEFAULT_NEXT = "/projects"
 _KEY_LABEL = b"aistudio login-session cookie v1"
 

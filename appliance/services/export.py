@@ -97,6 +97,9 @@ def download(session: Session, workspace: Workspace, project_id: str, export_id:
 def delete_export(session: Session, workspace: Workspace, project_id: str, export_id: str,
                   force: bool = False) -> None:
     export = get_export(session, project_id, export_id)
+    from appliance.services.deployments import refuse_if_served
+
+    refuse_if_served(session, f"Export {export_id}", export_id=export_id)
     jobs = [deletion.Job("export", export.id, export.status)] if export.status in deletion.BLOCKING else []
     deletion.clear_the_way(session, f"Export {export_id}", jobs, force)
     session.delete(export)

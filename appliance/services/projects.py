@@ -52,6 +52,9 @@ def update_project(session: Session, project_id: str, body: ProjectUpdate) -> Pr
 
 def delete_project(session: Session, workspace: Workspace, project_id: str, force: bool = False) -> None:
     project = get_project(session, project_id)
+    from appliance.services.deployments import refuse_if_served
+
+    refuse_if_served(session, f"Project {project_id}", project_id=project_id)
     deletion.clear_the_way(session, f"Project {project_id}", deletion.project_jobs(session, project_id), force)
     experiment_ids = session.scalars(select(Experiment.id).where(Experiment.project_id == project_id)).all()
     session.delete(project)

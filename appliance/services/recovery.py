@@ -25,9 +25,10 @@ log = logging.getLogger("aistudio")
 
 
 def recover_all(app: FastAPI) -> None:
-    from appliance.services import datasets, evaluation, export, training
+    from appliance.services import datasets, deployments, evaluation, export, training
 
-    recoverers = (datasets.recover_imports, training.recover_runs, evaluation.recover_evaluations, export.recover_exports)
+    recoverers = (datasets.recover_imports, training.recover_runs, evaluation.recover_evaluations, export.recover_exports,
+                  deployments.recover_deployments)
     for recover in recoverers:
         try:
             recover(app)

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 log = logging.getLogger("aistudio.jobs")
 
-LANES = {"import": 1, "export": 1, "evaluation": 4, "training": 1, "watch": 1, "weights": 1}
+LANES = {"import": 1, "export": 1, "evaluation": 4, "training": 1, "watch": 1, "weights": 1, "deploy": 2}
 
 
 class JobRunner:

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, create_engine, event, func, inspect, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.store.tables import Base, LoginSession, SchemaVersion
+from appliance.store.tables import Base, Deployment, LoginSession, SchemaVersion
 
 
 def _create_v1(conn: Connection) -> None:
@@ -64,10 +64,15 @@ def _add_image_phash(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE images ADD COLUMN phash VARCHAR(16)")
 
 
+def _deployments(conn: Connection) -> None:
+    """Prediction endpoints (issue #16). A new database got the table from v1's create_all already."""
+    Deployment.__table__.create(conn, checkfirst=True)
+
+
 # Append a function for each schema change; never edit a released entry.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _create_v1, _login_sessions, _add_run_claim_and_driver, _add_split_from_source, _add_run_seconds,
-    _add_import_yaml_file, _add_image_phash,
+    _add_import_yaml_file, _add_image_phash, _deployments,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -15,6 +15,7 @@ PREFIXES = {
     "evaluation": "eval",
     "export": "export",
     "import": "imp",
+    "deployment": "dep",
 }
 _SUFFIX = r"[0-9a-f]{12}"
 PATTERNS = {kind: re.compile(rf"^{prefix}-{_SUFFIX}$") for kind, prefix in PREFIXES.items()}

@@ -227,3 +227,26 @@ class LoginSession(Base):
     id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class Deployment(Base):
+    """A live prediction endpoint (issue #16): one Ray Serve application serving a completed export at
+    `/models/<name>`. Only the SHA-256 of its API key is stored; the key itself is shown once."""
+
+    __tablename__ = "deployments"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    export_id: Mapped[str] = mapped_column(ForeignKey("exports.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    # deploying | running | failed | stopped
+    status: Mapped[str] = mapped_column(String(20), default="deploying", index=True)
+    min_replicas: Mapped[int] = mapped_column(Integer, default=1)
+    max_replicas: Mapped[int] = mapped_column(Integer, default=1)
+    gpu_fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    max_batch_size: Mapped[int] = mapped_column(Integer, default=8)
+    batch_wait_ms: Mapped[float] = mapped_column(Float, default=5.0)
+    auth: Mapped[str] = mapped_column(String(10), default="key")
+    api_key_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -302,7 +302,8 @@ def query_cases(op: Operation) -> list[Case]:
 
 # Body fields whose valid value the schema cannot give: ids of real objects, a real folder, a model
 # that exists, ratios that sum to 1. The `world` fixture provides exactly these.
-WORLD_FIELDS = ("project_id", "split_id", "experiment_id", "image_id", "source_path", "model", "train", "val", "test")
+WORLD_FIELDS = ("project_id", "split_id", "experiment_id", "image_id", "source_path", "model", "train", "val", "test",
+                "export_id", "name")
 WORLD_PATH = ("project_id", "split_id", "experiment_id", "image_id", "import_id", "filename")
 
 
@@ -355,7 +356,10 @@ def world(client, settings, monkeypatch, tmp_path) -> World:
     eid = create_experiment(client, pid, sid, batch_size=2)
     image = list_all_images(client, pid)[0]
     values = {"project_id": pid, "split_id": sid, "experiment_id": eid, "image_id": image["id"],
-              "source_path": str(source), "model": "resnet18", "train": 0.5, "val": 0.25, "test": 0.25}
+              "source_path": str(source), "model": "resnet18", "train": 0.5, "val": 0.25, "test": 0.25,
+              # no export can be made without Ray: a well-formed id of nothing (a deployment's fields are
+              # validated before it is looked up); `name`: a deployment's slug
+              "export_id": new_id("export"), "name": "an-endpoint"}
     assert set(values) == set(WORLD_FIELDS)
     path = {"project_id": pid, "split_id": sid, "experiment_id": eid, "image_id": image["id"],
             "import_id": job["id"], "filename": image["filename"]}

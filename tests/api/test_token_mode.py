@@ -62,6 +62,8 @@ EXPECTED = {
     ("GET", "/api/export/{project_id}"): 200, ("POST", "/api/export/run"): 202,
     ("GET", "/api/export/{project_id}/{export_id}"): 200, ("GET", "/api/export/{project_id}/{export_id}/download"): 200,
     ("DELETE", "/api/export/{project_id}/{export_id}"): 200,
+    ("GET", "/api/deployments"): 200, ("POST", "/api/deployments"): 202,
+    ("GET", "/api/deployments/{deployment_id}"): 200, ("DELETE", "/api/deployments/{deployment_id}"): 200,
     ("GET", "/api/system/health"): 200, ("GET", "/api/system/gpu"): 200, ("GET", "/api/system/workspace"): 200,
     ("GET", "/api/system/jobs"): 200,
     # Dataset health (issue 13 item 7)
@@ -73,7 +75,7 @@ EXPECTED = {
 # Routes that start work: the world below sends them (with the token) and waits for the work.
 STARTS_JOBS = {("POST", "/api/datasets/import/local"), ("POST", "/api/datasets/import/upload"),
                ("POST", "/api/training/run"), ("POST", "/api/training/{project_id}/experiments/{experiment_id}/stop"),
-               ("POST", "/api/evaluation/run"), ("POST", "/api/export/run")}
+               ("POST", "/api/evaluation/run"), ("POST", "/api/export/run"), ("POST", "/api/deployments")}
 EPOCHS = 5
 HOSTILE_NEXT = ["/\\evil.com", "//evil.com", "https:evil.com", "/%5Cevil.com", "\\\\evil.com", "http://evil.com",
                 "/\t/evil.com", "///evil.com", "/%2F/evil.com", "https://evil.com/projects", "javascript:alert(1)"]
@@ -141,7 +143,7 @@ def sse_events(lines):
 
 
 @pytest.fixture(scope="module")
-def world(server, tmp_path_factory) -> World:
+def world(server, tmp_path_factory):
     """Real objects of every kind, made with the token; the job routes are sent here and their
     work waited for."""
     http = server.http
@@ -187,6 +189,15 @@ def world(server, tmp_path_factory) -> World:
         wait_for(lambda: http.get(f"/api/{kind}/{pid}/{job}").json()["data"]["status"],
                  lambda s: s in ("completed", "failed"), timeout=600, every=0.5)
 
+    # A live endpoint of the (TorchScript) export: deployments are read routes too.
+    r = http.post("/api/deployments", json={"project_id": pid, "export_id": xid, "name": f"walk-{uuid.uuid4().hex[:6]}",
+                                            "auth": "none"})
+    assert r.status_code == 202, r.text
+    responses[("POST", "/api/deployments")] = (r.status_code, r.json())
+    deployment_id = r.json()["data"]["id"]
+    wait_for(lambda: http.get(f"/api/deployments/{deployment_id}").json()["data"]["status"],
+             lambda s: s in ("running", "failed"), timeout=300, every=0.5)
+
     # Imports: the same folder again (all duplicates) and a ZIP upload of one new image.
     r = http.post("/api/datasets/import/local", json={"project_id": pid, "source_path": str(source)})
     responses[("POST", "/api/datasets/import/local")] = (r.status_code, r.json())
@@ -201,9 +212,11 @@ def world(server, tmp_path_factory) -> World:
     image = next(im for im in list_all_images(http, pid) if im["id"] != new_image["id"])
     ids = {"project_id": pid, "import_id": import_id, "image_id": image["id"], "filename": image["filename"],
            "split_id": sid, "experiment_id": eid, "evaluation_id": evid, "export_id": xid, "section": "dataset",
-           "static_file": "app.css", "upload_job": upload["id"], "new_image_id": new_image["id"]}
-    return World(pid=pid, sid=sid, eid=eid, source=source, ids=ids, responses=responses, live_events=events,
+           "static_file": "app.css", "upload_job": upload["id"], "new_image_id": new_image["id"],
+           "deployment_id": deployment_id}
+    yield World(pid=pid, sid=sid, eid=eid, source=source, ids=ids, responses=responses, live_events=events,
                  jobs_while_running=jobs, experiment_while_running=running)
+    http.delete(f"/api/deployments/{deployment_id}")  # no endpoint outlives the module
 
 
 def request_kwargs(method: str, path: str, world: World, token: str) -> dict:
@@ -220,6 +233,7 @@ def request_kwargs(method: str, path: str, world: World, token: str) -> dict:
         ("POST", "/api/training/run"): {"project_id": world.pid, "experiment_id": world.eid},
         ("POST", "/api/evaluation/run"): {"project_id": world.pid, "experiment_id": world.eid, "subset": "test"},
         ("POST", "/api/export/run"): {"project_id": world.pid, "experiment_id": world.eid, "format": "torchscript"},
+        ("POST", "/api/deployments"): {"project_id": world.pid, "export_id": ids["export_id"], "name": "walk-refused"},
     }
     if (method, path) in json_bodies:
         return {"json": json_bodies[(method, path)]}
@@ -243,6 +257,7 @@ def state(http, world: World) -> dict:
         "experiments": http.get(f"/api/training/{pid}/experiments").json()["data"],
         "evaluations": http.get(f"/api/evaluation/{pid}").json()["data"],
         "exports": http.get(f"/api/export/{pid}").json()["data"],
+        "deployments": [(d["id"], d["status"]) for d in http.get(f"/api/deployments?project_id={pid}").json()["data"]],
         "last_import": http.get(f"/api/datasets/{pid}").json()["data"]["last_import"],
         "jobs": http.get("/api/system/jobs").json()["data"],
     }
@@ -509,7 +524,9 @@ def test_with_the_token_every_route_answers(server, world):
     answered, created = {}, {}
     with httpx.Client(base_url=server.url, timeout=120, follow_redirects=False,
                       headers={"Authorization": f"Bearer {server.token}"}) as http:
-        for method, path in sorted(routes, key=lambda route: route[0] == "DELETE"):  # deletes last
+        # deletes last; the endpoint first of them (its export can't be deleted while it serves it)
+        for method, path in sorted(routes, key=lambda route: (route[0] == "DELETE",
+                                                              route[1] != "/api/deployments/{deployment_id}")):
             if (method, path) in STARTS_JOBS:  # sent by the world, which waited for their work
                 answered[(method, path)] = world.responses[(method, path)][0]
                 continue
@@ -527,5 +544,6 @@ def test_with_the_token_every_route_answers(server, world):
     for url in (f"/api/projects/{created['project']}", f"/api/splits/{pid}/{created['split']}",
                 f"/api/training/{pid}/experiments/{created['experiment']}",
                 f"/api/evaluation/{pid}/{world.ids['evaluation_id']}", f"/api/export/{pid}/{world.ids['export_id']}",
-                f"/api/datasets/{pid}/images/{world.ids['new_image_id']}"):
+                f"/api/datasets/{pid}/images/{world.ids['new_image_id']}",
+                f"/api/deployments/{world.ids['deployment_id']}"):
         assert server.http.get(url).status_code == 404, url

@@ -258,7 +258,8 @@ def test_onnx_classification_bundle_predicts_like_pytorch(classifier, cls_batch,
         assert json.loads(zf.read("labels.json")) == CLASSES
         assert json.loads(zf.read("preprocess.json")) == CLS_PRE
         assert json.loads(zf.read("export.json"))["task"] == "classification"
-    assert names == {"model.onnx", "labels.json", "preprocess.json", "export.json", "predict.py", "README.md"}
+    assert names == {"model.onnx", "labels.json", "preprocess.json", "export.json", "predict.py", "README.md",
+                     "aistudio_prediction.py"}
     assert set(result["entries"]) == names
     assert f"opset: {info['opset']}" in readme and "max abs logit difference" in readme and "| 2 |" in readme
 

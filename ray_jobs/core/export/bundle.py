@@ -8,6 +8,7 @@ import json
 import os
 import string
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +23,14 @@ OUTPUT_DOC = {
                  '"scores": [0.9, ...]}  (boxes in original image pixels)',
 }
 # predict.py's own imports; a runtime part adds its own (merged, deduplicated, sorted)
-PREDICT_IMPORTS = ("import argparse", "import json", "import pathlib", "import numpy as np", "from PIL import Image")
+PREDICT_IMPORTS = ("import argparse", "import json", "import pathlib", "import sys",
+                   "from aistudio_prediction import IMAGE_SUFFIXES, NotAnImage, classification, detection, "
+                   "image_paths, preprocess")
+# The shared preprocessing/post-processing, shipped verbatim: the endpoints import the same file.
+PREDICTION_MODULE = Path(__file__).resolve().parents[2] / "prediction.py"
+PREDICTION_NAME = "aistudio_prediction.py"
+# Everyone who can read the ZIP can read what it unpacks to (zipfile's writestr defaults to 0600).
+FILE_MODE, SCRIPT_MODE = 0o644, 0o755
 
 
 def _import_block(lines: set[str]) -> str:
@@ -134,6 +142,14 @@ def _readme(task, fmt, class_names, preprocess, info) -> str:
     )
 
 
+def _add(zf: zipfile.ZipFile, name: str, data: bytes, mode: int) -> None:
+    info = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.create_system = 3  # Unix: unzip and Python's extractors honour the mode bits
+    info.external_attr = (0o100000 | mode) << 16
+    zf.writestr(info, data)
+
+
 def write_bundle(
     out_zip: str | os.PathLike,
     model_file: str | os.PathLike,
@@ -143,7 +159,7 @@ def write_bundle(
     info: dict,
     fmt: str,
 ) -> dict[str, Any]:
-    """ZIP: model file, labels.json, preprocess.json, export.json, predict.py, README.md.
+    """ZIP: model file, labels.json, preprocess.json, export.json, predict.py, aistudio_prediction.py, README.md.
 
     ``info`` is the export dict, optionally with ``parity`` / ``latency`` / ``metric_delta``
     added by the job; it is stored as export.json and summarised in the README. A TensorRT
@@ -169,10 +185,11 @@ def write_bundle(
     }
     if spec.sidecar and info.get(spec.sidecar[1]):
         files[spec.sidecar[0]] = json.dumps(info[spec.sidecar[1]], indent=2)
+    files[PREDICTION_NAME] = PREDICTION_MODULE.read_text()
     with zipfile.ZipFile(out_zip, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.write(model_file, spec.model_file)
+        _add(zf, spec.model_file, model_file.read_bytes(), FILE_MODE)
         for name, text in files.items():
-            zf.writestr(name, text)
+            _add(zf, name, text.encode(), SCRIPT_MODE if name == "predict.py" else FILE_MODE)
     return {
         "path": str(out_zip),
         "entries": [spec.model_file, *files],

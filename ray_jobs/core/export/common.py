@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ray_jobs.prediction import image_hw  # noqa: F401  (re-exported: one definition)
+
 TASKS = ("classification", "detection")
 PRECISIONS = ("fp32", "fp16")
 BATCH_FIXED_NOTE = (
@@ -32,13 +34,6 @@ def check_task(task: str) -> None:
 def check_precision(precision: str | None) -> None:
     if precision is not None and precision not in PRECISIONS:
         raise ExportError(f"Invalid precision {precision!r}. Only {', '.join(PRECISIONS)} are supported.")
-
-
-def image_hw(preprocess: dict) -> tuple[int, int]:
-    size = preprocess["image_size"]
-    if isinstance(size, (list, tuple)):
-        return int(size[0]), int(size[1])
-    return int(size), int(size)
 
 
 def file_facts(out_path, started: float, notes: list[str], task: str, label_offset: int) -> dict:
@@ -66,21 +61,12 @@ def cpu_eval_copy(model: nn.Module) -> nn.Module:
 def preprocess_image(image, preprocess: dict) -> tuple[np.ndarray, tuple[int, int]]:
     """PIL image or path -> ((1, 3, H, W) float32, original (width, height)).
 
-    The exact steps of the bundle's predict.py (PIL bilinear stretch, scale, mean/std), so
-    the appliance and the bundle see the same tensor.
+    The one implementation (`ray_jobs/prediction.py`) that the bundle's predict.py ships and the
+    endpoints import, so the appliance, the bundle and an endpoint see the same tensor.
     """
-    from PIL import Image
+    from ray_jobs.prediction import preprocess as shared_preprocess
 
-    img = image if isinstance(image, Image.Image) else Image.open(image)
-    img = img.convert("RGB")
-    size = img.size
-    h, w = image_hw(preprocess)
-    img = img.resize((w, h), Image.BILINEAR)
-    x = np.asarray(img, dtype=np.float32) * float(preprocess.get("scale", 1 / 255))
-    x = (x - np.asarray(preprocess["mean"], np.float32)) / np.asarray(preprocess["std"], np.float32)
-    if preprocess.get("channel_order", "RGB") == "BGR":
-        x = x[..., ::-1]
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32), size
+    return shared_preprocess(image, preprocess)
 
 
 class DetectionExportWrapper(nn.Module):

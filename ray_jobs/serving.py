@@ -1,0 +1,369 @@
+"""Live prediction endpoints (issue #16): each one is its own Ray Serve application.
+
+`deploy(...)` runs a `ModelEndpoint` application named `model-<name>` at the route prefix
+`/models/<name>`, beside the UI ingress (application `aistudio`, prefix `/`), which it never touches:
+`serve.run` with another application name adds or updates that application only. Each replica loads
+the export's bundle ZIP (the model file, labels, preprocessing), answers `POST /models/<name>/predict`
+(multipart `file`, raw `image/*` bytes or JSON `{"image_base64": ...}`), checks the endpoint's API key
+(only its SHA-256 travels here) and batches requests with `@serve.batch`.
+
+Preprocessing and post-processing are `ray_jobs.prediction`, the very file the bundle ships as
+`aistudio_prediction.py`, so an endpoint and the bundle's predict.py give the same answer.
+
+Figures (requests, errors, latencies) are counted in the replicas and sent to one named zero-CPU actor,
+`EndpointMetrics` ("aistudio-endpoint-metrics"): nothing is kept in the ingress's memory, the figures
+of every replica add up, and they outlive an ingress restart (not a restart of Ray).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import tempfile
+import time
+import zipfile
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import ray
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from ray_jobs.prediction import NotAnImage, classification, detection, preprocess
+
+APP_PREFIX = "model-"
+ROUTE_PREFIX = "/models/"
+DEPLOYMENT = "ModelEndpoint"
+METRICS_ACTOR, METRICS_NAMESPACE = "aistudio-endpoint-metrics", "aistudio"
+TOP_K = 5
+LATENCY_WINDOW = 2000  # the last requests whose latencies give p50/p99
+RPS_WINDOW_S = 10.0
+FLUSH_EVERY_S = 0.25  # a replica sends its counts to the metrics actor at most this often
+
+
+def app_name(name: str) -> str:
+    return APP_PREFIX + name
+
+
+def route_prefix(name: str) -> str:
+    return ROUTE_PREFIX + name
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+@ray.remote(num_cpus=0)
+class EndpointMetrics:
+    """Per endpoint: totals, the latencies of the last requests, their times (for requests/s)."""
+
+    def __init__(self):
+        self._data: dict[str, dict] = {}
+
+    def _entry(self, name: str) -> dict:
+        return self._data.setdefault(name, {"requests": 0, "errors": 0, "recent": deque(maxlen=LATENCY_WINDOW),
+                                            "since": time.time()})
+
+    def record(self, name: str, errors: int, samples: list[tuple[float, float]]) -> None:
+        entry = self._entry(name)
+        entry["requests"] += len(samples)
+        entry["errors"] += errors
+        entry["recent"].extend(samples)
+
+    def reset(self, name: str) -> None:
+        self._data.pop(name, None)
+
+    def snapshot(self, name: str) -> dict:
+        entry = self._entry(name)
+        now = time.time()
+        latencies = np.array([ms for _, ms in entry["recent"]], dtype=np.float64)
+        window = min(RPS_WINDOW_S, max(now - entry["since"], 1e-3))
+        recent = sum(1 for t, _ in entry["recent"] if t >= now - window)
+        return {
+            "requests": entry["requests"], "errors": entry["errors"],
+            "p50_ms": round(float(np.percentile(latencies, 50)), 3) if latencies.size else None,
+            "p99_ms": round(float(np.percentile(latencies, 99)), 3) if latencies.size else None,
+            "rps": round(recent / window, 3),
+        }
+
+
+def metrics_actor():
+    return EndpointMetrics.options(name=METRICS_ACTOR, namespace=METRICS_NAMESPACE, lifetime="detached",
+                                   get_if_exists=True).remote()
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def _load_bundle(bundle: str) -> tuple[dict, list[str], dict, Path]:
+    """export.json, labels, preprocess spec, and the model file unpacked to a private temp folder."""
+    with zipfile.ZipFile(bundle) as zf:
+        meta = json.loads(zf.read("export.json"))
+        labels = json.loads(zf.read("labels.json"))
+        spec = json.loads(zf.read("preprocess.json"))
+        folder = Path(tempfile.mkdtemp(prefix="aistudio-endpoint-"))
+        model_file = Path(zf.extract(meta["model_file"], folder))
+    return meta, labels, spec, model_file
+
+
+class _Model:
+    """Runs a batch of preprocessed images; per image: logits (classification) or (boxes, scores, labels)."""
+
+    def __init__(self, meta: dict, path: Path, use_gpu: bool):
+        self.task, self.fmt = meta["task"], meta["format"]
+        self.batched = self.task == "classification" and not meta.get("batch_fixed")
+        if self.fmt == "onnx":
+            import onnxruntime as ort
+
+            providers = ["CPUExecutionProvider"]
+            if use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+            # the bundle's predict.py opens its session the same way (bundle_templates/runtime_onnx.py)
+            session = ort.InferenceSession(str(path), providers=providers)
+            name = session.get_inputs()[0].name
+            self._run = lambda x: session.run(None, {name: x})
+        else:  # torchscript, tensorrt: the export package's runners (torch; TensorRT where it is installed)
+            from ray_jobs.core.export.formats import load_runner
+
+            runner = load_runner(path, self.fmt, self.task, "cuda" if use_gpu else "cpu")
+
+            def run(x):
+                out = runner(x)
+                if self.task == "classification":
+                    return [out]
+                d = out[0]
+                return [d["boxes"], d["scores"], d["labels"]]
+
+            self._run = run
+
+    def __call__(self, xs: list[np.ndarray]) -> list:
+        if self.batched and len(xs) > 1:
+            logits = self._run(np.concatenate(xs))[0]
+            return [logits[i] for i in range(len(xs))]
+        outs = [self._run(x) for x in xs]
+        return [o[0][0] for o in outs] if self.task == "classification" else outs
+
+
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"status": "error", "error": {"code": code, "message": message}}, status_code=status,
+                        headers=headers)
+
+
+class BadInput(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@serve.deployment(name=DEPLOYMENT, ray_actor_options={"num_cpus": 0}, health_check_period_s=10,
+                  graceful_shutdown_timeout_s=5)
+class ModelEndpoint:
+    def __init__(self, config: dict):
+        self.name = config["name"]
+        self.model_name = config.get("model") or self.name
+        self.key_hash = config.get("api_key_hash")
+        self.max_bytes = int(config.get("max_bytes", 20 * 1024**2))
+        meta, self.labels, self.spec, path = _load_bundle(config["bundle"])
+        self.task = meta["task"]
+        self.score_threshold = float(meta.get("score_threshold", 0.25))
+        self.model = _Model(meta, path, use_gpu=float(config.get("gpu_fraction", 0)) > 0)
+        self.predict_batch.set_max_batch_size(max(1, int(config.get("max_batch_size", 8))))
+        self.predict_batch.set_batch_wait_timeout_s(max(0.0, float(config.get("batch_wait_ms", 5))) / 1000)
+        self.metrics = metrics_actor()
+        self._pending: list[tuple[float, float]] = []
+        self._pending_errors = 0
+        self._flush_handle = None
+        self._last_flush = 0.0
+
+    # -- figures: counted here, sent to the actor in small batches
+    def _count(self, started: float, error: bool) -> None:
+        now = time.time()
+        self._pending.append((now, (time.perf_counter() - started) * 1000))
+        self._pending_errors += int(error)
+        if now - self._last_flush >= FLUSH_EVERY_S:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_EVERY_S, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._pending:
+            self.metrics.record.remote(self.name, self._pending_errors, self._pending)
+            self._pending, self._pending_errors = [], 0
+        self._last_flush = time.time()
+
+    # -- requests
+    async def __call__(self, request: Request):
+        started = time.perf_counter()
+        try:
+            response = await self._handle(request)
+        except BadInput as exc:
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            response = _error(exc.status, exc.code, exc.message, headers)
+        except Exception as exc:  # a model failure: the envelope, and counted
+            response = _error(500, "INTERNAL", f"The model failed on this input: {type(exc).__name__}")
+        self._count(started, response.status_code >= 400)
+        return response
+
+    def _authorize(self, request: Request) -> None:
+        if not self.key_hash:
+            return
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        import hashlib
+
+        given = hashlib.sha256(key.strip().encode()).hexdigest()
+        if scheme.lower() != "bearer" or not key or not hmac.compare_digest(given, self.key_hash):
+            raise BadInput(401, "UNAUTHORIZED", "This endpoint needs its API key: Authorization: Bearer <api_key>")
+
+    async def _handle(self, request: Request) -> JSONResponse:
+        path = request.url.path.rstrip("/")
+        if not path.endswith(f"{route_prefix(self.name)}/predict"):
+            raise BadInput(404, "NOT_FOUND", f"Not found: {request.url.path} (this endpoint answers "
+                                             f"POST {route_prefix(self.name)}/predict)")
+        if request.method != "POST":
+            raise BadInput(405, "METHOD_NOT_ALLOWED", "Use POST to predict")
+        self._authorize(request)
+        data = await self._image_bytes(request)
+        try:
+            x, size = preprocess(data, self.spec)
+        except NotAnImage as exc:
+            raise BadInput(400, "INVALID_IMAGE", f"The request's image could not be read: {exc}") from None
+        outputs = await self.predict_batch(x)
+        if self.task == "classification":
+            top = classification(outputs, self.labels, TOP_K)["top"]
+            result = {"model": self.model_name, "predictions": [{"label": t["label"], "score": t["score"]} for t in top]}
+        else:
+            d = detection(outputs, self.labels, size, self.spec, self._threshold(request))
+            result = {"model": self.model_name, "detections": [
+                {"label": name, "score": score, "box": box}
+                for name, score, box in zip(d["label_names"], d["scores"], d["boxes"])]}
+        return JSONResponse({"status": "ok", "data": result})
+
+    def _threshold(self, request: Request) -> float:
+        given = request.query_params.get("score_threshold")
+        if given is None:
+            return self.score_threshold
+        try:
+            value = float(given)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value <= 1:
+            raise BadInput(400, "VALIDATION_ERROR", "score_threshold: a number from 0 to 1")
+        return value
+
+    async def _image_bytes(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            raise BadInput(413, "PAYLOAD_TOO_LARGE", f"The request is larger than {self.max_bytes} bytes")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "multipart/form-data":
+            form = await request.form()
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise BadInput(400, "VALIDATION_ERROR", "file: the multipart form needs an image in the field 'file'")
+            data = await upload.read()
+        elif kind == "application/json":
+            try:
+                body = json.loads(await request.body())
+                encoded = body["image_base64"]
+                if not isinstance(encoded, str):
+                    raise TypeError
+                data = base64.b64decode(encoded.split(",", 1)[-1] if encoded.startswith("data:") else encoded,
+                                        validate=True)
+            except (ValueError, KeyError, TypeError, binascii.Error):
+                raise BadInput(400, "VALIDATION_ERROR",
+                               'image_base64: send JSON {"image_base64": "<base64 of the image file>"}') from None
+        elif kind.startswith("image/") or kind == "application/octet-stream":
+            data = await request.body()
+        else:
+            raise BadInput(400, "VALIDATION_ERROR",
+                           f"Content-Type {kind or 'missing'}: send a multipart 'file', raw image bytes "
+                           "(Content-Type: image/*) or JSON {\"image_base64\": ...}")
+        if len(data) > self.max_bytes:
+            raise BadInput(413, "PAYLOAD_TOO_LARGE", f"The image is larger than {self.max_bytes} bytes")
+        if not data:
+            raise BadInput(400, "INVALID_IMAGE", "The request's image is empty")
+        return data
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def predict_batch(self, xs: list[np.ndarray]) -> list:
+        return await asyncio.get_running_loop().run_in_executor(None, self.model, xs)
+
+
+# ----------------------------------------------------------------------------- the driver side (the ingress)
+
+
+def deploy(config: dict, *, min_replicas: int, max_replicas: int, gpu_fraction: float, cpus: float) -> None:
+    """Start (or update) the endpoint's application; returns once Serve accepted it (not yet running)."""
+    actor_options = {"num_cpus": cpus}
+    if gpu_fraction > 0:
+        actor_options["num_gpus"] = gpu_fraction
+    batch = max(1, int(config.get("max_batch_size", 8)))
+    app = ModelEndpoint.options(
+        ray_actor_options=actor_options,
+        max_ongoing_requests=max(32, 4 * batch),
+        autoscaling_config={"min_replicas": min_replicas, "max_replicas": max_replicas,
+                            "initial_replicas": min_replicas, "target_ongoing_requests": max(2, batch),
+                            "upscale_delay_s": 5, "downscale_delay_s": 60},
+    ).bind(config)
+    ray.get(metrics_actor().reset.remote(config["name"]))
+    serve.run(app, name=app_name(config["name"]), route_prefix=route_prefix(config["name"]), blocking=False)
+
+
+def wait_running(name: str, timeout_s: float, stop=None) -> None:
+    """Until the application runs; RuntimeError with Serve's message when it fails or takes too long."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(app_name(name))
+        status = str(getattr(app.status, "value", app.status)) if app else ""
+        if status == "RUNNING":
+            return
+        if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise RuntimeError(_failure_message(app))
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"The endpoint did not start within {timeout_s:.0f} s"
+                               + (f": {_failure_message(app)}" if app else ""))
+        if stop is not None and stop():
+            return
+        time.sleep(0.3)
+
+
+def _failure_message(app) -> str:
+    messages = [app.message] + [d.message for d in app.deployments.values()]
+    text = "; ".join(m for m in messages if m)
+    return (text or "Serve reported the application failed")[-1500:]
+
+
+def state(name: str) -> dict | None:
+    """{"status": RUNNING | DEPLOYING | ..., "running": n, "target": n} of the application; None when absent."""
+    app = serve.status().applications.get(app_name(name))
+    if app is None:
+        return None
+    states = {}
+    for dep in app.deployments.values():
+        for replica_state, count in dep.replica_states.items():
+            key = str(getattr(replica_state, "value", replica_state))
+            states[key] = states.get(key, 0) + count
+    running = states.get("RUNNING", 0)
+    target = sum(count for key, count in states.items() if key not in ("STOPPING",))
+    return {"status": str(getattr(app.status, "value", app.status)), "running": running, "target": target}
+
+
+def figures(name: str, timeout_s: float = 2.0) -> dict:
+    return ray.get(metrics_actor().snapshot.remote(name), timeout=timeout_s)
+
+
+def undeploy(name: str) -> None:
+    """Remove the application (blocks until Serve deleted it); the route then answers 404."""
+    if app_name(name) in serve.status().applications:
+        serve.delete(app_name(name))
+    try:
+        ray.get(metrics_actor().reset.remote(name), timeout=5)
+    except Exception:
+        pass
