@@ -107,7 +107,8 @@ function restoreFromUrl() {
   }
   const offset = Number.parseInt(query.get("offset") || "0", 10);
   if (changed || offset > 0) {
-    const params = new URLSearchParams(new FormData(filter));
+    // Empty filters are left out, as for htmx's own requests (`issue=` would not validate).
+    const params = new URLSearchParams([...new FormData(filter)].filter(([, value]) => value !== ""));
     if (offset > 0) params.set("offset", String(offset));
     htmx.ajax("GET", `/api/datasets/${projectId}/images?${params}`, { target: "#image-grid", swap: "innerHTML" });
   }
