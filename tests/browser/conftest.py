@@ -41,13 +41,19 @@ def signed_in(browser, server) -> dict:
     return state
 
 
-@pytest.fixture
-def page(browser, server, signed_in):
-    ctx = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900}, storage_state=signed_in)
+def signed_in_page(browser, server, signed_in, width: int = 1280, height: int = 900):
+    """For a fixture (`yield from signed_in_page(...)`): a page of a fresh signed-in context at this
+    viewport size, closed afterwards."""
+    ctx = browser.new_context(base_url=server.url, viewport={"width": width, "height": height}, storage_state=signed_in)
     pg = ctx.new_page()
     pg.set_default_timeout(20_000)
     yield pg
     ctx.close()
+
+
+@pytest.fixture
+def page(browser, server, signed_in):
+    yield from signed_in_page(browser, server, signed_in)
 
 
 def screenshot(page, name: str) -> Path:

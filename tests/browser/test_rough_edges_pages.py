@@ -17,6 +17,7 @@ from playwright.sync_api import expect
 from tests.browser.conftest import screenshot
 from tests.fixtures import create_project, list_all_images, make_classification_folder, make_detection_coco
 from tests.host import cuda_available, tensorrt_usable
+from tests.browser.conftest import signed_in_page
 from tests.workflows import import_folder, project_with_split
 
 pytestmark = [pytest.mark.browser, pytest.mark.ray]
@@ -26,20 +27,12 @@ SHOTS = "edges-b"
 
 @pytest.fixture
 def wide_page(browser, server, signed_in):
-    ctx = browser.new_context(base_url=server.url, viewport={"width": 1400, "height": 900}, storage_state=signed_in)
-    pg = ctx.new_page()
-    pg.set_default_timeout(20_000)
-    yield pg
-    ctx.close()
+    yield from signed_in_page(browser, server, signed_in, 1400, 900)
 
 
 @pytest.fixture
 def narrow_page(browser, server, signed_in):
-    ctx = browser.new_context(base_url=server.url, viewport={"width": 400, "height": 800}, storage_state=signed_in)
-    pg = ctx.new_page()
-    pg.set_default_timeout(20_000)
-    yield pg
-    ctx.close()
+    yield from signed_in_page(browser, server, signed_in, 400, 800)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import sqlite3
 import httpx
 import pytest
 
-from tests.recovery.appliance_process import ApplianceProcess
+from tests.recovery.appliance_process import ApplianceProcess, appliance_in
 from tests.workflows import TERMINAL, create_experiment, experiment, project_with_split, wait_experiment, wait_for
 
 pytestmark = pytest.mark.ray
@@ -28,11 +28,7 @@ KILL_AFTER = 3
 
 @pytest.fixture
 def appliance(tmp_path):
-    imports = tmp_path / "imports"
-    imports.mkdir()
-    proc = ApplianceProcess(tmp_path, imports, cpus=2)
-    yield proc
-    proc.close()  # kills whatever is left even when the test failed half-way
+    yield from appliance_in(tmp_path, cpus=2)
 
 
 def _ok(response: httpx.Response, status: int = 200):

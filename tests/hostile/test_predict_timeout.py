@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.recovery.appliance_process import ApplianceProcess
+from tests.recovery.appliance_process import appliance_in
 from tests.workflows import create_experiment, experiment, project_with_split, wait_experiment, wait_for
 
 pytestmark = pytest.mark.ray
@@ -30,12 +30,8 @@ TIMEOUT_S = 10
 
 @pytest.fixture
 def appliance(tmp_path):
-    imports = tmp_path / "imports"
-    imports.mkdir()
-    proc = ApplianceProcess(tmp_path, imports, cpus=1, env={
+    yield from appliance_in(tmp_path, cpus=1, env={
         "AISTUDIO_PREDICT_TIMEOUT_S": str(TIMEOUT_S), "AISTUDIO_MAX_CONCURRENT_PREDICTIONS": str(SLOTS)})
-    yield proc
-    proc.close()
 
 
 def test_predictions_that_cannot_get_compute_time_out_and_never_stall_the_api(appliance):

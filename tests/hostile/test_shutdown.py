@@ -18,7 +18,7 @@ import threading
 import httpx
 import pytest
 
-from tests.recovery.appliance_process import ApplianceProcess
+from tests.recovery.appliance_process import appliance_in
 from tests.workflows import create_experiment, experiment, project_with_split, wait_experiment, wait_for
 
 pytestmark = pytest.mark.ray
@@ -29,11 +29,7 @@ STREAMS = 5
 
 @pytest.fixture
 def appliance(tmp_path):
-    imports = tmp_path / "imports"
-    imports.mkdir()
-    proc = ApplianceProcess(tmp_path, imports, cpus=2)
-    yield proc
-    proc.close()
+    yield from appliance_in(tmp_path, cpus=2)
 
 
 class Stream(threading.Thread):

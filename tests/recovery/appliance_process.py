@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -179,3 +180,16 @@ class ApplianceProcess:
     def close(self) -> None:
         self.kill()
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+
+def appliance_in(tmp_path: Path, cpus: int, env: dict[str, str] | None = None) -> Iterator[ApplianceProcess]:
+    """For a fixture (`yield from appliance_in(tmp_path, cpus=2)`): an appliance on `tmp_path` with an
+    empty import root `tmp_path/imports`, closed afterwards (every process killed), even when the test
+    failed half-way."""
+    imports = tmp_path / "imports"
+    imports.mkdir()
+    proc = ApplianceProcess(tmp_path, imports, cpus=cpus, env=env)
+    try:
+        yield proc
+    finally:
+        proc.close()

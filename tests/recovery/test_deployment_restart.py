@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.recovery.appliance_process import ApplianceProcess
+from tests.recovery.appliance_process import ApplianceProcess, appliance_in
 from tests.workflows import create_experiment, project_with_split, wait_experiment, wait_for
 
 pytestmark = pytest.mark.ray
@@ -15,11 +15,7 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture
 def appliance(tmp_path):
-    imports = tmp_path / "imports"
-    imports.mkdir()
-    proc = ApplianceProcess(tmp_path, imports, cpus=2)
-    yield proc
-    proc.close()
+    yield from appliance_in(tmp_path, cpus=2)
 
 
 def test_endpoint_is_back_after_kill_9_and_restart(appliance: ApplianceProcess):

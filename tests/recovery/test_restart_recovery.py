@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from tests.fixtures import make_classification_folder, zip_dir
-from tests.recovery.appliance_process import ApplianceProcess
+from tests.recovery.appliance_process import ApplianceProcess, appliance_in
 from tests.workflows import create_experiment, experiment, wait_for
 
 pytestmark = pytest.mark.ray
@@ -43,11 +43,7 @@ DONE = ("completed", "failed", "cancelled", "stopped", "interrupted")
 
 @pytest.fixture
 def appliance(tmp_path):
-    imports = tmp_path / "imports"
-    imports.mkdir()
-    proc = ApplianceProcess(tmp_path, imports, cpus=3)
-    yield proc
-    proc.close()  # kills whatever is left even when the test failed half-way
+    yield from appliance_in(tmp_path, cpus=3)
 
 
 def data(response: httpx.Response, status: int = 200):
