@@ -88,7 +88,7 @@ def _tensorrt_refused() -> str | None:
     return None
 
 
-def _deploy_context(session, project_id: str) -> dict:
+def _deploy_context(session, project_id: str, settings=None) -> dict:
     exports = [e for e in export_service.list_exports(session, project_id) if e["status"] == "completed"]
     return {"exports": exports, "gpu": system_service.gpus()}
 
