@@ -11,10 +11,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from appliance.store.db import MIGRATIONS, SCHEMA_VERSION, _add_box_difficult, get_engine, migrate
+from appliance.store.db import MIGRATIONS, SCHEMA_VERSION, _add_box_difficult, get_engine, migrate, session_scope
+from appliance.store.paths import Workspace
+from appliance.store.runs import subset_samples
+from appliance.store.tables import Experiment
 from ray_jobs.core.metrics import detection_confusion_matrix, detection_metrics, match_detections, rank_samples
 from tests.fixtures import create_project, import_and_wait, list_all_images, save_image
 from tests.htmlq import parse
+from tests.workflows import create_experiment
 
 
 def _xml(filename: str, objects: list[tuple]) -> str:
@@ -51,6 +55,29 @@ def test_voc_difficult_survives_import_and_comes_back_on_the_image_list(client, 
     rects = grid.select(".thumb-boxes rect")
     assert sorted((r.attrs["data-label"], "difficult" in r.classes) for r in rects) == [
         ("dog", False), ("dog", False), ("person", True), ("person", True)]
+
+
+def test_an_experiments_samples_carry_the_flag_to_evaluation(client, settings):
+    """`subset_samples` (the truth evaluation, training and export read) gives each box's flag."""
+    src: Path = settings.allowed_import_roots[0] / "voc-split"
+    (src / "Annotations").mkdir(parents=True)
+    (src / "ImageSets" / "Main").mkdir(parents=True)
+    for n, (colour, subset) in enumerate([((200, 30, 30), "train"), ((30, 200, 30), "val"),
+                                          ((30, 30, 200), "test")], 1):
+        save_image(Image.new("RGB", (48, 40), colour), src / "JPEGImages" / f"00000{n}.png")
+        (src / "Annotations" / f"00000{n}.xml").write_text(_xml(f"00000{n}.png", [
+            ("dog", 2, 3, 12, 13, "0"), ("dog", 20, 1, 30, 9, "1")]))
+        (src / "ImageSets" / "Main" / f"{subset}.txt").write_text(f"00000{n}\n")
+    pid = create_project(client, "detection")
+    assert import_and_wait(client, pid, src, "voc")["status"] == "completed"
+    r = client.post(f"/api/splits/{pid}", json={"name": "as imported", "from_source": True})
+    assert r.status_code == 201, r.text
+    eid = create_experiment(client, pid, r.json()["data"]["id"], model="ssdlite320_mobilenet_v3_large",
+                            image_size=64, batch_size=1)
+    with session_scope(settings.db_url) as session:
+        exp = session.get(Experiment, eid)
+        [sample] = subset_samples(session, Workspace(settings.workspace), exp, "test")
+    assert sample["labels"] == [0, 0] and sample["difficult"] == [False, True]
 
 
 def test_migration_adds_the_difficult_column_to_an_older_database(tmp_path):
