@@ -246,6 +246,7 @@ class BoxPublic(PublicModel):
     y1: float
     x2: float
     y2: float
+    difficult: bool = Field(False, description="Pascal VOC's `difficult` flag: evaluation ignores the object")
 
 
 class ImagePublic(PublicModel):
@@ -441,9 +442,13 @@ class TopScore(PublicModel):
 class GroundTruthBoxes(PublicModel):
     boxes: list[list[float]] = Field(description="[x1, y1, x2, y2] in pixels")
     labels: list[int] = Field(description="Class indices")
+    difficult: list[bool] | None = Field(None, description="Ground truth only: Pascal VOC's `difficult` flag "
+                                         "per box (ignored by the metrics); absent in older results")
 
 
-class PredictedBoxes(GroundTruthBoxes):
+class PredictedBoxes(PublicModel):
+    boxes: list[list[float]] = Field(description="[x1, y1, x2, y2] in pixels")
+    labels: list[int] = Field(description="Class indices")
     scores: list[float]
 
 

@@ -67,7 +67,8 @@ def compute_results(task: str, class_names: list[str], samples: list[dict], pred
         truth = [s["label"] for s in samples]
         probs = np.array([p["probs"] for p in predictions])
         return classification_metrics(truth, probs, class_names), rank_samples(task, truth, probs, class_names)
-    gts = [{"boxes": s["boxes"], "labels": s["labels"]} for s in samples]
+    gts = [{"boxes": s["boxes"], "labels": s["labels"], "difficult": s.get("difficult", [False] * len(s["boxes"]))}
+           for s in samples]
     preds = [confident(p) for p in predictions]
     return (detection_metrics(gts, preds, class_names),
             rank_samples(task, gts, preds, class_names, store_min_score=MIN_DETECTION_SCORE))

@@ -19,7 +19,7 @@ class ParsedBox:
     x2: float
     y2: float
     label: str
-    difficult: bool = False  # Pascal VOC's `difficult` flag (not stored: the box table has no column for it)
+    difficult: bool = False  # Pascal VOC's `difficult` flag (stored as `boxes.difficult`)
 
 
 @dataclass

@@ -16,8 +16,8 @@ skipped with a warning; an XML without objects is a background image.
 
 The XML is hostile input: it is parsed with defusedxml (no entity expansion, no external
 resources). A malformed XML, or one that is not a VOC `<annotation>`, skips its image with a
-warning naming the file; a bad `<object>` skips that box. `difficult` boxes are kept as
-ordinary boxes (`ParsedBox.difficult` marks them; the box table has no column for it yet).
+warning naming the file; a bad `<object>` skips that box. `difficult` boxes are kept and
+marked (`ParsedBox.difficult`, stored as `boxes.difficult`): evaluation ignores them, training uses them.
 Boxes are clipped to the image later, with a warning, like every format's.
 """
 
@@ -118,7 +118,7 @@ def read(root: Path) -> RawDataset:
     if lists:
         detected += f", subsets from {', '.join(lists)}"
     if difficult:
-        detected += f"; {count(difficult, 'box', 'boxes')} marked difficult, kept as ordinary boxes"
+        detected += f"; {count(difficult, 'box', 'boxes')} marked difficult (kept; evaluation ignores them)"
     return RawDataset("voc", "detection", classes, items, warnings, detected)
 
 

@@ -422,7 +422,8 @@ def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, 
             "size_bytes": (staged_dir / filename).stat().st_size, "label": item.label,
             "subset_hint": item.subset_hint, "import_id": import_id, "created_at": utcnow(), "phash": phash,
         })
-        boxes += [{"image_id": image_id, "label": b.label, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2} for b in item.boxes]
+        boxes += [{"image_id": image_id, "label": b.label, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2,
+                   "difficult": b.difficult} for b in item.boxes]
     tracker.check_cancel()
     # Commit: move files in, insert rows in one transaction; undo the moves if the insert fails.
     target, thumbs = workspace.images_dir(project_id), workspace.thumbs_dir(project_id)
@@ -608,7 +609,8 @@ def image_public(image: Image) -> dict:
         "id": image.id, "filename": image.filename, "original_name": image.original_name,
         "width": image.width, "height": image.height, "size_bytes": image.size_bytes, "label": image.label,
         "subset_hint": image.subset_hint, "sha256": image.sha256,
-        "boxes": [{"label": b.label, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2} for b in image.boxes],
+        "boxes": [{"label": b.label, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2, "difficult": bool(b.difficult)}
+                  for b in image.boxes],
         "url": f"/api/datasets/{image.project_id}/image/{image.filename}",
         "thumbnail_url": f"/api/datasets/{image.project_id}/thumbnail/{image.filename}",
     }

@@ -69,10 +69,17 @@ def _deployments(conn: Connection) -> None:
     Deployment.__table__.create(conn, checkfirst=True)
 
 
+def _add_box_difficult(conn: Connection) -> None:
+    """Boxes: `difficult`, Pascal VOC's flag for an object too hard to be required (issue #13 item 5):
+    evaluation neither rewards nor penalises it. Skipped where v1 was just created with it."""
+    if "difficult" not in {c["name"] for c in inspect(conn).get_columns("boxes")}:
+        conn.exec_driver_sql("ALTER TABLE boxes ADD COLUMN difficult BOOLEAN NOT NULL DEFAULT FALSE")
+
+
 # Append a function for each schema change; never edit a released entry.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _create_v1, _login_sessions, _add_run_claim_and_driver, _add_split_from_source, _add_run_seconds,
-    _add_import_yaml_file, _add_image_phash, _deployments,
+    _add_import_yaml_file, _add_image_phash, _deployments, _add_box_difficult,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

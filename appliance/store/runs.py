@@ -333,6 +333,7 @@ def subset_samples(session: Session, workspace: Workspace, exp: Experiment, subs
             boxes = [b for b in image.boxes if b.label in index]
             item["boxes"] = [[b.x1, b.y1, b.x2, b.y2] for b in boxes]
             item["labels"] = [index[b.label] for b in boxes]
+            item["difficult"] = [bool(b.difficult) for b in boxes]  # evaluation ignores these; training uses them
         samples.append(item)
     return samples
 

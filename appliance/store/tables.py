@@ -96,6 +96,8 @@ class Box(Base):
     y1: Mapped[float] = mapped_column(Float)
     x2: Mapped[float] = mapped_column(Float)
     y2: Mapped[float] = mapped_column(Float)
+    # Pascal VOC's `difficult`: evaluation ignores the object (no miss, no false positive); training uses it
+    difficult: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     image: Mapped[Image] = relationship(back_populates="boxes")
 
 

@@ -6,7 +6,16 @@ the tests all compute the same numbers. Every result is plain JSON (floats, ints
 Conventions shared with the training core:
 - class indices are 0-based and contiguous over the project's class list;
 - detection ground truth / predictions are dicts ``{"boxes": [[x1, y1, x2, y2], ...]`` (pixels),
-  ``"labels": [int, ...], "scores": [float, ...]}`` (``scores`` only on predictions).
+  ``"labels": [int, ...], "scores": [float, ...]}`` (``scores`` only on predictions);
+  ground truth may add ``"difficult": [bool, ...]`` (Pascal VOC's flag, see below).
+
+Difficult ground truth (VOC semantics): a difficult box is neither a hit nor a miss. It does not
+count as ground truth (``num_gt``, recall), and a prediction of its class that matches it (IoU at
+the threshold) and matches no ordinary box is ignored: not a true positive, not a false positive.
+For the COCO figures this is pycocotools' ``iscrowd`` ignore region (``iscrowd`` is what sets
+COCOeval's ``ignore`` flag; a bare ``ignore`` key is overwritten), with one change: the IoU with a
+difficult box is the ordinary IoU, not COCO's crowd overlap (intersection / detection area), so a
+small prediction inside a large difficult box is still a false positive, as in VOC.
 
 Zero division: a precision, recall or F1 whose denominator is 0 is reported as 0.0 (the
 scikit-learn ``zero_division=0`` convention); the class still appears in the per-class table.
@@ -151,6 +160,14 @@ def _as_arrays(d: dict, with_scores: bool) -> tuple[np.ndarray, np.ndarray, np.n
     return boxes, labels, scores
 
 
+def _difficult(d: dict, n: int) -> np.ndarray:
+    """The ``difficult`` flags of a ground-truth dict (all False when absent)."""
+    flags = np.asarray(d.get("difficult", [False] * n), dtype=bool).reshape(-1)
+    if len(flags) != n:
+        raise ValueError(f"{n} boxes but {len(flags)} difficult flags")
+    return flags
+
+
 def match_detections(
     gt: dict, pred: dict, iou_threshold: float = 0.5, score_threshold: float = 0.25
 ) -> dict[str, list]:
@@ -159,22 +176,32 @@ def match_detections(
     Predictions with score >= ``score_threshold`` are taken highest score first; each takes the
     unmatched ground-truth box with IoU >= ``iou_threshold``, preferring one of its own label
     (then the highest IoU), so a correct box is not booked as a confusion just because a box of
-    another class overlaps it more. Returns indices into the original lists:
-    ``pairs`` [(gt_i, pred_j)], ``unmatched_gt`` [i], ``unmatched_pred`` [j], ``kept_pred`` [j].
+    another class overlaps it more. Difficult ground truth (``gt["difficult"]``) is never paired:
+    a prediction with no ordinary box of its own label to take, but a difficult box of its label
+    at the IoU threshold, is ignored (before it may pair with a box of another label), and a
+    difficult box left over is not a miss. Returns indices into the original lists:
+    ``pairs`` [(gt_i, pred_j)], ``unmatched_gt`` [i], ``unmatched_pred`` [j], ``kept_pred`` [j],
+    ``ignored_pred`` [j] (predictions on difficult boxes), ``difficult_gt`` [i].
     """
     g_boxes, g_labels, _ = _as_arrays(gt, with_scores=False)
     p_boxes, p_labels, p_scores = _as_arrays(pred, with_scores=True)
+    difficult = _difficult(gt, len(g_boxes))
     kept = [int(j) for j in np.argsort(-p_scores, kind="stable") if p_scores[j] >= score_threshold]
     ious = box_iou(g_boxes, p_boxes)
-    gt_free = np.ones(len(g_boxes), dtype=bool)
+    gt_free = ~difficult
     pairs: list[tuple[int, int]] = []
     unmatched_pred: list[int] = []
+    ignored_pred: list[int] = []
     for j in kept:
-        cand = np.flatnonzero(gt_free & (ious[:, j] >= iou_threshold)) if len(g_boxes) else []
+        hits = ious[:, j] >= iou_threshold if len(g_boxes) else np.zeros(0, dtype=bool)
+        cand = np.flatnonzero(gt_free & hits)
+        same = [i for i in cand if g_labels[i] == p_labels[j]]
+        if not same and np.any(difficult & hits & (g_labels == p_labels[j])):
+            ignored_pred.append(j)
+            continue
         if len(cand) == 0:
             unmatched_pred.append(j)
             continue
-        same = [i for i in cand if g_labels[i] == p_labels[j]]
         pool = same or list(cand)
         i = int(max(pool, key=lambda k: ious[k, j]))
         gt_free[i] = False
@@ -184,6 +211,8 @@ def match_detections(
         "unmatched_gt": [int(i) for i in np.flatnonzero(gt_free)],
         "unmatched_pred": unmatched_pred,
         "kept_pred": kept,
+        "ignored_pred": ignored_pred,
+        "difficult_gt": [int(i) for i in np.flatnonzero(difficult)],
     }
 
 
@@ -197,7 +226,8 @@ def detection_confusion_matrix(
     """(K+1, K+1) counts, rows = truth, columns = prediction, index K = background.
 
     Matched pairs count at [gt_label, pred_label]; a prediction matching nothing is a false
-    positive at [background, pred_label]; a missed object is at [gt_label, background].
+    positive at [background, pred_label]; a missed object is at [gt_label, background]. Difficult
+    boxes and the predictions on them count nowhere (see ``match_detections``).
     [background, background] stays 0 (there is nothing to count).
     """
     bg = num_classes
@@ -220,7 +250,8 @@ def _coco_datasets(gts, preds, num_classes):
 
     pycocotools details that matter: image and annotation ids start at 1 (COCOeval uses id 0
     as "unmatched"), category ids are ``label + 1``, bbox is [x, y, w, h], ``area`` = w*h
-    (what ``loadRes`` computes for detections and what torchmetrics uses), iscrowd = 0.
+    (what ``loadRes`` computes for detections and what torchmetrics uses), iscrowd = 0 except
+    for difficult ground truth (iscrowd = 1: an ignore region, see ``_IgnoreRegionEval``).
     Every image is listed, including ones without objects, so their detections count as
     false positives.
     """
@@ -231,9 +262,10 @@ def _coco_datasets(gts, preds, num_classes):
         anns = []
         for k, d in enumerate(items):
             boxes, labels, scores = _as_arrays(d, with_scores)
+            crowd = np.zeros(len(boxes), dtype=bool) if with_scores else _difficult(d, len(boxes))
             if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
                 raise ValueError(f"image {k}: labels must be in [0, {num_classes - 1}]")
-            for box, label, score in zip(boxes, labels, scores):
+            for box, label, score, is_crowd in zip(boxes, labels, scores, crowd):
                 x1, y1, x2, y2 = (float(v) for v in box)
                 w, h = x2 - x1, y2 - y1
                 ann = {
@@ -242,7 +274,7 @@ def _coco_datasets(gts, preds, num_classes):
                     "category_id": int(label) + 1,
                     "bbox": [x1, y1, w, h],
                     "area": w * h,
-                    "iscrowd": 0,
+                    "iscrowd": int(is_crowd),
                 }
                 if with_scores:
                     ann["score"] = float(score)
@@ -254,10 +286,30 @@ def _coco_datasets(gts, preds, num_classes):
     return gt_ds, dt_ds
 
 
+def _ignore_region_eval():
+    """COCOeval whose ``iscrowd`` boxes (our difficult ones) are ignore regions matched by the
+    ordinary IoU. pycocotools' own computeIoU uses the crowd overlap (intersection / detection
+    area) for them, which would also swallow small false positives inside a large difficult box."""
+    from pycocotools import mask as mask_utils
+    from pycocotools.cocoeval import COCOeval
+
+    class _IgnoreRegionEval(COCOeval):
+        def computeIoU(self, imgId, catId):  # noqa: N802, N803 (pycocotools' names); bbox, useCats=1
+            gt, dt = self._gts[imgId, catId], self._dts[imgId, catId]
+            if len(gt) == 0 and len(dt) == 0:
+                return []
+            order = np.argsort([-d["score"] for d in dt], kind="mergesort")
+            dt = [dt[i] for i in order][: self.params.maxDets[-1]]
+            return mask_utils.iou([d["bbox"] for d in dt], [g["bbox"] for g in gt], [0] * len(gt))
+
+    return _IgnoreRegionEval
+
+
 def _coco_eval(gts, preds, num_classes):
     """Run COCOeval (bbox) quietly and return it after evaluate/accumulate/summarize."""
     from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+
+    COCOeval = _ignore_region_eval()  # noqa: N806
 
     gt_ds, dt_ds = _coco_datasets(gts, preds, num_classes)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -297,6 +349,8 @@ def detection_metrics(
     mAP figures are COCO's (area "all", maxDets 100, no score threshold: every prediction
     counts, as COCO expects). The confusion matrix and sample ranking instead use
     ``iou_threshold`` / ``score_threshold``. Classes without ground truth get ``None`` AP.
+    Difficult boxes are ignored (module docstring); ``num_gt`` leaves them out, ``num_difficult``
+    counts them.
     """
     if len(gts) != len(preds):
         raise ValueError(f"{len(gts)} ground-truth images but {len(preds)} prediction entries")
@@ -312,7 +366,12 @@ def detection_metrics(
 
     per_class, pr_curves = [], []
     for c, name in enumerate(class_names):
-        num_gt = sum(int(np.sum(np.asarray(g.get("labels", [])) == c)) for g in gts)
+        num_gt = num_difficult = 0
+        for g in gts:
+            of_class = np.asarray(g.get("labels", []), dtype=np.int64).reshape(-1) == c
+            hard = _difficult(g, len(of_class))
+            num_gt += int(np.sum(of_class & ~hard))
+            num_difficult += int(np.sum(of_class & hard))
         per_class.append(
             {
                 "index": c,
@@ -321,6 +380,7 @@ def detection_metrics(
                 "ap50": _mean_valid(precision[t50, :, c, 0, -1]),
                 "ap75": _mean_valid(precision[int(np.argmin(np.abs(iou_thrs - 0.75))), :, c, 0, -1]),
                 "num_gt": num_gt,
+                "num_difficult": num_difficult,
             }
         )
         p = precision[t50, :, c, 0, -1]
@@ -395,6 +455,9 @@ def _jsonable_dets(d: dict, keep: Sequence[int] | None = None) -> dict:
     boxes, labels, scores = _as_arrays(d, with_scores="scores" in d)
     idx = list(range(len(boxes))) if keep is None else list(keep)
     out = {"boxes": [[float(v) for v in boxes[i]] for i in idx], "labels": [int(labels[i]) for i in idx]}
+    if "difficult" in d:
+        flags = _difficult(d, len(boxes))
+        out["difficult"] = [bool(flags[i]) for i in idx]
     if "scores" in d:
         out["scores"] = [float(scores[i]) for i in idx]
     return out
@@ -420,7 +483,7 @@ def _detection_records(gts, preds, class_names, sample_ids, iou_threshold, score
             {
                 "index": n,
                 "id": sample_ids[n] if sample_ids is not None else n,
-                "num_gt": int(len(g_labels)),
+                "num_gt": int(len(g_labels)) - len(m["difficult_gt"]),
                 "num_pred": len(m["kept_pred"]),
                 "missed": missed,
                 "false_positives": false_pos,

@@ -554,7 +554,8 @@ def test_image_detail(client, root):
     detail = client.get(f"/api/datasets/{pid}/images/{listed['id']}").json()["data"]
     assert detail == listed
     want = gen.by_name()[detail["original_name"]].boxes[0]
-    assert detail["boxes"] == [{"label": want.label, "x1": want.x1, "y1": want.y1, "x2": want.x2, "y2": want.y2}]
+    assert detail["boxes"] == [{"label": want.label, "x1": want.x1, "y1": want.y1, "x2": want.x2, "y2": want.y2,
+                               "difficult": False}]  # only VOC marks boxes difficult (issue #13 item 5)
     assert detail["url"] == f"/api/datasets/{pid}/image/{detail['filename']}"
     assert detail["thumbnail_url"] == f"/api/datasets/{pid}/thumbnail/{detail['filename']}"
     assert len(detail["sha256"]) == 64 and detail["size_bytes"] > 0

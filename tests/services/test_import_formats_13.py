@@ -275,8 +275,8 @@ def test_voc_layout(tmp_path):
     assert "JPEGImages/000004.jpg" not in subsets(parsed)  # not imported as a background image
     assert parsed.detected == (
         "Auto-detected Pascal VOC: 5 XML files in Annotations/, 3 classes (cat, dog, person), subsets from "
-        "ImageSets/Main/train.txt, ImageSets/Main/val.txt, ImageSets/Main/test.txt; 1 box marked difficult, "
-        "kept as ordinary boxes"
+        "ImageSets/Main/train.txt, ImageSets/Main/val.txt, ImageSets/Main/test.txt; 1 box marked difficult "
+        "(kept; evaluation ignores them)"
     )
 
 

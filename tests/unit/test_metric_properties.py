@@ -228,7 +228,9 @@ def reference_match(gt, pred, iou_t, score_t):
         i = next(i for i in pool if reference_iou(gt["boxes"][i], pred["boxes"][j]) == best)
         free.discard(i)
         pairs.append((i, j))
-    return {"pairs": pairs, "unmatched_gt": sorted(free), "unmatched_pred": unmatched, "kept_pred": kept}
+    # these cases have no difficult boxes (issue #13 item 5: tests/api/test_box_difficult_13.py)
+    return {"pairs": pairs, "unmatched_gt": sorted(free), "unmatched_pred": unmatched, "kept_pred": kept,
+            "ignored_pred": [], "difficult_gt": []}
 
 
 thresholds = st.sampled_from([0.3, 0.5, 0.75])

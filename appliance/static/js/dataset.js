@@ -146,9 +146,9 @@ function openImage(image) {
   // so they stay aligned at any displayed size.
   boxesLayer.replaceChildren(...image.boxes.map((b) => {
     const colour = colourFor(b.label);
-    const tag = el("span", { class: "box-label", text: b.label });
+    const tag = el("span", { class: "box-label", text: b.difficult ? `${b.label} (difficult)` : b.label });
     tag.style.background = colour;
-    const box = el("div", { class: "box", "data-label": b.label }, tag);
+    const box = el("div", { class: b.difficult ? "box difficult" : "box", "data-label": b.label }, tag);
     Object.assign(box.style, {
       left: `${(100 * b.x1) / image.width}%`, top: `${(100 * b.y1) / image.height}%`,
       width: `${(100 * (b.x2 - b.x1)) / image.width}%`, height: `${(100 * (b.y2 - b.y1)) / image.height}%`,
@@ -160,7 +160,7 @@ function openImage(image) {
   const rows = [
     ["Size", `${image.width} × ${image.height} px, ${(image.size_bytes / 1024).toFixed(1)} KiB`],
     ["Label", image.label || (image.boxes.length ? "—" : "none")],
-    ["Boxes", image.boxes.length ? image.boxes.map((b) => `${b.label} [${fmtBox(b)}]`).join("; ") : "none"],
+    ["Boxes", image.boxes.length ? image.boxes.map((b) => `${b.label}${b.difficult ? " (difficult)" : ""} [${fmtBox(b)}]`).join("; ") : "none"],
     ["Subset in source", image.subset_hint || "—"],
     ["Id", image.id],
   ];

@@ -175,7 +175,8 @@ def runtime_metric(task: str, runner: Callable, samples: list[dict], preprocess:
         preds.append(confident({"boxes": (np.asarray(det["boxes"]).reshape(-1, 4) * scale).tolist(),
                                 "labels": np.asarray(det["labels"]).astype(int).tolist(),
                                 "scores": np.asarray(det["scores"]).tolist()}))
-    gts = [{"boxes": s["boxes"], "labels": s["labels"]} for s in samples]
+    gts = [{"boxes": s["boxes"], "labels": s["labels"], "difficult": s.get("difficult", [False] * len(s["boxes"]))}
+           for s in samples]
     return detection_metrics(gts, preds, class_names)["map50"]
 
 

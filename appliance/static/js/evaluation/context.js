@@ -43,11 +43,13 @@ export function className(index) {
 
 export const scoreThreshold = () => state.metrics?.confusion_matrix?.score_threshold ?? 0.25;
 
-// Truth (solid green) and the predictions scored at least `minScore` (dashed red) of one image.
+// Truth (solid green; difficult boxes labelled as ignored) and the predictions scored at least `minScore` (dashed red) of one image.
 export function detectionLayers(gt, pred, minScore) {
   const keep = keptIndices(pred.scores || [], minScore);
   return [
-    { boxes: gt.boxes || [], color: GT_COLOR, labels: (gt.labels || []).map((l) => `${className(l)} (truth)`) },
+    // a difficult box (VOC) is neither a hit nor a miss: say so rather than count it
+    { boxes: gt.boxes || [], color: GT_COLOR,
+      labels: (gt.labels || []).map((l, k) => `${className(l)} (${gt.difficult?.[k] ? "difficult, ignored" : "truth"})`) },
     { boxes: keep.map((i) => pred.boxes[i]), color: PRED_COLOR, dashed: true,
       labels: keep.map((i) => scoredLabel(className(pred.labels[i]), pred.scores[i])) },
   ];
