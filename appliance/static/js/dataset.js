@@ -105,7 +105,6 @@ function restoreFromUrl() {
   const offset = Number.parseInt(query.get("offset") || "0", 10);
   if (changed || offset > 0) {
     const params = new URLSearchParams(new FormData(filter));
-    for (const key of [...params.keys()]) if (!params.get(key)) params.delete(key);  // `issue=` would not validate
     if (offset > 0) params.set("offset", String(offset));
     htmx.ajax("GET", `/api/datasets/${projectId}/images?${params}`, { target: "#image-grid", swap: "innerHTML" });
   }
@@ -120,9 +119,8 @@ function restoreFromUrl() {
 // `?issue=…` (the health summary's links) shows only the images a health check flags. A module runs
 // before DOMContentLoaded, where htmx wires the form: trigger after that.
 const issueSelect = $("filter-issue");
-const issueWanted = new URLSearchParams(location.search).get("issue");
-if (issueWanted && hasOption(issueSelect, issueWanted)) {
-  issueSelect.value = issueWanted;
+if (query.get("issue") && [...issueSelect.options].some((o) => o.value === query.get("issue"))) {
+  issueSelect.value = query.get("issue");
   const apply = () => htmx.trigger(filter, "change");
   if (document.readyState === "complete") apply(); else document.addEventListener("DOMContentLoaded", apply);
 }
