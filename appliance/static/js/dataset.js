@@ -78,11 +78,13 @@ async function refreshClassFilter() {
 }
 document.body.addEventListener("dataset-changed", refreshClassFilter);
 // The grid's filter, its page and the open image live in the URL
-// (`?label=…&split_id=…&subset=…&offset=…&image=…`), so reload and Back keep them; the split
-// page's Browse link uses the same query to preselect a subset.
+// (`?label=…&split_id=…&subset=…&issue=…&offset=…&image=…`), so reload and Back keep them; the
+// split page's Browse link and the health summary's links use the same query to preselect a filter.
+const issueSelect = $("filter-issue");
 function syncUrl() {
   const q = new URLSearchParams();
   if (labelSelect.value) q.set("label", labelSelect.value);
+  if (issueSelect.value) q.set("issue", issueSelect.value);
   if (splitSelect.value) q.set("split_id", splitSelect.value);
   if (splitSelect.value && subsetSelect.value) q.set("subset", subsetSelect.value);
   const offset = Number(document.querySelector("#image-grid .grid-page")?.dataset.offset || 0);
@@ -96,6 +98,7 @@ function restoreFromUrl() {
   const query = new URLSearchParams(location.search);
   let changed = false;
   if (query.get("label") && hasOption(labelSelect, query.get("label"))) { labelSelect.value = query.get("label"); changed = true; }
+  if (query.get("issue") && hasOption(issueSelect, query.get("issue"))) { issueSelect.value = query.get("issue"); changed = true; }
   if (query.get("split_id") && hasOption(splitSelect, query.get("split_id"))) {
     splitSelect.value = query.get("split_id");
     subsetSelect.disabled = false;
@@ -104,7 +107,8 @@ function restoreFromUrl() {
   }
   const offset = Number.parseInt(query.get("offset") || "0", 10);
   if (changed || offset > 0) {
-    const params = new URLSearchParams(new FormData(filter));
+    // Empty filters are left out, as for htmx's own requests (`issue=` would not validate).
+    const params = new URLSearchParams([...new FormData(filter)].filter(([, value]) => value !== ""));
     if (offset > 0) params.set("offset", String(offset));
     htmx.ajax("GET", `/api/datasets/${projectId}/images?${params}`, { target: "#image-grid", swap: "innerHTML" });
   }
@@ -115,14 +119,6 @@ function restoreFromUrl() {
       .then((body) => { if (body && body.data) openImage(body.data); else syncUrl(); })
       .catch(() => syncUrl());
   }
-}
-// `?issue=…` (the health summary's links) shows only the images a health check flags. A module runs
-// before DOMContentLoaded, where htmx wires the form: trigger after that.
-const issueSelect = $("filter-issue");
-if (query.get("issue") && [...issueSelect.options].some((o) => o.value === query.get("issue"))) {
-  issueSelect.value = query.get("issue");
-  const apply = () => htmx.trigger(filter, "change");
-  if (document.readyState === "complete") apply(); else document.addEventListener("DOMContentLoaded", apply);
 }
 
 // ------------------------------------------------------------------ image view
@@ -150,9 +146,9 @@ function openImage(image) {
   // so they stay aligned at any displayed size.
   boxesLayer.replaceChildren(...image.boxes.map((b) => {
     const colour = colourFor(b.label);
-    const tag = el("span", { class: "box-label", text: b.label });
+    const tag = el("span", { class: "box-label", text: b.difficult ? `${b.label} (difficult)` : b.label });
     tag.style.background = colour;
-    const box = el("div", { class: "box", "data-label": b.label }, tag);
+    const box = el("div", { class: b.difficult ? "box difficult" : "box", "data-label": b.label }, tag);
     Object.assign(box.style, {
       left: `${(100 * b.x1) / image.width}%`, top: `${(100 * b.y1) / image.height}%`,
       width: `${(100 * (b.x2 - b.x1)) / image.width}%`, height: `${(100 * (b.y2 - b.y1)) / image.height}%`,
@@ -164,7 +160,7 @@ function openImage(image) {
   const rows = [
     ["Size", `${image.width} × ${image.height} px, ${(image.size_bytes / 1024).toFixed(1)} KiB`],
     ["Label", image.label || (image.boxes.length ? "—" : "none")],
-    ["Boxes", image.boxes.length ? image.boxes.map((b) => `${b.label} [${fmtBox(b)}]`).join("; ") : "none"],
+    ["Boxes", image.boxes.length ? image.boxes.map((b) => `${b.label}${b.difficult ? " (difficult)" : ""} [${fmtBox(b)}]`).join("; ") : "none"],
     ["Subset in source", image.subset_hint || "—"],
     ["Id", image.id],
   ];
