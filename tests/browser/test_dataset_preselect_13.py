@@ -57,6 +57,8 @@ def test_url_filters_apply_on_load_and_the_suggestion_goes(page, server, tmp_pat
     grid_shows(page, val)
     expect(page.locator("#filter-split")).to_have_value(split["id"])
     expect(page.locator("#filter-subset")).to_have_value("val")
+    page.wait_for_function("() => [...document.querySelectorAll('#image-grid .thumb img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
     shot(page, "polish-dataset-preselect")
 
     red = {im["id"] for im in list_all_images(http, pid, label="red")}
