@@ -174,9 +174,11 @@ class HealthLimits(PublicModel):
 
 class DatasetHealth(PublicModel):
     near_duplicate_distance: int = Field(description="Hamming threshold (bits of the 64-bit perceptual hash)")
-    near_duplicate_groups: int
-    near_duplicate_images: int = Field(description="Images in a near-duplicate group")
+    near_duplicate_groups: int | None = Field(description="Groups of near-duplicate images; null while `pending`")
+    near_duplicate_images: int | None = Field(description="Images in a near-duplicate group; null while `pending`")
     unhashed_images: int = Field(description="Images without a perceptual hash yet (left out of the checks)")
+    pending: bool = Field(description="The near-duplicate groups are still being computed (after the images "
+                          "changed); ask again shortly")
     class_imbalance: ClassImbalance
     tiny_images: int
     huge_images: int
@@ -234,7 +236,8 @@ class DatasetSummaryPublic(PublicModel):
     height: Stats | None = Field(description="Pixels; null without images")
     aspect_ratio: Stats | None = Field(description="width / height; null without images")
     images_without_labels: int
-    near_duplicate_groups: int = Field(description="Groups of near-duplicate images (see `health`)")
+    near_duplicate_groups: int | None = Field(description="Groups of near-duplicate images (see `health`); "
+                                              "null while `health.pending`")
     health: DatasetHealth
     warnings: list[str] = Field(description="Dataset health warnings (e.g. strong class imbalance)")
     last_import: ImportJobPublic | None

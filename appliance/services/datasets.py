@@ -264,6 +264,20 @@ def run_import(settings: Settings, import_id: str) -> None:
     else:
         # Exit 0 closes the job itself; anything left open now was cut off.
         _close_after_worker(settings, import_id, JobStatus.FAILED, _worker_death(code))
+    _warm_health(settings, import_id)
+
+
+def _warm_health(settings: Settings, import_id: str) -> None:
+    """After an import (still in the import lane): compute the project's near-duplicate groups now,
+    so the dataset summary answers from the cache instead of the first page view paying for them."""
+    try:
+        with session_scope(settings.db_url) as s:
+            job = s.get(ImportJob, import_id)
+            project_id = job.project_id if job is not None else None
+        if project_id is not None:
+            health.warm(settings.db_url, project_id, settings.near_duplicate_distance)
+    except Exception:  # a deleted project, a database hiccup: the summary computes them later
+        log.exception("Import %s: near-duplicate groups not precomputed", import_id)
 
 
 def _start_worker(settings: Settings, import_id: str) -> subprocess.Popen:

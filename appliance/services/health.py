@@ -11,7 +11,10 @@ Near-duplicates: two images whose hashes differ in at most `distance` bits
 (AISTUDIO_NEAR_DUPLICATE_DISTANCE, or the request's `distance`). A group is a connected component
 of that relation (single linkage). Grouping never compares all pairs: images with the same hash
 share one node (an exact-hash bucket), and the pairs of distinct hashes come from multi-index
-hashing (`near_pairs`). A split leaks when a group has images in train and in val/test: the model
+hashing (`near_pairs`). The groups are computed in the import lane after each import (`warm`), so
+the dataset summary answers from the cache; when a large project's images changed otherwise (a
+deletion) the summary starts the computation in the background and reports `pending` meanwhile.
+A split leaks when a group has images in train and in val/test: the model
 is then tested on pictures it has (nearly) seen, and the test scores come out too good.
 """
 
@@ -22,6 +25,7 @@ import logging
 import math
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +92,8 @@ def backfill_phashes(settings: Settings, batch: int = 500) -> int:
         done += len(values)
     if done:
         log.info("Perceptual hashes computed for %d image(s) imported before hashing", done)
+        for project_id in sorted({project_id for _, project_id, _ in todo}):
+            warm(settings.db_url, project_id, settings.near_duplicate_distance)
     return done
 
 
@@ -191,27 +197,114 @@ def check_distance(distance: int) -> int:
     return distance
 
 
-def near_index(session: Session, project_id: str, distance: int) -> NearIndex:
-    """The project's near-duplicate index, rebuilt only when its images changed (a cheap count /
-    latest-import fingerprint is compared first)."""
-    check_distance(distance)
-    fingerprint = tuple(session.execute(
+def _fingerprint(session: Session, project_id: str) -> tuple:
+    return tuple(session.execute(
         select(func.count(Image.id), func.count(Image.phash), func.max(Image.created_at), func.max(Image.id))
         .where(Image.project_id == project_id)
     ).one())
-    key = (str(session.get_bind().url), project_id, distance)
+
+
+def _key(session: Session, project_id: str, distance: int) -> tuple:
+    return (str(session.get_bind().url), project_id, distance)
+
+
+def _cached(key: tuple, fingerprint: tuple) -> NearIndex | None:
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
         if cached and cached[0] == fingerprint:
             _CACHE.move_to_end(key)
             return cached[1]
-    index = _build(session, project_id, distance)
+    return None
+
+
+def _store(key: tuple, fingerprint: tuple, index: NearIndex) -> None:
     with _CACHE_LOCK:
         _CACHE[key] = (fingerprint, index)
         _CACHE.move_to_end(key)
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
+
+
+def near_index(session: Session, project_id: str, distance: int) -> NearIndex:
+    """The project's near-duplicate index, rebuilt only when its images changed (a cheap count /
+    latest-import fingerprint is compared first). Blocks while it builds: for the pages that list
+    groups or leaks; the dataset summary uses `cached_index`, which never waits on a large build."""
+    check_distance(distance)
+    fingerprint = _fingerprint(session, project_id)
+    key = _key(session, project_id, distance)
+    index = _cached(key, fingerprint)
+    if index is None:
+        index = _build(session, project_id, distance)
+        _store(key, fingerprint, index)
     return index
+
+
+# Builds in flight (cache key -> Future), so that a request during a build neither starts a second
+# one nor waits: the summary says `pending` instead. Builds a request asks for run here, one at a time.
+_BUILDING: dict[tuple, Future] = {}
+_BUILDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="near-duplicates")
+SYNC_BUILD_MAX = 2000  # hashed images: up to this many a stale index is rebuilt in the request (milliseconds)
+
+
+def warm(db_url: str, project_id: str, distance: int) -> None:
+    """Build the project's index now if its images changed since the cached one (the import lane
+    calls this after each import and after the hash backfill, so the dataset page finds it ready)."""
+    with session_scope(db_url) as s:
+        key = _key(s, project_id, distance)
+        fingerprint = _fingerprint(s, project_id)
+        if _cached(key, fingerprint) is not None:
+            return
+        done: Future = Future()
+        with _CACHE_LOCK:
+            _BUILDING.setdefault(key, done)
+        try:
+            _store(key, fingerprint, _build(s, project_id, distance))
+        finally:
+            with _CACHE_LOCK:
+                if _BUILDING.get(key) is done:
+                    del _BUILDING[key]
+            done.set_result(None)
+
+
+def building(session: Session, project_id: str, distance: int) -> Future | None:
+    """The build of this index in flight, if any (tests wait on it)."""
+    with _CACHE_LOCK:
+        return _BUILDING.get(_key(session, project_id, distance))
+
+
+def cached_index(session: Session, project_id: str, distance: int) -> NearIndex | None:
+    """The index if it is up to date, built here when it is small; otherwise None, with a build
+    started in the background (unless one is running): the caller reports the check as pending."""
+    check_distance(distance)
+    fingerprint = _fingerprint(session, project_id)
+    key = _key(session, project_id, distance)
+    index = _cached(key, fingerprint)
+    if index is not None:
+        return index
+    with _CACHE_LOCK:
+        if key in _BUILDING:
+            return None
+    if fingerprint[1] <= SYNC_BUILD_MAX:
+        index = _build(session, project_id, distance)
+        _store(key, fingerprint, index)
+        return index
+    url = session.get_bind().url.render_as_string(hide_password=False)
+    with _CACHE_LOCK:
+        if key not in _BUILDING:
+            _BUILDING[key] = _BUILDER.submit(_background_build, url, key, project_id, distance)
+    return None
+
+
+def _background_build(url: str, key: tuple, project_id: str, distance: int) -> None:
+    try:
+        with session_scope(url) as s:
+            fingerprint = _fingerprint(s, project_id)
+            _store(key, fingerprint, _build(s, project_id, distance))
+    except Exception:
+        log.exception("Near-duplicate groups of project %s could not be computed", project_id)
+    finally:
+        with _CACHE_LOCK:
+            _BUILDING.pop(key, None)
 
 
 def _build(session: Session, project_id: str, distance: int) -> NearIndex:
@@ -375,20 +468,22 @@ def imbalance(class_counts: dict[str, int]) -> dict:
 
 
 def checks(session: Session, project_id: str, class_counts: dict[str, int], distance: int) -> dict:
-    """The health block of the dataset summary (`health`), with the near-duplicate group count."""
+    """The health block of the dataset summary (`health`), with the near-duplicate group count —
+    None, with `pending`, while a large project's groups are being computed (never waited for)."""
     def count(condition) -> int:
         return session.scalar(select(func.count(Image.id)).where(Image.project_id == project_id, condition)) or 0
 
-    index = near_index(session, project_id, distance)
+    index = cached_index(session, project_id, distance)
     in_project = and_(Image.project_id == project_id, _degenerate())
     bad_boxes = session.scalar(select(func.count(Box.id)).join(Image, Image.id == Box.image_id).where(in_project)) or 0
     bad_box_images = session.scalar(
         select(func.count(func.distinct(Box.image_id))).join(Image, Image.id == Box.image_id).where(in_project)) or 0
     return {
         "near_duplicate_distance": distance,
-        "near_duplicate_groups": len(index.groups),
-        "near_duplicate_images": index.grouped_images,
-        "unhashed_images": index.unhashed,
+        "near_duplicate_groups": None if index is None else len(index.groups),
+        "near_duplicate_images": None if index is None else index.grouped_images,
+        "unhashed_images": count(Image.phash.is_(None)) if index is None else index.unhashed,
+        "pending": index is None,
         "class_imbalance": imbalance(class_counts),
         "tiny_images": count(issue_condition("tiny")),
         "huge_images": count(issue_condition("huge")),
