@@ -159,6 +159,37 @@ def test_gpu_group_enabled_on_defaults_starts_from_zero():
     assert (gpu["replicas"], gpu["minReplicas"]) == (0, 0) and cluster["enableInTreeAutoscaling"] is True
 
 
+def _head_resources(docs) -> dict:
+    params = _one(docs, "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]
+    return json.loads(params["resources"].strip("'"))
+
+
+def test_gpus_on_demand_are_announced_by_the_head():
+    """With GPU workers at zero the cluster has no GPU yet; without the head's marker resource the app
+    would train and evaluate on the CPU and the autoscaler would never add a GPU pod."""
+    from ray_jobs.gpus import ON_DEMAND_RESOURCE, schedulable_gpus
+
+    docs = _render_set("gpu")
+    resources = _head_resources(docs)
+    assert resources[ON_DEMAND_RESOURCE] == yaml.safe_load((CHART.parent / "ci-values-gpu.yaml").read_text())[
+        "gpuWorkers"]["gpusPerWorker"]
+    # What the app computes on that cluster before any GPU pod is up: the head's resources only.
+    assert schedulable_gpus({"CPU": 4.0, **resources}) >= 1
+    for group in _one(docs, "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        assert ON_DEMAND_RESOURCE not in group["rayStartParams"].get("resources", "")
+    for args in ((), ("--set", "gpuWorkers.enabled=true", "--set", "ray.enableAutoscaling=false")):
+        assert ON_DEMAND_RESOURCE not in _head_resources(_render(*args)), args
+
+
+def test_schedulable_gpus():
+    from ray_jobs.gpus import ON_DEMAND_RESOURCE, schedulable_gpus
+
+    assert schedulable_gpus({}) == 0
+    assert schedulable_gpus({"CPU": 8.0, "GPU": 2.0}) == 2
+    assert schedulable_gpus({"CPU": 8.0, ON_DEMAND_RESOURCE: 1.0}) == 1
+    assert schedulable_gpus({"GPU": 4.0, ON_DEMAND_RESOURCE: 1.0}) == 4
+
+
 def test_head_gpus_cannot_be_turned_on():
     err = _render_fails("--set-string", "head.rayStartParams.num-gpus=1")
     assert "head.rayStartParams.num-gpus" in err, err
