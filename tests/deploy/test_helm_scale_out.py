@@ -363,3 +363,20 @@ def test_new_objects_pass_kubernetes_schema(name, tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert output.count(" passed for resource ") == len(to_check), output
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def test_readme_has_a_scale_out_section():
+    readme = (CHART.parents[1] / "README.md").read_text()
+    section = readme.split("\n## Scale out\n", 1)[1].split("\n## ", 1)[0]
+    for needed in ("head", "event bus", "GPU workers", "PostgreSQL", "ReadWriteMany", "AISTUDIO_DATABASE_URL",
+                   "AISTUDIO_TRAIN_GPU_FRACTION", "AISTUDIO_EVAL_GPU_FRACTION", "helm/aistudio/README.md",
+                   "aistudio_gpus_on_demand"):
+        assert needed in section, f"README's Scale out section does not mention {needed}"
+    # Joining a cluster is linked, not repeated: the paragraph lives under the linked heading.
+    (anchor,) = [a for a in ("#settings",) if f"]({a})" in section]
+    settings = readme.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    assert "**Joining an existing Ray cluster.**" in settings and anchor
+    assert "**Joining an existing Ray cluster.**" not in section
