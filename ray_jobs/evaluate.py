@@ -24,6 +24,7 @@ from appliance.store.records import get_owned
 from appliance.store.status import JobStatus
 from appliance.store.tables import Experiment
 from ray_jobs.events import appliance_settings, pass_gate_if_testing
+from ray_jobs.gpus import cluster_gpus
 
 BATCH = 16
 GPU_DECODE_WORKERS = 3
@@ -31,7 +32,7 @@ PROGRESS_EVERY_S = 0.5
 
 
 def task_resources(gpu_fraction: float) -> dict:
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    has_gpu = cluster_gpus() > 0  # GPUs up, or added on demand (ray_jobs.gpus)
     return {"num_gpus": gpu_fraction if has_gpu else 0, "num_cpus": 1}
 
 

@@ -22,6 +22,7 @@ from appliance.store.runs import trained_checkpoint
 from appliance.store.status import JobStatus
 from appliance.store.tables import Experiment
 from ray_jobs.events import appliance_settings, pass_gate_if_testing
+from ray_jobs.gpus import cluster_gpus
 
 PARITY_IMAGES = 8
 METRIC_MAX_IMAGES = 500
@@ -46,7 +47,7 @@ def check_format(fmt: str, precision: str, cluster_gpus: float) -> None:
 
 
 def task_resources(fmt: str, gpu_fraction: float) -> dict:
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    has_gpu = cluster_gpus() > 0  # GPUs up, or added on demand (ray_jobs.gpus)
     return {"num_gpus": (1 if fmt == "tensorrt" else gpu_fraction) if has_gpu else 0, "num_cpus": 1}
 
 
@@ -123,7 +124,7 @@ def main(
     with session_factory(settings["db_url"])() as session:
         exp = get_owned(session, Experiment, "experiment", project, experiment)
         trained_checkpoint(Workspace(Path(settings["workspace"])), exp, "best")
-        check_format(format, precision, ray.cluster_resources().get("GPU", 0))
+        check_format(format, precision, cluster_gpus())
         export = exports.queue(session, project, experiment, format, precision, dynamic_batch=True, opset=None,
                                checkpoint="best")
     status = ray.get(export_task.options(**task_resources(format, settings["eval_gpu_fraction"])).remote(

@@ -30,6 +30,7 @@ from appliance.store.records import get_owned
 from appliance.store.status import JobStatus
 from appliance.store.tables import Experiment
 from ray_jobs.events import appliance_settings, get_event_bus, pass_gate
+from ray_jobs.gpus import cluster_gpus
 
 CHECKPOINTS_KEPT = 2
 
@@ -298,7 +299,7 @@ def _train(settings: dict, bus, workspace: Workspace, experiment_id: str, run: r
         shutil.rmtree(storage / experiment_id, ignore_errors=True)
         shutil.rmtree(run_dir / "weights", ignore_errors=True)
         log_file.unlink(missing_ok=True)
-    use_gpu = ray.cluster_resources().get("GPU", 0) >= settings["train_gpu_fraction"]
+    use_gpu = cluster_gpus() >= settings["train_gpu_fraction"]  # GPUs up, or added on demand
     write_log(str(log_file), f"{'resuming' if resume else 'starting'} {run.model} for {params['epochs']} epochs on "
               f"{'1 GPU' if use_gpu else 'CPU'}: {len(train_samples)} train / {len(val_samples)} val images, "
               f"{'from pretrained weights' if params.get('pretrained') else 'training from scratch (no pretrained weights)'}")

@@ -17,6 +17,8 @@ def cluster_gpus() -> float:
     try:
         import ray
 
-        return float(ray.cluster_resources().get("GPU", 0.0)) if ray.is_initialized() else 0.0
+        from ray_jobs.gpus import schedulable_gpus  # GPUs up, or added on demand
+
+        return schedulable_gpus(ray.cluster_resources()) if ray.is_initialized() else 0.0
     except Exception:
         return 0.0

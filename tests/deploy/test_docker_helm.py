@@ -475,7 +475,8 @@ def test_secrets_are_referenced(name):
         assert refs["AISTUDIO_DATABASE_URL"] == ("aistudio-db", "database-url")
         assert not any("api-token" in s.get("data", {}) for s in secrets.values()), "existingSecret: no chart token"
     else:
-        assert "AISTUDIO_DATABASE_URL" not in refs  # SQLite default (see the NOTES warning)
+        # PostgreSQL default: the chart's own StatefulSet, its URL in the chart Secret.
+        assert refs["AISTUDIO_DATABASE_URL"] == ("aistudio-secrets", "database-url")
 
 
 def test_token_and_database_values_land_in_the_chart_secret():
@@ -494,7 +495,8 @@ def test_token_auth_can_be_switched_off():
     for _, template in _ray_pods(rs):
         assert "AISTUDIO_API_TOKEN" not in _env_of(template["spec"]["containers"][0])
     assert rs["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "disabled"}
-    assert not _kind(docs, "Secret")
+    # Only the default PostgreSQL's credentials remain.
+    assert [set(s["data"]) for s in _kind(docs, "Secret")] == [{"postgres-password", "database-url"}]
 
 
 def test_gpu_worker_group_requests_gpus():

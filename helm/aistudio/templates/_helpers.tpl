@@ -59,7 +59,45 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{- define "aistudio.createDatabaseUrl" -}}
-{{- if and .Values.database.url (not .Values.database.existingSecret) -}}true{{- end -}}
+{{- if or (and .Values.database.url (not .Values.database.existingSecret)) (include "aistudio.postgresql" .) -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when the chart creates its own PostgreSQL (no external database configured). */}}
+{{- define "aistudio.postgresql" -}}
+{{- if and .Values.postgresql.enabled (not .Values.database.url) (not .Values.database.existingSecret) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "aistudio.postgresqlName" -}}
+{{- printf "%s-postgresql" (include "aistudio.fullname" .) -}}
+{{- end -}}
+
+{{/* "true" when the app would use SQLite: no database at all, or a sqlite URL. */}}
+{{- define "aistudio.sqlite" -}}
+{{- if .Values.database.existingSecret -}}
+{{- else if .Values.database.url -}}
+{{- if hasPrefix "sqlite" .Values.database.url -}}true{{- end -}}
+{{- else if not .Values.postgresql.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The most Ray pods the release can run at once: the head, each enabled worker group at its
+replicas (or maxReplicas when the autoscaler is on), and a second cluster during a NewCluster upgrade.
+*/}}
+{{- define "aistudio.maxPods" -}}
+{{- $pods := 1 -}}
+{{- range $group := list .Values.cpuWorkers .Values.gpuWorkers -}}
+{{- if $group.enabled -}}
+{{- if $.Values.ray.enableAutoscaling -}}
+{{- $pods = add $pods (max (int $group.replicas) (int $group.maxReplicas)) -}}
+{{- else -}}
+{{- $pods = add $pods (int $group.replicas) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if eq .Values.ray.upgradeStrategy "NewCluster" -}}
+{{- $pods = mul $pods 2 -}}
+{{- end -}}
+{{- $pods -}}
 {{- end -}}
 
 {{- define "aistudio.rayAuthSecretName" -}}
@@ -131,7 +169,7 @@ KubeRay's probes call the Serve proxy's own /-/healthz, which never reaches the 
       name: {{ default (include "aistudio.secretName" .) .Values.apiToken.existingSecret }}
       key: {{ ternary .Values.apiToken.existingSecretKey "api-token" (ne .Values.apiToken.existingSecret "") }}
 {{- end }}
-{{- if or .Values.database.existingSecret .Values.database.url }}
+{{- if or .Values.database.existingSecret .Values.database.url (include "aistudio.postgresql" .) }}
 - name: AISTUDIO_DATABASE_URL
   valueFrom:
     secretKeyRef:
@@ -148,6 +186,10 @@ KubeRay's probes call the Serve proxy's own /-/healthz, which never reaches the 
   mountPath: {{ .Values.workspace.mountPath }}
 - name: dshm
   mountPath: /dev/shm
+{{- range $i, $path := .Values.writablePaths }}
+- name: writable-{{ $i }}
+  mountPath: {{ $path }}
+{{- end }}
 {{- with .Values.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
@@ -163,6 +205,10 @@ KubeRay's probes call the Serve proxy's own /-/healthz, which never reaches the 
   emptyDir:
     medium: Memory
     sizeLimit: {{ index . 1 }}
+{{- range $i, $path := $root.Values.writablePaths }}
+- name: writable-{{ $i }}
+  emptyDir: {}
+{{- end }}
 {{- with $root.Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
