@@ -51,7 +51,8 @@ def target_totals(n: int, ratios: Mapping[str, float]) -> dict[str, int]:
     for s in sorted(SUBSETS, key=lambda s: exact[s] - counts[s], reverse=True)[: n - sum(counts.values())]:
         counts[s] += 1
     if n and not counts["train"]:
-        donor = max(SUBSETS[1:], key=lambda s: counts[s])
+        # From the subset most over its exact share: it stays within one image of it.
+        donor = max(SUBSETS[1:], key=lambda s: (counts[s] - exact[s], counts[s]))
         counts[donor] -= 1
         counts["train"] += 1
     return counts

@@ -153,7 +153,7 @@ def test_pages_render(client):
     page = parse(client.get("/projects").text)
     assert page.select_one("form#create-project input[name=name]")
     pid = client.post("/api/projects", json={"name": "a", "task": "detection"}).json()["data"]["id"]
-    sections = ("dataset", "split", "training", "evaluation", "export")
+    sections = ("dataset", "split", "training", "evaluation", "export", "deploy")
     for section in sections:
         r = client.get(f"/projects/{pid}/{section}")
         assert r.status_code == 200

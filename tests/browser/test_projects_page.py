@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.browser.conftest import screenshot
@@ -18,9 +20,10 @@ def test_create_list_delete_project(page, server):
     page.fill("#create-project input[name=name]", "Browser cats")
     page.select_option("#create-project select[name=task]", "classification")
     page.click("#create-project button[type=submit]")
+    page.wait_for_url(re.compile(r"/projects/proj-[0-9a-f]{12}/dataset$"))  # creating opens it (issue #13 item 12)
+    page.goto("/projects")
     row = page.locator("#projects-table tr", has_text="Browser cats")
     row.wait_for()
-    assert page.locator("#create-project input[name=name]").input_value() == ""
     # the status strip: one dot per health part, each green exactly when the server says it is up
     page.locator("#status-strip .dot").nth(2).wait_for()
     health = server.http.get("/api/system/health").json()["data"]

@@ -571,4 +571,4 @@ def test_non_finite_coco_through_the_api_imports_the_rest(client, settings):
         {"file": "images/b.jpg", "reason": "no valid box left; image skipped"},
     ]
     [image] = list_all_images(client, pid)
-    assert (image["original_name"], image["boxes"]) == ("images/a.jpg", [{"label": "cat", "x1": 1, "y1": 2, "x2": 11, "y2": 12}])
+    assert (image["original_name"], image["boxes"]) == ("images/a.jpg", [{"label": "cat", "x1": 1, "y1": 2, "x2": 11, "y2": 12, "difficult": False}])
