@@ -14,4 +14,5 @@ venv=${AISTUDIO_VENV:-.venv}
 "$venv/bin/ruff" check --quiet appliance ray_jobs tests benchmarks
 # The layering (api → services → ray_jobs → appliance.store): contracts in pyproject.toml.
 "$venv/bin/lint-imports" --no-cache
-exec "$venv/bin/python" -m pytest -p no:cacheprovider -ra "$@"
+# --durations: the slowest tests, so the suite's time (budget: well inside 40 min with installs) is watched.
+exec "$venv/bin/python" -m pytest -p no:cacheprovider -ra --durations=25 "$@"
