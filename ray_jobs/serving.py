@@ -22,6 +22,7 @@ import base64
 import binascii
 import hmac
 import json
+import shutil
 import tempfile
 import time
 import zipfile
@@ -100,7 +101,8 @@ def metrics_actor():
 
 
 def _load_bundle(bundle: str) -> tuple[dict, list[str], dict, Path]:
-    """export.json, labels, preprocess spec, and the model file unpacked to a private temp folder."""
+    """export.json, labels, preprocess spec, and the model file unpacked to a private temp folder
+    (the caller removes it once the model is loaded: every runner reads the whole file at load)."""
     with zipfile.ZipFile(bundle) as zf:
         meta = json.loads(zf.read("export.json"))
         labels = json.loads(zf.read("labels.json"))
@@ -170,7 +172,10 @@ class ModelEndpoint:
         meta, self.labels, self.spec, path = _load_bundle(config["bundle"])
         self.task = meta["task"]
         self.score_threshold = float(meta.get("score_threshold", 0.25))
-        self.model = _Model(meta, path, use_gpu=float(config.get("gpu_fraction", 0)) > 0)
+        try:
+            self.model = _Model(meta, path, use_gpu=float(config.get("gpu_fraction", 0)) > 0)
+        finally:  # one unpacked copy per replica start would otherwise pile up in /tmp
+            shutil.rmtree(path.parent, ignore_errors=True)
         self.predict_batch.set_max_batch_size(max(1, int(config.get("max_batch_size", 8))))
         self.predict_batch.set_batch_wait_timeout_s(max(0.0, float(config.get("batch_wait_ms", 5))) / 1000)
         self.metrics = metrics_actor()

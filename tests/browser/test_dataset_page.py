@@ -47,7 +47,8 @@ def test_upload_zip_browse_and_view_boxes(page, server, tmp_path):
     # the finished import refreshed the summary and the grid
     page.locator("#summary-images", has_text="10").wait_for()
     assert page.locator("#summary-boxes").inner_text() == "10"
-    assert page.evaluate("() => !!Chart.getChart(document.getElementById('class-chart'))")
+    # the chart is drawn once htmx has settled the swapped summary, a moment after its text is in
+    page.wait_for_function("() => !!Chart.getChart(document.getElementById('class-chart'))", timeout=5_000)
     page.locator("#image-grid .thumb").nth(9).wait_for()
     assert page.locator("#image-grid .thumb").count() == 10
     wait_thumbs_loaded(page, 10)

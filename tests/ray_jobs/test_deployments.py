@@ -10,8 +10,10 @@ import io
 import json
 import subprocess
 import sys
+import tempfile
 import uuid
 import zipfile
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -75,11 +77,14 @@ def test_endpoint_answers_as_the_bundle_does_and_guards_its_door(server, classif
     pid, export = classifier_export
     name = f"colours-{uuid.uuid4().hex[:6]}"
     ingress_deployed_at = serve.status().applications["aistudio"].last_deployed_time_s
+    unpacked_before = set(Path(tempfile.gettempdir()).glob("aistudio-endpoint-*"))
     keyed = deploy(server, pid, export["id"], name, max_batch_size=4, batch_wait_ms=2)
     key = keyed["api_key"]
     assert key and keyed["auth"] == "key"
     open_one = deploy(server, pid, export["id"], f"{name}-open", auth="none", max_batch_size=1)
     assert open_one["api_key"] is None
+    # each replica unpacks the model to load it, then removes its copy (they used to pile up in /tmp)
+    assert set(Path(tempfile.gettempdir()).glob("aistudio-endpoint-*")) <= unpacked_before
     try:
         image = server.http.get(f"/api/datasets/{pid}/images?limit=1").json()["data"]["items"][0]
         data = server.http.get(image["url"]).content
