@@ -119,15 +119,18 @@ def _atomic_copy(source: Path, target: Path) -> None:
 
 
 class BestLastCheckpoint(Callback):
-    """Writes `last.ckpt` every epoch and `best.ckpt` when val_metric (higher is better) improves.
+    """Writes `last.ckpt` every epoch and `best.ckpt` when val_metric (higher is better) improves,
+    or stays equal with a lower val_loss: on a small validation set accuracy saturates within a few
+    epochs, and the first epoch to reach it is rarely the best-trained model.
 
-    Files are replaced atomically, so a reader never sees half a checkpoint. `best_metric`
-    travels inside the checkpoints and is restored on resume.
+    Files are replaced atomically, so a reader never sees half a checkpoint. `best_metric` (and
+    the val_loss that went with it) travel inside the checkpoints and are restored on resume.
     """
 
     def __init__(self, weights_dir: Path | str):
         self.weights_dir = Path(weights_dir)
         self.best_metric: float | None = None
+        self.best_loss: float | None = None
 
     @property
     def last_path(self) -> Path:
@@ -141,9 +144,10 @@ class BestLastCheckpoint(Callback):
         metric = _metric(trainer, "val_metric")
         if metric is None:
             return
-        improved = not math.isnan(metric) and (self.best_metric is None or metric > self.best_metric)
+        loss = _metric(trainer, "val_loss")
+        improved = is_better(metric, loss, self.best_metric, self.best_loss)
         if improved:
-            self.best_metric = metric
+            self.best_metric, self.best_loss = metric, loss
         if trainer.is_global_zero:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.last_path.with_name("last.ckpt.tmp")
@@ -155,10 +159,22 @@ class BestLastCheckpoint(Callback):
                 _atomic_copy(self.last_path, self.best_path)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_metric": self.best_metric}
+        return {"best_metric": self.best_metric, "best_loss": self.best_loss}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_metric = state_dict.get("best_metric")
+        self.best_loss = state_dict.get("best_loss")
+
+
+def is_better(metric: float, loss: float | None, best_metric: float | None, best_loss: float | None) -> bool:
+    """A higher val_metric wins; an equal one wins with a lower val_loss. NaN never wins."""
+    if math.isnan(metric):
+        return False
+    if best_metric is None or metric > best_metric:
+        return True
+    if metric < best_metric or loss is None or math.isnan(loss):
+        return False
+    return best_loss is None or loss < best_loss
 
 
 def build_trainer(
