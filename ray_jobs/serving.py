@@ -22,6 +22,7 @@ import base64
 import binascii
 import hmac
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -115,7 +116,7 @@ def _load_bundle(bundle: str) -> tuple[dict, list[str], dict, Path]:
 class _Model:
     """Runs a batch of preprocessed images; per image: logits (classification) or (boxes, scores, labels)."""
 
-    def __init__(self, meta: dict, path: Path, use_gpu: bool):
+    def __init__(self, meta: dict, path: Path, use_gpu: bool, cpus: float = 1.0):
         self.task, self.fmt = meta["task"], meta["format"]
         self.batched = self.task == "classification" and not meta.get("batch_fixed")
         if self.fmt == "onnx":
@@ -124,8 +125,11 @@ class _Model:
             providers = ["CPUExecutionProvider"]
             if use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
                 providers.insert(0, "CUDAExecutionProvider")
-            # the bundle's predict.py opens its session the same way (bundle_templates/runtime_onnx.py)
-            session = ort.InferenceSession(str(path), providers=providers)
+            # The same model file and providers as the bundle's predict.py (bundle_templates/runtime_onnx.py),
+            # but threads sized to the replica: onnxruntime's default is a spinning thread per core, which
+            # on a small host takes the CPU the HTTP proxy and the other replicas need (benchmarks/README.md,
+            # endpoint_load: CPU per request -30 %). Thread count changes no result beyond float rounding.
+            session = ort.InferenceSession(str(path), onnx_session_options(cpus), providers=providers)
             name = session.get_inputs()[0].name
             self._run = lambda x: session.run(None, {name: x})
         else:  # torchscript, tensorrt: the export package's runners (torch; TensorRT where it is installed)
@@ -148,6 +152,20 @@ class _Model:
             return [logits[i] for i in range(len(xs))]
         outs = [self._run(x) for x in xs]
         return [o[0][0] for o in outs] if self.task == "classification" else outs
+
+
+def onnx_session_options(cpus: float):
+    """onnxruntime options for an endpoint replica reserving `cpus` CPUs: that many intra-op threads
+    (at least 1: the calling thread alone), and no spin-waiting (idle threads yield the CPU at once)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, math.ceil(cpus))
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
 
 
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
@@ -173,7 +191,8 @@ class ModelEndpoint:
         self.task = meta["task"]
         self.score_threshold = float(meta.get("score_threshold", 0.25))
         try:
-            self.model = _Model(meta, path, use_gpu=float(config.get("gpu_fraction", 0)) > 0)
+            self.model = _Model(meta, path, use_gpu=float(config.get("gpu_fraction", 0)) > 0,
+                                cpus=float(config.get("cpus", 1)))
         finally:  # one unpacked copy per replica start would otherwise pile up in /tmp
             shutil.rmtree(path.parent, ignore_errors=True)
         self.predict_batch.set_max_batch_size(max(1, int(config.get("max_batch_size", 8))))
@@ -316,7 +335,7 @@ def deploy(config: dict, *, min_replicas: int, max_replicas: int, gpu_fraction: 
         autoscaling_config={"min_replicas": min_replicas, "max_replicas": max_replicas,
                             "initial_replicas": min_replicas, "target_ongoing_requests": max(2, batch),
                             "upscale_delay_s": 5, "downscale_delay_s": 60},
-    ).bind(config)
+    ).bind({**config, "cpus": cpus})
     ray.get(metrics_actor().reset.remote(config["name"]))
     serve.run(app, name=app_name(config["name"]), route_prefix=route_prefix(config["name"]), blocking=False)
 
