@@ -120,7 +120,8 @@ class Settings(BaseSettings):
     )
     endpoint_cpus: float = Field(
         default=0.25, ge=0, le=64,
-        description="CPUs Ray reserves for each replica of a prediction endpoint (Deploy page; fractions allowed).",
+        description="CPUs Ray reserves for each replica of a prediction endpoint (Deploy page; fractions allowed); "
+        "an ONNX replica runs ceil(this) onnxruntime threads (at least 1).",
     )
     endpoint_start_timeout_s: float = Field(
         default=300, gt=0, le=3600,

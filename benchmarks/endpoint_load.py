@@ -110,6 +110,8 @@ def in_process(bundle: Path, images: list[bytes], duration_s: float, batch: int)
         labels = json.loads(zf.read("labels.json"))
         session = ort.InferenceSession(zf.read("model.onnx"), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
+    cpu = os.times()
+    cpu_start = cpu.user + cpu.system
     times, done, start = [], 0, time.perf_counter()
     while time.perf_counter() - start < duration_s:
         chunk = [images[(done + i) % len(images)] for i in range(batch)]
@@ -121,8 +123,34 @@ def in_process(bundle: Path, images: list[bytes], duration_s: float, batch: int)
         times.append((time.perf_counter() - t) * 1000)
         done += batch
     elapsed = time.perf_counter() - start
+    cpu = os.times()
+    cpu_s = cpu.user + cpu.system - cpu_start
     return {"batch": batch, "images": done, "images_per_s": round(done / elapsed, 1),
+            "cpu_ms_per_image": round(cpu_s * 1000 / done, 2),
             "p50_ms_per_call": round(percentile(times, 50), 2), "p99_ms_per_call": round(percentile(times, 99), 2)}
+
+
+def cpu_seconds() -> dict:
+    """CPU seconds (user + system) so far of this run's own processes, by role: the endpoint's replicas,
+    Serve's HTTP proxy, locust (a child of this process, counted once it ended) and the rest of this
+    Ray session (raylet, GCS, controller, log monitor, ...). Only descendants of this process count,
+    so other sessions' work on a shared host is left out: CPU per request stays comparable when the
+    load average swings, where req/s does not."""
+    import psutil
+
+    roles = {"replica": 0.0, "proxy": 0.0, "ray_other": 0.0}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmd, times = " ".join(proc.cmdline()), proc.cpu_times()
+        except psutil.Error:
+            continue
+        if "locust" in cmd:
+            continue
+        role = "replica" if "ServeReplica:model-" in cmd else "proxy" if "ProxyActor" in cmd else "ray_other"
+        roles[role] += times.user + times.system
+    own = os.times()
+    roles["locust"] = own.children_user + own.children_system  # ended children: the locust runs
+    return roles
 
 
 def run_locust(host: str, path: str, images: Path, users: int, duration_s: int, workdir: Path, tag: str) -> dict:
@@ -169,8 +197,9 @@ def main() -> None:
 
     baseline = {"sequential": in_process(bundle, images, args.duration / 2, 1),
                 "batched": in_process(bundle, images, args.duration / 2, args.batch)}
-    print(f"in-process onnxruntime: {baseline['sequential']['images_per_s']} img/s one at a time, "
-          f"{baseline['batched']['images_per_s']} img/s in batches of {args.batch}")
+    print(f"in-process onnxruntime: {baseline['sequential']['images_per_s']} img/s one at a time "
+          f"({baseline['sequential']['cpu_ms_per_image']} CPU ms/image), {baseline['batched']['images_per_s']} "
+          f"img/s in batches of {args.batch} ({baseline['batched']['cpu_ms_per_image']} CPU ms/image)")
 
     ray_init(free_port(), "endpoint-load")
     port = free_port()
@@ -190,13 +219,17 @@ def main() -> None:
             while state["running"] < replicas:  # an update: old replicas stop, new ones start
                 time.sleep(0.3)
                 state = serving.state(name)
+            cpu_before = cpu_seconds()
             row = run_locust(host, f"/models/{name}/predict", work / "images", n_users, args.duration, work,
                              f"b{int(batching)}-r{replicas}-u{n_users}")
-            row.update(batching=batching, replicas=replicas)
+            cpu_after = cpu_seconds()
+            row.update(batching=batching, replicas=replicas, cpu_ms_per_request={
+                role: round((cpu_after[role] - cpu_before[role]) * 1000 / row["requests"], 2) for role in cpu_after})
+            row["cpu_ms_per_request"]["total"] = round(sum(row["cpu_ms_per_request"].values()), 2)
             runs.append(row)
             print(f"batching {'on ' if batching else 'off'} replicas {replicas} users {n_users:>2}: "
                   f"{row['rps']:7.1f} req/s  p50 {row['p50_ms']:6.0f} ms  p99 {row['p99_ms']:6.0f} ms  "
-                  f"failures {row['failures']}")
+                  f"failures {row['failures']}  CPU ms/request {row['cpu_ms_per_request']}")
     finally:
         try:
             serving.undeploy(name)
