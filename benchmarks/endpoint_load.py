@@ -247,6 +247,12 @@ def main() -> None:
         f"endpoint_batched_vs_inprocess_batched_{top}users": round(rps(True, 1, top) / baseline["batched"]["images_per_s"], 3),
         f"batching_on_vs_off_{top}users": round(rps(True, 1, top) / rps(False, 1, top), 3),
         f"two_vs_one_replica_{top}users": round(rps(True, 2, top) / rps(True, 1, top), 3),
+        # CPU per image in-process ÷ CPU per request (all of this run's processes, locust included): what the
+        # req/s ratio would be were both CPU-bound alone on the host; it holds when the load average swings
+        f"cpu_inprocess_vs_endpoint_batched_{top}users": round(
+            baseline["sequential"]["cpu_ms_per_image"] / next(
+                r["cpu_ms_per_request"]["total"] for r in runs
+                if (r["batching"], r["replicas"], r["users"]) == (True, 1, top)), 3),
     }
     errors = sum(r["failures"] for r in runs)
     for key, value in ratios.items():
