@@ -255,13 +255,17 @@ def main() -> None:
                 if (r["batching"], r["replicas"], r["users"]) == (True, 1, top)), 3),
     }
     errors = sum(r["failures"] for r in runs)
+    quiet = max(before["loadavg"][0], load_avg()[0]) <= (os.cpu_count() or 1) * 1.5
     for key, value in ratios.items():
         print(f"{key}: {value}")
     print(f"errors: {errors}; load before {before['loadavg']} after {load_avg()}")
     emit_json("endpoint_load", machine=before, loadavg_after=load_avg(), duration_s=args.duration,
               image_size=args.image_size, batch=args.batch, wait_ms=args.wait_ms, replica_cpus=args.cpus,
               inprocess=baseline, runs=runs, ratios=ratios, errors=errors,
-              target_met=ratios[f"endpoint_batched_vs_inprocess_{top}users"] >= 0.7 and errors == 0)
+              # req/s ratios only count on a quiet host: under load the endpoint's processes take a larger
+              # share of the contended cores than the one in-process loop (benchmarks/README.md)
+              quiet_host=quiet,
+              target_met=(ratios[f"endpoint_batched_vs_inprocess_{top}users"] >= 0.7 and errors == 0) if quiet else None)
 
 
 if __name__ == "__main__":
