@@ -242,7 +242,8 @@ def main() -> None:
 
     top = max(users)
     ratios = {
-        "endpoint_vs_inprocess_1user": round(rps(True, 1, 1) / baseline["sequential"]["images_per_s"], 3),
+        **({"endpoint_vs_inprocess_1user": round(rps(True, 1, 1) / baseline["sequential"]["images_per_s"], 3)}
+           if 1 in users else {}),
         f"endpoint_batched_vs_inprocess_{top}users": round(rps(True, 1, top) / baseline["sequential"]["images_per_s"], 3),
         f"endpoint_batched_vs_inprocess_batched_{top}users": round(rps(True, 1, top) / baseline["batched"]["images_per_s"], 3),
         f"batching_on_vs_off_{top}users": round(rps(True, 1, top) / rps(False, 1, top), 3),
