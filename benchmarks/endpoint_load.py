@@ -13,7 +13,9 @@ The baseline, measured in the same run: the same images decoded, preprocessed (t
 `ray_jobs.prediction.preprocess`) and run one at a time through an onnxruntime session in this process
 (what a script using the bundle does), and the same in batches of `--batch` (the best a single process
 gets). Ratios: endpoint req/s ÷ in-process images/s (serving overhead; target ≥ 0.7 with batching at 32
-users), batching on ÷ off, 2 replicas ÷ 1.
+users), batching on ÷ off, 2 replicas ÷ 1. Each run also reports CPU ms per request of this run's own
+processes (replicas, proxy, locust, the rest of Ray) and the in-process loop's CPU ms per image; req/s
+ratios only count on a quiet host (`quiet_host`; `target_met` is null otherwise).
 
     python benchmarks/endpoint_load.py                  # ~3 min on 2 cores
     python benchmarks/endpoint_load.py --duration 20 --users 1,8,32
