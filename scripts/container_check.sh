@@ -204,8 +204,8 @@ run() {
 case "$mode" in
   build) trap 'rc=$?; [ $rc -eq 0 ] || cleanup; exit $rc' EXIT; build ;;
   run)
+    if grep -q '^SKIPPED' "$state/result" 2>/dev/null; then log "container check: $(cat "$state/result")"; exit 0; fi
     trap 'rc=$?; phase "cleanup"; cleanup; phase_done cleanup; exit $rc' EXIT
-    grep -q '^SKIPPED' "$state/result" 2>/dev/null && { cat "$state/result"; exit 0; }
     grep -q '^BUILT' "$state/result" 2>/dev/null || fail "no built image ($(cat "$state/result" 2>/dev/null || echo 'build not run'))"
     run ;;
   all)
