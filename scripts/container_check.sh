@@ -13,8 +13,9 @@
 # workspace volume across a restart. Everything it made is removed at the end.
 #
 # The last line says PASSED, SKIPPED (with the reason) or FAILED. Exit 0 on PASSED or SKIPPED.
-# SKIPPED only when the machine cannot hold the build (free disk < AISTUDIO_CONTAINER_MIN_FREE_GB,
-# default 20) or is not Debian with apt/root; with CI=true a failing build or check fails (exit 1).
+# SKIPPED when the machine cannot hold the build (free disk < AISTUDIO_CONTAINER_MIN_FREE_GB, default
+# 20) or, outside CI, has no apt-get or root. A failing build or check exits 1 (with CI=true, so does a
+# machine without apt-get or root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -59,8 +60,10 @@ build() {
   free_gb=$(df -k --output=avail /var/lib /var/tmp "$state" | tail -n +2 | sort -n | head -1)
   free_gb=$(( free_gb / 1024 / 1024 ))
   [ "$free_gb" -ge "$min_free_gb" ] || skip "only ${free_gb} GB free disk; the image build needs ${min_free_gb} GB at its peak"
-  command -v apt-get >/dev/null || skip "not a Debian/Ubuntu machine (no apt-get) to install podman from"
-  if [ "$(id -u)" -ne 0 ] && ! sudo -n true 2>/dev/null; then skip "needs root (or passwordless sudo) for podman"; fi
+  # Only the disk floor may skip in CI; a CI machine without apt or root is a broken CI machine.
+  local unable=skip; [ "${CI:-}" = true ] && unable=fail
+  command -v apt-get >/dev/null || $unable "not a Debian/Ubuntu machine (no apt-get) to install podman from"
+  if [ "$(id -u)" -ne 0 ] && ! sudo -n true 2>/dev/null; then $unable "needs root (or passwordless sudo) for podman"; fi
 
   phase "install podman, runc, mmdebstrap"
   if ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null || ! command -v runc >/dev/null; then
