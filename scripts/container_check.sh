@@ -205,7 +205,11 @@ run() {
 }
 
 case "$mode" in
-  build) trap 'rc=$?; [ $rc -eq 0 ] || cleanup; exit $rc' EXIT; build ;;
+  build)
+    trap 'rc=$?; [ $rc -eq 0 ] || cleanup; exit $rc' EXIT
+    build
+    log "container check: image built ($(tr '\n' ' ' < "$state/timings")); the container runs with \`$0 run\`"
+    exit 0 ;;
   run)
     if grep -q '^SKIPPED' "$state/result" 2>/dev/null; then log "container check: $(cat "$state/result")"; exit 0; fi
     trap 'rc=$?; phase "cleanup"; cleanup; phase_done cleanup; exit $rc' EXIT

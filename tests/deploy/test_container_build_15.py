@@ -63,3 +63,12 @@ def test_skip_reports_its_reason(tmp_path):
     assert re.search(r"container check: SKIPPED \(only \d+ GB free disk; the image build needs 100000000 GB", proc.stdout)
     run = subprocess.run(["bash", str(CHECK), "run"], capture_output=True, text=True, env=env, timeout=60)
     assert run.returncode == 0 and "SKIPPED (only" in run.stdout, run.stdout + run.stderr
+
+
+def test_build_mode_leaves_the_image_for_run():
+    """`build` ends before the final PASSED line, so `run` still finds BUILT (found by running the
+    test command: the background build overwrote BUILT with PASSED and `run` refused)."""
+    text = CHECK.read_text()
+    branch = re.search(r"\n  build\)\n(.*?);;", text, flags=re.S).group(1)
+    assert branch.rstrip().endswith("exit 0"), branch
+    assert 'echo "BUILT" > "$state/result"' in text
