@@ -10,9 +10,43 @@ if [ ! -x /usr/bin/chromium ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
 fi
 venv=${AISTUDIO_VENV:-.venv}
+# The Docker image check (scripts/container_check.sh, issue #15 item 4): the base and the image build in
+# the background while the suite runs; the container runs after it. On for the whole suite (no pytest
+# arguments) or AISTUDIO_CONTAINER_CHECK=1; AISTUDIO_CONTAINER_CHECK=0 turns it off.
+container_check=${AISTUDIO_CONTAINER_CHECK:-$([ $# -eq 0 ] && echo 1 || echo 0)}
+container_log=$(mktemp -t aistudio-container-build.XXXXXX)
+AISTUDIO_CONTAINER_STATE=$(mktemp -d -t aistudio-container-check.XXXXXX)
+export AISTUDIO_CONTAINER_STATE
+container_pid=""
+finish() {
+  if [ -n "$container_pid" ] && kill -0 "$container_pid" 2>/dev/null; then
+    kill -- "-$container_pid" 2>/dev/null || kill "$container_pid" 2>/dev/null || true
+    wait "$container_pid" 2>/dev/null || true
+    bash scripts/container_check.sh clean >/dev/null 2>&1 || true
+  fi
+  rm -rf "$container_log" "$AISTUDIO_CONTAINER_STATE"
+}
+trap finish EXIT
+if [ "$container_check" = 1 ]; then
+  set -m  # its own process group, so an interrupted run stops the whole build
+  bash scripts/container_check.sh build > "$container_log" 2>&1 &
+  container_pid=$!
+  set +m
+fi
 # Lint first: a broken rule fails fast, before the slow suite.
 "$venv/bin/ruff" check --quiet appliance ray_jobs tests benchmarks
 # The layering (api → services → ray_jobs → appliance.store): contracts in pyproject.toml.
 "$venv/bin/lint-imports" --no-cache
 # --durations: the slowest tests, so the suite's time (budget: well inside 40 min with installs) is watched.
-exec "$venv/bin/python" -m pytest -p no:cacheprovider -ra --durations=25 "$@"
+suite=0
+"$venv/bin/python" -m pytest -p no:cacheprovider -ra --durations=25 "$@" || suite=$?
+container=0
+if [ -n "$container_pid" ]; then
+  echo "=== Docker image check (scripts/container_check.sh) ==="
+  wait "$container_pid" || true
+  container_pid=""
+  cat "$container_log"
+  bash scripts/container_check.sh run || container=$?
+fi
+[ "$suite" -eq 0 ] || exit "$suite"
+exit "$container"

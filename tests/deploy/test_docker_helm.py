@@ -237,7 +237,9 @@ def test_installs_with_the_same_script_and_nvidia_index():
     assert len(runs) == 1, "the image must install through scripts/install.sh, once"
     run = runs[0]
     assert "AISTUDIO_VENV=/opt/venv" in run
-    assert "AISTUDIO_EXTRAS=" in run and "PIP_EXTRA_INDEX_URL=https://pypi.nvidia.com" in run
+    assert "AISTUDIO_EXTRAS=" in run and 'PIP_EXTRA_INDEX_URL="${NVIDIA_INDEX_URL}"' in run
+    # A build arg, so CI (which cannot reach it) builds the file unchanged with it empty.
+    assert _build_arg_default("NVIDIA_INDEX_URL") == "https://pypi.nvidia.com"
     assert "gpu" in _build_arg_default("AISTUDIO_EXTRAS").split(",")
     assert _env()["PATH"].startswith("/opt/venv/bin:")
     # NVIDIA's index belongs to the Dockerfile only (CI machines cannot reach it).
@@ -264,6 +266,8 @@ def test_install_script_honours_the_docker_environment():
 def test_weights_baked_in_and_serve_is_the_command():
     assert _env()["AISTUDIO_WEIGHTS_DIR"] == "/opt/aistudio/weights"
     assert any(re.search(r"\baistudio fetch-weights --dest /opt/aistudio/weights\b", r) for r in _args("RUN"))
+    # Baked in by default; AISTUDIO_FETCH_WEIGHTS=0 skips it (CI has no weights mirror).
+    assert _build_arg_default("AISTUDIO_FETCH_WEIGHTS") == "1"
     (cmd,) = _args("CMD")
     assert json.loads(cmd) == ["aistudio", "serve", "--host", "0.0.0.0", "--port", "8000"]
     source = (REPO / "appliance" / "cli.py").read_text()
