@@ -66,10 +66,38 @@ def unused_port() -> int:
             return port
 
 
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL server (tests/pg.py). Without its binaries its tests are skipped, and fail in CI."""
+    from tests import pg
+
+    reason = pg.missing()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the PostgreSQL tests must run in CI: {reason}")
+        pytest.skip(reason)
+    server = pg.PgServer().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def database_url(request) -> str | None:
+    """None (SQLite in the workspace), or with `tests.pg.both_backends` a fresh PostgreSQL database."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield None
+        return
+    server = request.getfixturevalue("pg_server")
+    url = server.new_database()
+    yield url
+    server.drop_database(url)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str | None) -> Settings:
     (tmp_path / "imports").mkdir()
-    return Settings(workspace=tmp_path / "ws", import_roots=[tmp_path / "imports"], api_token=None)
+    return Settings(workspace=tmp_path / "ws", import_roots=[tmp_path / "imports"], api_token=None,
+                    database_url=database_url)
 
 
 @pytest.fixture
