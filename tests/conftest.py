@@ -1,7 +1,8 @@
 """Shared fixtures.
 
 - `client`: the FastAPI app in-process (TestClient, lifespan on) over a fresh temp workspace and a
-  real SQLite file — fast tests where Ray is not the point. No API token.
+  real SQLite file — fast tests where Ray is not the point. No API token. Tests marked
+  `tests.pg.both_backends` run again on a fresh database of a throwaway PostgreSQL server (tests/pg.py).
 - `server`: ONE real local Ray + Serve deployment for the whole session (Ray start-up costs
   ~20 s), started WITH an API token; tests talk to it over real HTTP through the Serve proxy with
   `server.http`, which sends `Authorization: Bearer <token>`. `server.anon()` is a client without it.
@@ -79,6 +80,13 @@ def pg_server():
     server = pg.PgServer().start()
     yield server
     server.stop()
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("both_backends") and "database_url" in metafunc.fixturenames:
+        from tests.pg import BACKENDS
+
+        metafunc.parametrize("database_url", BACKENDS, indirect=True)
 
 
 @pytest.fixture

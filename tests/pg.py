@@ -145,7 +145,8 @@ class PgServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-# Runs a test against SQLite and against a fresh database of the session's PostgreSQL server
-# (the `database_url` fixture in tests/conftest.py; `settings` and `client` use it).
-both_backends = pytest.mark.parametrize(
-    "database_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+# A test (or module, `pytestmark = both_backends`) so marked runs on SQLite and on a fresh database of the
+# session's PostgreSQL server, where it uses the database (`database_url`, hence `settings` and `client`):
+# tests/conftest.py's pytest_generate_tests parametrizes it.
+both_backends = pytest.mark.both_backends
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]

@@ -17,6 +17,7 @@ from appliance.store.paths import Workspace
 from appliance.store.runs import subset_samples
 from appliance.store.tables import Experiment
 from ray_jobs.core.metrics import detection_confusion_matrix, detection_metrics, match_detections, rank_samples
+from tests.pg import both_backends
 from tests.fixtures import create_project, import_and_wait, list_all_images, save_image
 from tests.htmlq import parse
 from tests.workflows import create_experiment
@@ -33,6 +34,7 @@ def _xml(filename: str, objects: list[tuple]) -> str:
     return "".join(parts) + "</annotation>"
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_voc_difficult_survives_import_and_comes_back_on_the_image_list(client, settings):
     src: Path = settings.allowed_import_roots[0] / "voc"
     (src / "Annotations").mkdir(parents=True)

@@ -27,6 +27,8 @@ from appliance.store.errors import DatabaseTooNew
 from appliance.store.tables import Base
 from tests.pg import both_backends
 
+pytestmark = both_backends  # each test that uses a database: on SQLite and on PostgreSQL
+
 @pytest.fixture
 def url(request, settings, database_url):
     """An empty database of the test's backend: a SQLite file, or a new PostgreSQL database."""
@@ -69,7 +71,6 @@ def snapshot(engine) -> dict:
                 for t in sorted(insp.get_table_names())}
 
 
-@both_backends
 def test_models_and_migrations_agree(url):
     engine = get_engine(url)
     assert migrate(engine) == head_revision()
@@ -82,7 +83,6 @@ def test_models_and_migrations_agree(url):
         assert legacy.version(conn) == legacy.HANDOFF_VERSION > legacy.LEGACY_HEAD
 
 
-@both_backends
 def test_the_agreement_check_sees_a_column_without_a_revision(url):
     """What CI reports when someone adds a column to tables.py and forgets the revision."""
     engine = get_engine(url)
@@ -103,7 +103,6 @@ def test_one_head_and_the_baseline_first():
     assert [r.revision for r in script.walk_revisions()][-1] == BASELINE
 
 
-@both_backends
 def test_a_database_from_before_alembic_is_handed_over(url):
     """A database at legacy version 6 (before `images.phash`) gets the legacy upgrades, the baseline's stamp
     and the hand-over mark, keeps its rows, and then agrees with the models."""
@@ -124,7 +123,6 @@ def test_a_database_from_before_alembic_is_handed_over(url):
     assert migrate(engine) == head_revision()  # the next start has nothing to do
 
 
-@both_backends
 def test_a_newer_database_is_refused_and_left_unchanged(url, settings, run_cli):
     engine = get_engine(url)
     migrate(engine)
@@ -147,7 +145,6 @@ def test_a_newer_database_is_refused_and_left_unchanged(url, settings, run_cli):
     assert snapshot(engine) == before
 
 
-@both_backends
 def test_a_newer_pre_alembic_version_is_refused(url):
     """`schema_version` above the last legacy version, and no Alembic revision: not ours either."""
     engine = get_engine(url)
@@ -160,7 +157,6 @@ def test_a_newer_pre_alembic_version_is_refused(url):
     assert snapshot(engine) == before
 
 
-@both_backends
 def test_db_commands(url, run_cli):
     result = run_cli("db", "current")
     assert result.exit_code == 1 and "not migrated" in result.output, result.output
