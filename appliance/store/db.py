@@ -9,6 +9,8 @@ appliance wrote it) without writing anything.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -30,10 +32,59 @@ BASELINE = "0001_baseline"  # the revision whose schema is the last pre-Alembic 
 _MIGRATE_LOCK = 0x41495354  # "AIST"
 
 
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_dumps(value) -> str:
+    """JSON columns on every backend: NaN and ±infinity (a diverged loss, a metric of an empty class)
+    become null. PostgreSQL's json refuses them, and so does the API's JSON encoder."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False)
+
+
+def _without_nul(params):
+    """A statement's parameters with each NUL character of a string written as the text `\\u0000`."""
+    def clean(value):
+        return value.replace("\x00", "\\u0000") if isinstance(value, str) else value
+
+    if isinstance(params, dict):
+        return {k: clean(v) for k, v in params.items()}
+    return type(params)(clean(v) for v in params)
+
+
+def _has_nul(params) -> bool:
+    values = params.values() if isinstance(params, dict) else params
+    return any(isinstance(v, str) and "\x00" in v for v in values)
+
+
+def _storable_text(conn, cursor, statement, parameters, context, executemany):
+    """PostgreSQL's text cannot hold NUL (SQLite's can). Bodies refuse it and importers skip labels with
+    it; any other text that quotes user input (a detected layout, an error) keeps it as an escape, the
+    same on every backend, as utf8_text does for lone surrogates."""
+    if not parameters:
+        return statement, parameters
+    if executemany:
+        if any(_has_nul(p) for p in parameters):
+            parameters = [_without_nul(p) for p in parameters]
+    elif _has_nul(parameters):
+        parameters = _without_nul(parameters)
+    return statement, parameters
+
+
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               json_serializer=json_dumps)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
@@ -44,8 +95,10 @@ def get_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, json_serializer=json_dumps)
+    event.listen(engine, "before_cursor_execute", _storable_text, retval=True)
+    return engine
 
 
 def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
