@@ -116,7 +116,9 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _create_v1, _login_sessions, _add_run_claim_and_driver, _add_split_from_source, _add_run_seconds,
     _add_import_yaml_file, _add_image_phash, _deployments, _add_box_difficult,
 ]
-LEGACY_HEAD = len(MIGRATIONS)  # 9: the schema of Alembic's baseline revision
+LEGACY_HEAD = 9  # the last pre-Alembic version: the schema of Alembic's baseline revision
+if len(MIGRATIONS) != LEGACY_HEAD:  # a schema change appended here instead of written as an Alembic revision
+    raise RuntimeError("legacy_migrations.MIGRATIONS is frozen at 9 entries; write an Alembic revision instead")
 # Written into `schema_version` once Alembic manages the database (by the baseline revision, or at the
 # hand-over of an old database): larger than any version a pre-Alembic release knows, so it refuses.
 HANDOFF_VERSION = 1000
