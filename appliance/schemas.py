@@ -5,9 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Task = Literal["classification", "detection"]
+
+
+def _storable(text: str) -> str:
+    if "\x00" in text:  # PostgreSQL's text cannot hold it (SQLite's can): refused on every backend alike
+        raise ValueError("must not contain a NUL character (\\u0000)")
+    return text
+
+
+StoredText = Annotated[str, AfterValidator(_storable)]  # a body's text that is stored as it is
 
 
 class StrictBody(BaseModel):
@@ -18,14 +27,14 @@ class StrictBody(BaseModel):
 
 
 class ProjectCreate(StrictBody):
-    name: str = Field(min_length=1, max_length=200)
+    name: StoredText = Field(min_length=1, max_length=200)
     task: Task
-    description: str = Field(default="", max_length=5000)
+    description: StoredText = Field(default="", max_length=5000)
 
 
 class ProjectUpdate(StrictBody):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    description: str | None = Field(default=None, max_length=5000)
+    name: StoredText | None = Field(default=None, min_length=1, max_length=200)
+    description: StoredText | None = Field(default=None, max_length=5000)
 
 
 class ProjectPublic(BaseModel):

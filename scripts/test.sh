@@ -3,11 +3,16 @@
 # whole suite. Extra arguments go to pytest. CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-AISTUDIO_EXTRAS=test bash scripts/install.sh
-if [ ! -x /usr/bin/chromium ]; then
+AISTUDIO_EXTRAS=test,postgres bash scripts/install.sh
+# Debian packages: Chromium for the browser tests; PostgreSQL's server for the tests that run the store and
+# API on PostgreSQL too (tests/pg.py starts a throwaway server; without it they fail in CI, skip elsewhere).
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
+if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 venv=${AISTUDIO_VENV:-.venv}
 # The Docker image check (scripts/container_check.sh, issue #15 item 4): with AISTUDIO_CONTAINER_CHECK=1

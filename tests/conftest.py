@@ -1,7 +1,8 @@
 """Shared fixtures.
 
 - `client`: the FastAPI app in-process (TestClient, lifespan on) over a fresh temp workspace and a
-  real SQLite file — fast tests where Ray is not the point. No API token.
+  real SQLite file — fast tests where Ray is not the point. No API token. Tests marked
+  `tests.pg.both_backends` run again on a fresh database of a throwaway PostgreSQL server (tests/pg.py).
 - `server`: ONE real local Ray + Serve deployment for the whole session (Ray start-up costs
   ~20 s), started WITH an API token; tests talk to it over real HTTP through the Serve proxy with
   `server.http`, which sends `Authorization: Bearer <token>`. `server.anon()` is a client without it.
@@ -66,10 +67,45 @@ def unused_port() -> int:
             return port
 
 
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL server (tests/pg.py). Without its binaries its tests are skipped, and fail in CI."""
+    from tests import pg
+
+    reason = pg.missing()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the PostgreSQL tests must run in CI: {reason}")
+        pytest.skip(reason)
+    server = pg.PgServer().start()
+    yield server
+    server.stop()
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("both_backends") and "database_url" in metafunc.fixturenames:
+        from tests.pg import BACKENDS
+
+        metafunc.parametrize("database_url", BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def database_url(request) -> str | None:
+    """None (SQLite in the workspace), or with `tests.pg.both_backends` a fresh PostgreSQL database."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield None
+        return
+    server = request.getfixturevalue("pg_server")
+    url = server.new_database()
+    yield url
+    server.drop_database(url)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str | None) -> Settings:
     (tmp_path / "imports").mkdir()
-    return Settings(workspace=tmp_path / "ws", import_roots=[tmp_path / "imports"], api_token=None)
+    return Settings(workspace=tmp_path / "ws", import_roots=[tmp_path / "imports"], api_token=None,
+                    database_url=database_url)
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ def parse_source(
             f"which imports {_ACCEPTS[task]}"
         )
     dataset = _validate(root, raw, progress, max_pixels)
-    dataset.classes = [name for name in dataset.classes if is_utf8_text(name)]
+    dataset.classes = [name for name in dataset.classes if is_utf8_text(name) and not _unstorable("", [name])]
     dataset.detected = utf8_text(dataset.detected)
     if fmt == "auto":
         dataset.detected = f"Auto-detected {dataset.detected}"
@@ -144,6 +144,22 @@ def _validate(root: Path, raw: RawDataset, progress: Progress | None,
     return ParsedDataset(raw.format, raw.task, raw.classes, items, warnings, raw.detected)
 
 
+# What the store's columns hold (images.original_name, images.label / boxes.label), on every backend:
+# SQLite would take more, PostgreSQL refuses it (issue #15 item 3).
+MAX_PATH_CHARS = 1024
+MAX_LABEL_CHARS = 200
+
+
+def _unstorable(relpath: str, labels: list[str]) -> str | None:
+    if len(relpath) > MAX_PATH_CHARS:
+        return f"its path is longer than {MAX_PATH_CHARS} characters"
+    if any("\x00" in label for label in labels):
+        return "a label contains a NUL character (\\u0000)"
+    if any(len(label) > MAX_LABEL_CHARS for label in labels):
+        return f"a label is longer than {MAX_LABEL_CHARS} characters"
+    return None
+
+
 def _validate_item(
     raw: RawItem, root: Path, real_root: Path, seen: set[str], warnings: list[ImportWarning],
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
@@ -156,6 +172,9 @@ def _validate_item(
     if not all(map(is_utf8_text, (relpath, raw.label or "", *(b.label for b in raw.boxes)))):
         # A file name that is not UTF-8, or a label with a lone `\ud800` escape: neither can be stored.
         warnings.append(ImportWarning(relpath, "its name or a label is not valid UTF-8 text; skipped"))
+        return None
+    if problem := _unstorable(relpath, [raw.label or "", *(b.label for b in raw.boxes)]):
+        warnings.append(ImportWarning(relpath, f"{problem}; skipped"))
         return None
     if not raw.source.resolve().is_relative_to(real_root):
         warnings.append(ImportWarning(relpath, "a link to outside the dataset folder; skipped"))

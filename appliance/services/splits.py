@@ -16,7 +16,7 @@ from appliance.store.status import ACTIVE
 from appliance.store.errors import Conflict, ValidationFailed
 from appliance.store.ids import new_id
 from appliance.store.tables import Box, Experiment, Image, Split, SplitAssignment
-from appliance.schemas import StrictBody
+from appliance.schemas import StoredText, StrictBody
 from appliance.services.projects import get_owned, get_project
 from appliance.services.split_allocation import BACKGROUND, SUBSETS, assign, stratum_of, summarize, warnings
 
@@ -24,7 +24,7 @@ RATIO_FIELDS = ("train", "val", "test", "seed", "stratified")
 
 
 class SplitCreate(StrictBody):
-    name: str = Field(min_length=1, max_length=200)
+    name: StoredText = Field(min_length=1, max_length=200)
     train: float | None = Field(default=None, ge=0, le=1)
     val: float | None = Field(default=None, ge=0, le=1)
     test: float | None = Field(default=None, ge=0, le=1)

@@ -23,7 +23,7 @@ from appliance.store.ids import new_id
 from appliance.store.paths import Workspace
 from appliance.store.status import ACTIVE, JobStatus
 from appliance.store.tables import EpochRecord, Experiment, Export
-from appliance.schemas import StrictBody
+from appliance.schemas import StoredText, StrictBody
 from appliance.services import baselines, deletion, ray_tasks
 from appliance.services.projects import get_owned, get_project
 from appliance.services.class_list import split_class_names
@@ -36,7 +36,7 @@ log = logging.getLogger("aistudio.training")
 class ExperimentCreate(StrictBody, Hyperparameters):
     """An experiment: a name, a split, a model and the hyperparameters (`Hyperparameters`)."""
 
-    name: str = Field(min_length=1, max_length=200)
+    name: StoredText = Field(min_length=1, max_length=200)
     split_id: str
     model: str = Field(min_length=1, max_length=100)
 

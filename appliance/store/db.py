@@ -1,93 +1,90 @@
-"""Engine, sessions and schema versioning.
+"""Engine, sessions and schema migrations.
 
-SQLite (the default) runs in WAL mode with foreign keys on. The schema is versioned: each
-entry of MIGRATIONS upgrades the database by one version, so an upgrade never drops data.
-Version 1 is the initial schema created from the ORM tables.
+SQLite (the default) runs in WAL mode with foreign keys on; PostgreSQL works the same through
+`postgresql+psycopg://…`. The schema is versioned by Alembic (appliance/store/migrations/): `migrate`
+upgrades the database to the newest revision at start-up, brings a database made before Alembic up
+first (legacy_migrations.py), and refuses a database at a revision this code does not know (a newer
+appliance wrote it) without writing anything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import json
+import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Connection, create_engine, event, func, inspect, select
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, create_engine, event, inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.store.tables import Base, Deployment, LoginSession, SchemaVersion
+from appliance.store import legacy_migrations as legacy
+from appliance.store.errors import DatabaseTooNew
+from appliance.store.tables import SchemaVersion
+
+BASELINE = "0001_baseline"  # the revision whose schema is the last pre-Alembic version (legacy.LEGACY_HEAD)
+# Key of the PostgreSQL advisory lock that serialises `migrate` between processes starting together.
+_MIGRATE_LOCK = 0x41495354  # "AIST"
 
 
-def _create_v1(conn: Connection) -> None:
-    Base.metadata.create_all(conn)
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
-def _login_sessions(conn: Connection) -> None:
-    # A new database got the table from v1's create_all already.
-    LoginSession.__table__.create(conn, checkfirst=True)
+def json_dumps(value) -> str:
+    """JSON columns on every backend: NaN and ±infinity (a diverged loss, a metric of an empty class)
+    become null. PostgreSQL's json refuses them, and so does the API's JSON encoder."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False)
 
 
-def _add_run_claim_and_driver(conn: Connection) -> None:
-    """Experiments: `claim_id` (the claim a run's driver must still hold) and `ray_driver` (the Ray
-    job or task driving it). Skipped where v1 was just created from tables that already have them."""
-    have = {c["name"] for c in inspect(conn).get_columns("experiments")}
-    for name, kind in (("claim_id", "VARCHAR(32)"), ("ray_driver", "VARCHAR(200)")):
-        if name not in have:
-            conn.exec_driver_sql(f"ALTER TABLE experiments ADD COLUMN {name} {kind}")
+def _without_nul(params):
+    """A statement's parameters with each NUL character of a string written as the text `\\u0000`."""
+    def clean(value):
+        return value.replace("\x00", "\\u0000") if isinstance(value, str) else value
+
+    if isinstance(params, dict):
+        return {k: clean(v) for k, v in params.items()}
+    return type(params)(clean(v) for v in params)
 
 
-def _add_split_from_source(conn: Connection) -> None:
-    """Splits: `from_source`, a split that keeps the subsets the dataset was imported with (issue #13).
-    Skipped where v1 was just created from tables that already have it."""
-    if "from_source" not in {c["name"] for c in inspect(conn).get_columns("splits")}:
-        conn.exec_driver_sql("ALTER TABLE splits ADD COLUMN from_source BOOLEAN NOT NULL DEFAULT FALSE")
+def _has_nul(params) -> bool:
+    values = params.values() if isinstance(params, dict) else params
+    return any(isinstance(v, str) and "\x00" in v for v in values)
 
 
-def _add_run_seconds(conn: Connection) -> None:
-    """Experiments: `run_seconds`, the training time of a run's ended attempts, so its duration keeps
-    counting across resumes (issue #13, item 11). Skipped where v1 was just created with it."""
-    if "run_seconds" not in {c["name"] for c in inspect(conn).get_columns("experiments")}:
-        conn.exec_driver_sql("ALTER TABLE experiments ADD COLUMN run_seconds FLOAT NOT NULL DEFAULT 0")
-
-
-def _add_import_yaml_file(conn: Connection) -> None:
-    """Import jobs: `yaml_file`, the root YAML a YOLO import reads its class names from when the
-    dataset has several (issue #13 item 4). Skipped where v1 was just created with it."""
-    if "yaml_file" not in {c["name"] for c in inspect(conn).get_columns("import_jobs")}:
-        conn.exec_driver_sql("ALTER TABLE import_jobs ADD COLUMN yaml_file VARCHAR(255)")
-
-
-def _add_image_phash(conn: Connection) -> None:
-    """Images: `phash`, the perceptual hash for near-duplicate checks (issue 13, item 7). Images
-    imported before get theirs from a backfill at start-up (`services.health.backfill_phashes`)."""
-    if "phash" not in {c["name"] for c in inspect(conn).get_columns("images")}:
-        conn.exec_driver_sql("ALTER TABLE images ADD COLUMN phash VARCHAR(16)")
-
-
-def _deployments(conn: Connection) -> None:
-    """Prediction endpoints (issue #16). A new database got the table from v1's create_all already."""
-    Deployment.__table__.create(conn, checkfirst=True)
-
-
-def _add_box_difficult(conn: Connection) -> None:
-    """Boxes: `difficult`, Pascal VOC's flag for an object too hard to be required (issue #13 item 5):
-    evaluation neither rewards nor penalises it. Skipped where v1 was just created with it."""
-    if "difficult" not in {c["name"] for c in inspect(conn).get_columns("boxes")}:
-        conn.exec_driver_sql("ALTER TABLE boxes ADD COLUMN difficult BOOLEAN NOT NULL DEFAULT FALSE")
-
-
-# Append a function for each schema change; never edit a released entry.
-MIGRATIONS: list[Callable[[Connection], None]] = [
-    _create_v1, _login_sessions, _add_run_claim_and_driver, _add_split_from_source, _add_run_seconds,
-    _add_import_yaml_file, _add_image_phash, _deployments, _add_box_difficult,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
+def _storable_text(conn, cursor, statement, parameters, context, executemany):
+    """PostgreSQL's text cannot hold NUL (SQLite's can). Bodies refuse it and importers skip labels with
+    it; any other text that quotes user input (a detected layout, an error) keeps it as an escape, the
+    same on every backend, as utf8_text does for lone surrogates."""
+    if not parameters:
+        return statement, parameters
+    if executemany:
+        if any(_has_nul(p) for p in parameters):
+            parameters = [_without_nul(p) for p in parameters]
+    elif _has_nul(parameters):
+        parameters = _without_nul(parameters)
+    return statement, parameters
 
 
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               json_serializer=json_dumps)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
@@ -98,24 +95,66 @@ def get_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, json_serializer=json_dumps)
+    event.listen(engine, "before_cursor_execute", _storable_text, retval=True)
+    return engine
 
 
-def migrate(engine: Engine) -> int:
-    """Bring the schema up to SCHEMA_VERSION; return the version now in the database."""
-    with engine.begin() as conn:
-        current = 0
-        if inspect(conn).has_table(SchemaVersion.__tablename__):
-            current = conn.execute(select(func.max(SchemaVersion.version))).scalar() or 0
-        if current > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"Database schema v{current} is newer than this AI Studio (v{SCHEMA_VERSION}); upgrade the appliance."
+def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
+    """Alembic's configuration, without an alembic.ini: the scripts ship inside the package."""
+    cfg = Config()
+    cfg.set_main_option("script_location", "appliance.store:migrations")
+    cfg.set_main_option("file_template", "%%(rev)s")  # `aistudio db revision` puts the slug in the id
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The Alembic revision the database is at (None: not managed by Alembic yet)."""
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def check_not_newer(conn: Connection) -> None:
+    """Raise DatabaseTooNew if a newer appliance wrote this database's schema; reads only."""
+    known = {s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    unknown = [r for r in MigrationContext.configure(conn).get_current_heads() if r not in known]
+    if unknown:
+        raise DatabaseTooNew(
+            f"The database's schema is at revision {', '.join(unknown)}, which this AI Studio does not know "
+            f"(its newest is {head_revision()}): a newer AI Studio upgraded it. Upgrade the appliance; "
+            "the database was left unchanged."
+        )
+    if not unknown and inspect(conn).has_table(SchemaVersion.__tablename__) and not current_revision(conn):
+        found = legacy.version(conn)
+        if found > legacy.LEGACY_HEAD:
+            raise DatabaseTooNew(
+                f"The database's schema is at version {found}, which this AI Studio does not know (it knows up to "
+                f"{legacy.LEGACY_HEAD} before its migrations): upgrade the appliance; the database was left unchanged."
             )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            MIGRATIONS[version - 1](conn)
-            conn.execute(SchemaVersion.__table__.insert().values(version=version))
-    return SCHEMA_VERSION
+
+
+def migrate(engine: Engine) -> str:
+    """Bring the schema to the newest revision; return it. A database made before Alembic is brought
+    to the last legacy version, then stamped with the baseline. Raises DatabaseTooNew (nothing written)
+    when the database is at a revision this code does not know."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # several replicas starting at once: one migrates at a time
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATE_LOCK})")
+        check_not_newer(conn)
+        cfg = alembic_config(conn)
+        if current_revision(conn) is None and inspect(conn).has_table(SchemaVersion.__tablename__):
+            legacy.upgrade(conn)
+            command.stamp(cfg, BASELINE)
+            legacy.hand_over(conn)
+        command.upgrade(cfg, "head")
+    return head_revision()
 
 
 @lru_cache(maxsize=8)

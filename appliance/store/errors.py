@@ -67,3 +67,10 @@ class TooManyRequests(AppError):
 class InsufficientStorage(AppError):
     code = "INSUFFICIENT_STORAGE"
     status_code = 507
+
+
+class DatabaseTooNew(AppError):
+    """The database's schema was written by a newer AI Studio: this one refuses to start on it."""
+
+    code = "DATABASE_TOO_NEW"
+    status_code = 503

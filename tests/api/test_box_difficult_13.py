@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from appliance.store.db import MIGRATIONS, SCHEMA_VERSION, _add_box_difficult, get_engine, migrate, session_scope
+from appliance.store.db import get_engine, head_revision, migrate, session_scope
+from appliance.store.legacy_migrations import MIGRATIONS, _add_box_difficult, upgrade as legacy_upgrade
 from appliance.store.paths import Workspace
 from appliance.store.runs import subset_samples
 from appliance.store.tables import Experiment
 from ray_jobs.core.metrics import detection_confusion_matrix, detection_metrics, match_detections, rank_samples
+from tests.pg import both_backends
 from tests.fixtures import create_project, import_and_wait, list_all_images, save_image
 from tests.htmlq import parse
 from tests.workflows import create_experiment
@@ -32,6 +34,7 @@ def _xml(filename: str, objects: list[tuple]) -> str:
     return "".join(parts) + "</annotation>"
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_voc_difficult_survives_import_and_comes_back_on_the_image_list(client, settings):
     src: Path = settings.allowed_import_roots[0] / "voc"
     (src / "Annotations").mkdir(parents=True)
@@ -83,8 +86,8 @@ def test_an_experiments_samples_carry_the_flag_to_evaluation(client, settings):
 def test_migration_adds_the_difficult_column_to_an_older_database(tmp_path):
     """A database at the version before this change gets `boxes.difficult` (false) and keeps its boxes."""
     engine = get_engine(f"sqlite:///{tmp_path / 'old.db'}")
-    migrate(engine)
-    with engine.begin() as conn:
+    with engine.begin() as conn:  # the database as a release before the column left it
+        legacy_upgrade(conn)
         conn.exec_driver_sql("ALTER TABLE boxes DROP COLUMN difficult")
         conn.exec_driver_sql("DELETE FROM schema_version WHERE version >= ?",
                              (MIGRATIONS.index(_add_box_difficult) + 1,))
@@ -93,7 +96,7 @@ def test_migration_adds_the_difficult_column_to_an_older_database(tmp_path):
         conn.exec_driver_sql("INSERT INTO images (id, project_id, filename, original_name, sha256, width, height, "
                              "size_bytes, created_at) VALUES ('img-1', 'proj-1', 'a.jpg', 'a.jpg', 'x', 4, 4, 1, '2026-01-01')")
         conn.exec_driver_sql("INSERT INTO boxes (image_id, label, x1, y1, x2, y2) VALUES ('img-1', 'dog', 0, 0, 2, 2)")
-    assert migrate(engine) == SCHEMA_VERSION
+    assert migrate(engine) == head_revision()
     with engine.begin() as conn:
         assert conn.exec_driver_sql("SELECT label, difficult FROM boxes").all() == [("dog", 0)]
 

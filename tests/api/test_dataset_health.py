@@ -20,7 +20,8 @@ from fastapi.testclient import TestClient
 from appliance.config import Settings
 from appliance.main import create_app
 from appliance.services import health
-from appliance.store.db import MIGRATIONS, SCHEMA_VERSION, _add_image_phash, get_engine, migrate, session_scope
+from appliance.store.db import get_engine, head_revision, migrate, session_scope
+from appliance.store.legacy_migrations import MIGRATIONS, _add_image_phash, upgrade as legacy_upgrade
 from appliance.store.tables import Image as ImageRow
 from tests.fixtures import class_image, create_project, import_and_wait, list_all_images, save_image
 from tests.htmlq import parse
@@ -183,15 +184,15 @@ def test_hashes_missing_before_the_upgrade_are_backfilled_at_start(client, setti
 def test_migration_adds_the_hash_column_to_an_older_database(tmp_path):
     """A database at the version before this change gets `images.phash` (null) and keeps its rows."""
     engine = get_engine(f"sqlite:///{tmp_path / 'old.db'}")
-    migrate(engine)
-    with engine.begin() as conn:
+    with engine.begin() as conn:  # the database as a release before the column left it
+        legacy_upgrade(conn)
         conn.exec_driver_sql("ALTER TABLE images DROP COLUMN phash")
         conn.exec_driver_sql("DELETE FROM schema_version WHERE version >= ?", (MIGRATIONS.index(_add_image_phash) + 1,))
         conn.exec_driver_sql("INSERT INTO projects (id, name, task, description, created_at, updated_at) "
                              "VALUES ('proj-1', 'p', 'classification', '', '2026-01-01', '2026-01-01')")
         conn.exec_driver_sql("INSERT INTO images (id, project_id, filename, original_name, sha256, width, height, "
                              "size_bytes, created_at) VALUES ('img-1', 'proj-1', 'a.jpg', 'a.jpg', 'x', 4, 4, 1, '2026-01-01')")
-    assert migrate(engine) == SCHEMA_VERSION
+    assert migrate(engine) == head_revision()
     with engine.begin() as conn:
         assert conn.exec_driver_sql("SELECT id, phash FROM images").all() == [("img-1", None)]
 

@@ -24,6 +24,7 @@ from PIL import Image
 from appliance.config import Settings
 from appliance.main import create_app
 from appliance.services import datasets as service
+from tests.pg import both_backends
 from tests.fixtures import (
     MAKERS,
     Generated,
@@ -182,6 +183,7 @@ def test_auto_detection_failure_says_what_it_looked_for(client, root):
     assert "no known dataset layout" in job["error"] and "looked for" in job["error"]
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_duplicates_are_skipped_and_counted(client, root):
     gen = make_classification_folder(root / "f", per_class=5)
     pid = create_project(client)
@@ -345,6 +347,7 @@ def test_upload_over_the_limit_is_413(small_client, tmp_path):
 # ----------------------------------------------------------------------------- atomicity, cancel, warnings
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_a_failing_import_leaves_the_dataset_as_it_was(client, settings, root):
     pid = create_project(client)
     gen = make_classification_folder(root / "good", per_class=4)
@@ -398,6 +401,7 @@ def test_cancel_a_queued_import(client, settings, root, tmp_path, monkeypatch):
     assert "cancelled" in error_of(client.delete(f"/api/datasets/{pid}/imports/{job_id}"), 409, "CONFLICT")
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_cancel_a_running_import(client, settings, root, monkeypatch):
     monkeypatch.setattr(service, "WORKER_ENTRY", hook("held"))  # parsing waits for <root>.release
     pid = create_project(client)
@@ -430,6 +434,7 @@ def test_corrupt_images_are_warnings_per_file(client, root):
     assert client.get(f"/api/datasets/{pid}").json()["data"]["last_import"]["warnings"] == job["warnings"]
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_bad_boxes_are_warnings_naming_the_annotation(client, root):
     gen = make_detection_yolo(root / "y", n=4)
     (gen.root / "labels" / "img_000.txt").write_text("0 0.5 0.5 0 0.2\n7 0.5 0.5 0.2 0.2\n")  # zero-area, unknown id
@@ -472,6 +477,7 @@ def test_summary_classification_with_imbalance(client, root):
     assert s["last_import"]["id"] == job["id"]
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_summary_detection(client, root):
     gen = make_detection_coco(root / "c", n=8, size=96, background=2)
     pid = create_project(client, "detection")
@@ -504,6 +510,7 @@ def cls_project(client, root):
     return pid
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_images_paging(client, cls_project):
     pid = cls_project
     seen = []
@@ -518,6 +525,7 @@ def test_images_paging(client, cls_project):
     assert "offset" in error_of(client.get(f"/api/datasets/{pid}/images?offset=-1"), 422, "VALIDATION_ERROR")
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_images_label_filter(client, cls_project, root):
     red = list_all_images(client, cls_project, label="red")
     assert len(red) == 12 and {im["label"] for im in red} == {"red"}
@@ -561,6 +569,7 @@ def test_image_detail(client, root):
     assert len(detail["sha256"]) == 64 and detail["size_bytes"] > 0
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_delete_image(client, settings, cls_project):
     pid = cls_project
     split = client.post(f"/api/splits/{pid}", json={"name": "s", "train": 0.5, "val": 0.5, "test": 0}).json()["data"]

@@ -11,7 +11,8 @@ import pytest
 
 from fastapi.testclient import TestClient
 
-from appliance.store.db import SCHEMA_VERSION
+from appliance.store.db import head_revision
+from appliance.store.legacy_migrations import HANDOFF_VERSION
 from appliance.main import create_app
 from appliance.services import datasets as dataset_service
 from tests.fixtures import create_project, import_and_wait, make_classification_folder, start_path_import, wait_import
@@ -120,7 +121,8 @@ def test_jobs_list_shows_a_running_import(client, settings, monkeypatch):
 
 def test_schema_version_recorded(client, settings):
     with sqlite3.connect(settings.workspace / "aistudio.db") as db:
-        assert db.execute("select max(version) from schema_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("select version_num from alembic_version").fetchall() == [(head_revision(),)]
+        assert db.execute("select max(version) from schema_version").fetchone()[0] == HANDOFF_VERSION
         assert db.execute("pragma journal_mode").fetchone()[0] == "wal"
 
 

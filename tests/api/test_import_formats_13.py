@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from appliance.store.db import MIGRATIONS, SCHEMA_VERSION, _add_import_yaml_file, migrate
+from appliance.store.db import head_revision, migrate
+from appliance.store.legacy_migrations import MIGRATIONS, _add_import_yaml_file, upgrade as legacy_upgrade
 from tests.fixtures import create_project, list_all_images, start_zip_import, wait_import, zip_dir
 from tests.services.test_import_formats_13 import ultralytics_coco8, voc_set, write, yolo_pair
 
@@ -121,8 +122,8 @@ def test_voc_format_by_name_and_unknown_format_refused(client, root):
 def test_migration_adds_yaml_file_to_an_older_database(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = create_engine(url)
-    migrate(engine)
-    with engine.begin() as conn:  # the database as the previous version left it
+    with engine.begin() as conn:  # the database as a release before the column left it
+        legacy_upgrade(conn)
         conn.execute(text("ALTER TABLE import_jobs DROP COLUMN yaml_file"))
         conn.execute(text("DELETE FROM schema_version WHERE version >= :v"),
                      {"v": MIGRATIONS.index(_add_import_yaml_file) + 1})
@@ -132,10 +133,10 @@ def test_migration_adds_yaml_file_to_an_older_database(tmp_path):
                           "added, skipped, duplicates, warnings, created_at) VALUES ('i', 'p', 'completed', 'yolo', "
                           "'/x', '', 0, 0, 0, 0, 0, '[]', '2026-01-01')"))
     engine.dispose()
-    migrate(create_engine(url))
+    assert migrate(create_engine(url)) == head_revision()
     with sqlite3.connect(tmp_path / "old.db") as db:
         assert db.execute("select id, yaml_file from import_jobs").fetchall() == [("i", None)]
-        assert db.execute("select max(version) from schema_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("select version_num from alembic_version").fetchall() == [(head_revision(),)]
 
 
 @pytest.mark.ray

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.pg import both_backends
 from tests.htmlq import parse
 
 
@@ -13,6 +14,7 @@ def create(client, name="Cats", task="classification", **extra):
     return r.json()["data"]
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_crud_round_trip(client, settings):
     p = create(client, description="first")
     assert p["id"].startswith("proj-") and p["task"] == "classification" and p["image_count"] == 0
@@ -31,6 +33,7 @@ def test_crud_round_trip(client, settings):
     assert client.get(f"/api/projects/{p['id']}").status_code == 404
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_pagination(client):
     for i in range(5):
         create(client, name=f"p{i}")
@@ -106,6 +109,7 @@ def test_htmx_fragment_without_projects_has_no_rows(client):
     assert not html.select("tr") and html.select_one(".empty")
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_delete_refused_while_job_runs(client, settings):
     from appliance.store.db import session_scope
     from appliance.store.tables import ImportJob
@@ -118,6 +122,7 @@ def test_delete_refused_while_job_runs(client, settings):
     assert client.get(f"/api/projects/{p['id']}").status_code == 200
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_data_survives_restart(settings):
     from fastapi.testclient import TestClient
 

@@ -6,6 +6,7 @@ import pytest
 
 from appliance.store.db import session_scope
 from appliance.store.tables import Experiment
+from tests.pg import both_backends
 from tests.htmlq import parse
 from tests.fixtures import (
     create_project,
@@ -82,6 +83,7 @@ def test_split_of_an_empty_project_is_422(client):
     assert r.status_code == 422 and "no images" in r.json()["error"]["message"]
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_counts_and_record(client, balanced):
     s = create(client, balanced, name="70/20/10", train=0.7, val=0.2, test=0.1, seed=1)
     assert s["id"].startswith("split-") and s["name"] == "70/20/10"
@@ -154,6 +156,7 @@ def test_detection_stratifies_by_dominant_class(client, root):
     assert len(names) == 15
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_detection_counts_every_box_class_of_an_image(client, root):
     """Issue #13 item 2: a detection image's stratum is the set of its classes, and the counts name
     every class (before, only each image's most frequent box class, here 'car', was counted)."""
@@ -174,6 +177,7 @@ def test_detection_counts_every_box_class_of_an_image(client, root):
     assert s["counts"]["total"] == {"train": 3, "val": 3, "test": 0} and s["warnings"] == []
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_delete_split(client, balanced):
     s = create(client, balanced)
     r = client.delete(f"/api/splits/{balanced}/{s['id']}")
@@ -185,6 +189,7 @@ def test_delete_split(client, balanced):
     assert client.get(f"/api/datasets/{balanced}").json()["data"]["image_count"] == 60  # images stay
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 @pytest.mark.parametrize("status", ["running", "queued", "completed"])
 def test_delete_refused_while_an_experiment_uses_the_split(client, settings, balanced, status):
     s = create(client, balanced)

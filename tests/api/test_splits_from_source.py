@@ -209,13 +209,15 @@ def test_migration_adds_from_source_to_existing_splits(tmp_path):
     from sqlalchemy import create_engine
 
     from appliance.services.splits import split_public
-    from appliance.store.db import MIGRATIONS, SCHEMA_VERSION, _add_split_from_source, migrate, session_factory
+    from appliance.store.db import head_revision, migrate, session_factory
+    from appliance.store.legacy_migrations import MIGRATIONS, _add_split_from_source, upgrade as legacy_upgrade
     from appliance.store.tables import Split
 
     added_in = MIGRATIONS.index(_add_split_from_source) + 1  # the version that brought the column
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    migrate(create_engine(url))
+    with create_engine(url).begin() as conn:  # a database from a release before Alembic
+        legacy_upgrade(conn)
     with sqlite3.connect(tmp_path / "old.db") as db:  # back to the schema before the migration
         db.execute("alter table splits drop column from_source")
         db.execute("delete from schema_version where version >= ?", (added_in,))
@@ -225,7 +227,7 @@ def test_migration_adds_from_source_to_existing_splits(tmp_path):
                    "values ('split-000000000001', 'proj-000000000001', 'old', 0.5, 0.5, 0, 1, 1, ?, '2026-01-01')",
                    ('{"total": {"train": 1, "val": 1, "test": 0}, "per_class": {"train": {"a": 1}, '
                     '"val": {"a": 1}, "test": {}}, "classes": ["a"]}',))
-    assert migrate(create_engine(url)) == SCHEMA_VERSION
+    assert migrate(create_engine(url)) == head_revision()
     with session_factory(url)() as session:
         old = split_public(session.get(Split, "split-000000000001"))
     assert old["from_source"] is False and old["warnings"] == []

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from appliance.store.db import session_scope
 from appliance.store.tables import Experiment, Lock, utcnow
 from appliance.main import create_app
+from tests.pg import both_backends
 from tests.workflows import create_experiment, project_with_split
 
 
@@ -31,6 +32,7 @@ def test_catalog(client):
     assert client.get("/api/training/models?task=segmentation").status_code == 422
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_create_and_list(client, ready):
     pid, sid = ready
     eid = create_experiment(client, pid, sid)
@@ -87,6 +89,7 @@ def test_run_requests_are_checked(client, ready, monkeypatch):
     assert client.get(f"/api/training/{pid}/experiments/exp-000000000000/stream").status_code == 404
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_running_experiment_of_a_dead_server_becomes_interrupted_on_start(settings, ready, client):
     pid, sid = ready
     eid = create_experiment(client, pid, sid)
@@ -101,6 +104,7 @@ def test_running_experiment_of_a_dead_server_becomes_interrupted_on_start(settin
         assert s.get(Lock, "training") is None
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_a_live_run_is_left_alone_on_start(settings, ready, client):
     pid, sid = ready
     eid = create_experiment(client, pid, sid)
@@ -111,6 +115,7 @@ def test_a_live_run_is_left_alone_on_start(settings, ready, client):
         assert fresh.get(f"/api/training/{pid}/experiments/{eid}").json()["data"]["status"] == "running"
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 @pytest.mark.parametrize("interleaving", ["forced", "free"])
 def test_slot_is_atomic(settings, ready, client, interleaving):
     """Threads, each with its own session on the real SQLite file, claim the slot at once: exactly
@@ -164,6 +169,7 @@ def test_slot_is_atomic(settings, ready, client, interleaving):
             release_slot(s, winners[0])
 
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_two_starts_of_one_run_claim_it_once(settings, ready, client):
     """Threads start the same experiment at once (the slot is re-entrant for a run, so only the
     conditional status update can tell them apart): exactly one claims it, and it keeps the slot."""

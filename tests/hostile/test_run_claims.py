@@ -21,6 +21,7 @@ import pytest
 from appliance.store.db import session_scope
 from appliance.store.errors import Conflict
 from appliance.store.tables import EpochRecord, Experiment, Lock
+from tests.pg import both_backends
 from tests.ray_jobs.jobs import pin_cluster, submit
 from tests.ray_jobs.gates import Gates
 from tests.workflows import create_experiment, experiment, project_with_split, wait_experiment, wait_for
@@ -40,6 +41,7 @@ def _row(db_url: str, eid: str) -> dict:
 
 # ---------------------------------------------------------------- in-process: the claim and the driver's check
 
+@both_backends  # also on PostgreSQL (issue #15 item 3)
 def test_a_driver_moves_only_the_claim_it_was_started_for(client, settings):
     from appliance.store import runs
 
