@@ -148,7 +148,8 @@ def db_revision(
         engine = get_engine(f"sqlite:///{scratch}/scratch.db")
         migrate(engine)
         number = len(list(ScriptDirectory.from_config(alembic_config()).walk_revisions())) + 1
-        slug = re.sub(r"[^a-z0-9]+", "_", message.lower()).strip("_")[:40]
+        # alembic_version.version_num is VARCHAR(32): "NNNN_" and at most 27 characters of the message
+        slug = re.sub(r"[^a-z0-9]+", "_", message.lower()).strip("_")[:27].rstrip("_")
         with engine.begin() as conn:
             command.revision(alembic_config(conn), message=message, autogenerate=True, rev_id=f"{number:04d}_{slug}")
         engine.dispose()
