@@ -9,7 +9,7 @@ Gates are a test hook, used only when the appliance runs with `AISTUDIO_TRAINING
 a run then calls `pass_gate` at named points — `start` (its driver, before it takes the run) and
 `epoch:<n>` (the Train worker, before epoch n trains), `batch:<n>` (the Train worker, after the
 first batch of epoch n and its `progress` event); evaluations and exports pass `running` (keyed
-by their own id) once their record says running — which records the point and the pid of the
+by their own id; evaluations then also under the id `evaluations`) once their record says running — which records the point and the pid of the
 process there, and waits while a test keeps that gate closed. A test can thus act at an exact
 point of a run (stop it while queued, on its last epoch, kill its driver) without relying on
 epochs being slow.

@@ -69,11 +69,33 @@ class RayCluster:
         self.wait_nodes(1, timeout)
         return self.address
 
-    def worker(self, cpus: int = 2, gpus: int = 0, timeout: float = 300) -> None:
+    def worker(self, cpus: int = 2, gpus: int = 0, timeout: float = 300, wait: bool = True) -> None:
+        """Start a worker node; with `wait=False` return at once (`wait_nodes` later)."""
         self._start(f"worker{len(self.nodes)}", [f"--address={self.address}", "--node-ip-address=127.0.0.1",
                                                  f"--num-cpus={cpus}",
                                                  f"--num-gpus={gpus}"])
-        self.wait_nodes(len(self.nodes), timeout)
+        if wait:
+            self.wait_nodes(sum(node.poll() is None for node in self.nodes), timeout)  # a killed node is not counted
+
+    def kill_node(self, index: int, timeout: float = 60) -> None:
+        """SIGKILL one node — its `ray start` process and every process of its session (raylet,
+        workers) — as a machine that is lost would; return once none is left."""
+        node = self.nodes[index]
+        deadline = time.monotonic() + timeout
+        while True:
+            left = [pid for pid in (int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit())
+                    if (stat := _stat(pid)) is not None and stat[0] != "Z" and stat[2] == node.pid]
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if not left:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"processes of node {index} survived SIGKILL: {left}")
+            time.sleep(0.2)
+        node.wait(timeout=10)
 
     def node_folder(self, name: str = "head") -> Path:
         return self.root / f"node-{name}"
