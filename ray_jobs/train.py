@@ -407,8 +407,10 @@ def lost_process(exc: BaseException) -> bool:
     `FailureConfig` keeps max_failures=0: a lost node must not restart a run behind the user's back),
     so such a run is `interrupted`, resumable from its last checkpoint, not `failed`."""
     from ray.exceptions import ActorUnavailableError, NodeDiedError, RayActorError, WorkerCrashedError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckTimeoutError  # Ray 2.60; pinned
 
-    lost = (RayActorError, ActorUnavailableError, NodeDiedError, WorkerCrashedError)
+    # A lost node shows as a failed (or unanswered) health check of the Train worker on it.
+    lost = (RayActorError, ActorUnavailableError, NodeDiedError, WorkerCrashedError, WorkerHealthCheckTimeoutError)
     seen, todo = set(), [exc]
     while todo:
         err = todo.pop()
@@ -417,7 +419,7 @@ def lost_process(exc: BaseException) -> bool:
         seen.add(id(err))
         if isinstance(err, lost):
             return True
-        todo += [err.__cause__, getattr(err, "controller_failure", None),
+        todo += [err.__cause__, getattr(err, "controller_failure", None), getattr(err, "health_check_failure", None),
                  *(getattr(err, "worker_failures", None) or {}).values()]
     return False
 

@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _serve(address: str) -> None:
+    answers = os.fdopen(os.dup(1), "w", buffering=1)  # the answers' own channel:
+    os.dup2(2, 1)  # whatever Ray prints (raylet warnings) goes to stderr, never among the answers
     import ray
     from ray.util import state
 
@@ -62,25 +64,26 @@ def _serve(address: str) -> None:
                 for n in state.list_nodes(address=gcs, detail=True, raise_on_missing_output=False)]
 
     ops = {f.__name__: f for f in (close_gate, open_gates, arrivals, tasks, actors, placement_groups, nodes)}
-    print(json.dumps({"ok": "ready"}), flush=True)
+    print(json.dumps({"ok": "ready"}), file=answers)
     for line in sys.stdin:
         command = json.loads(line)
         try:
             answer = {"ok": ops[command["op"]](**command.get("args", {}))}
         except Exception as exc:  # answered, not fatal: the test decides
             answer = {"error": f"{type(exc).__name__}: {exc}"}
-        print(json.dumps(answer, default=str), flush=True)
+        print(json.dumps(answer, default=str), file=answers)
 
 
 class RayClient:
     """`client(op, **args)` → the answer; `close()` ends the process."""
 
-    def __init__(self, address: str, env: dict[str, str]):
+    def __init__(self, address: str, env: dict[str, str], log_path: Path):
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("AISTUDIO_", "RAY_"))}
         clean["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.cluster.ray_client", address], cwd=REPO,
-                                     env={**clean, **env}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, bufsize=1)
+        with log_path.open("a") as log:  # Ray's messages to the driver
+            self.proc = subprocess.Popen([sys.executable, "-m", "tests.cluster.ray_client", address], cwd=REPO,
+                                         env={**clean, **env}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=log, text=True, bufsize=1)
         self.address, self.ready = address, False  # it connects meanwhile; the first command waits for it
 
     def __call__(self, op: str, **args):

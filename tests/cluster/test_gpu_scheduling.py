@@ -72,7 +72,7 @@ def rig(tmp_path_factory):
     try:
         cluster.head(cpus=1, gpus=0)
         cluster.worker(cpus=4, gpus=1, wait=False)  # joins while the appliance starts
-        client = RayClient(cluster.address, CLIENT_ENV)  # connects meanwhile too
+        client = RayClient(cluster.address, CLIENT_ENV, root / "ray-client.log")  # connects meanwhile too
         (root / "imports").mkdir()
         appliance = ApplianceProcess(root / "app", root / "imports", cpus=1, env={
             "AISTUDIO_RAY_ADDRESS": cluster.address, **CLIENT_ENV, "AISTUDIO_TRAINING_GATES": "true",
@@ -176,11 +176,11 @@ def test_beside_training_two_evaluations_run_a_third_waits_then_a_lost_worker_in
     page = rig.http.get(f"/api/evaluation/{pid}", headers={"HX-Request": "true"}).text
     assert page.count(WAITING_FOR_GPU) == 1, page
     rig.ray("open_gates", run=EVALUATIONS)
+    rig.ray("open_gates", run=eid, point="epoch:1")  # training goes on meanwhile, up to epoch 2
     rig.wait_evaluations(pid, ids)
     assert all(rig.evaluation(pid, ev)["waiting"] is None for ev in ids)
 
     # The worker node is lost mid-training (after epoch 1, at the start of epoch 2).
-    rig.ray("open_gates", run=eid, point="epoch:1")
     rig.wait_arrivals(eid, "epoch:2", 1)
     rig.cluster.kill_node(1)
     lost = wait_experiment(rig.http, pid, eid, statuses=("failed", "interrupted", "completed", "stopped"), timeout=180)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 from ray.exceptions import ActorDiedError, NodeDiedError, RayTaskError, WorkerCrashedError
 from ray.train import ControllerError, WorkerGroupError
+from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError, WorkerHealthCheckTimeoutError
 
 from ray_jobs.train import lost_process
 
@@ -17,6 +18,9 @@ def task_error(cause: Exception) -> RayTaskError:
 
 
 @pytest.mark.parametrize("exc", [
+    # What Ray Train reported when the test cluster's worker node was killed mid-epoch:
+    WorkerGroupError("health check failed", {0: WorkerHealthCheckFailedError("RPC error", ActorDiedError())}),
+    WorkerGroupError("health check timed out", {0: WorkerHealthCheckTimeoutError("no answer")}),
     WorkerGroupError("worker 0 died", {0: ActorDiedError()}),
     ControllerError(ActorDiedError()),
     NodeDiedError("node gone"),
