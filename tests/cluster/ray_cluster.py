@@ -34,6 +34,7 @@ class RayCluster:
         # Short: Ray's socket paths live below it and a Unix socket path has ~107 characters.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="aisc-", dir="/tmp"))
         self.nodes: list[subprocess.Popen] = []
+        self.killed: list[subprocess.Popen] = []  # nodes a test killed (`kill_node`)
         self.port = free_port()
         self.dashboard_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -69,18 +70,25 @@ class RayCluster:
         self.wait_nodes(1, timeout)
         return self.address
 
-    def worker(self, cpus: int = 2, gpus: int = 0, timeout: float = 300, wait: bool = True) -> None:
-        """Start a worker node; with `wait=False` return at once (`wait_nodes` later)."""
-        self._start(f"worker{len(self.nodes)}", [f"--address={self.address}", "--node-ip-address=127.0.0.1",
-                                                 f"--num-cpus={cpus}",
-                                                 f"--num-gpus={gpus}"])
-        if wait:
-            self.wait_nodes(sum(node.poll() is None for node in self.nodes), timeout)  # a killed node is not counted
+    def worker(self, cpus: int = 2, gpus: int = 0, timeout: float = 300, attempts: int = 3) -> None:
+        """Start a worker node and wait until it is up. On a loaded host a raylet can miss its 30 s
+        start-up deadline and the node exits: it is started again (`attempts` in all)."""
+        for attempt in range(1, attempts + 1):
+            node = self._start(f"worker{len(self.nodes)}", [f"--address={self.address}", "--node-ip-address=127.0.0.1",
+                                                            f"--num-cpus={cpus}", f"--num-gpus={gpus}"])
+            try:
+                self.wait_nodes(sum(n.poll() is None for n in self.nodes), timeout)  # a killed node is not counted
+                return
+            except AssertionError:
+                if node.poll() is None or attempt == attempts:
+                    raise
+                self.nodes.remove(node)  # it exited before it joined: start another
 
     def kill_node(self, index: int, timeout: float = 60) -> None:
         """SIGKILL one node — its `ray start` process and every process of its session (raylet,
         workers) — as a machine that is lost would; return once none is left."""
         node = self.nodes[index]
+        self.killed.append(node)
         deadline = time.monotonic() + timeout
         while True:
             left = [pid for pid in (int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit())
@@ -105,7 +113,7 @@ class RayCluster:
         deadline = time.monotonic() + timeout
         while True:
             for node in self.nodes:
-                if node.poll() is not None:
+                if node.poll() is not None and node not in self.killed:
                     raise AssertionError(f"a Ray node exited with {node.returncode}:\n{self.log_tail()}")
             try:
                 status = subprocess.run([RAY, "status", f"--address={self.address}"], env=self._env(),
