@@ -62,11 +62,18 @@ class RayCluster:
         self.nodes.append(node)
         return node
 
+    @staticmethod
+    def _agent_port() -> list[str]:
+        """Each node's dashboard agent on a free port: Ray's default (52365) is the same in every
+        cluster on the machine, and a node whose agent lost that race has no HTTP, so `ray job
+        submit` answers "No available agent to submit job"."""
+        return [f"--dashboard-agent-listen-port={free_port()}"]
+
     def head(self, cpus: int = 1, gpus: int = 0, timeout: float = 300) -> str:
         self.ensure_token()
         self._start("head", ["--head", f"--port={self.port}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
                              f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1",
-                             f"--temp-dir={self.temp_dir}"])
+                             f"--temp-dir={self.temp_dir}", *self._agent_port()])
         self.wait_nodes(1, timeout)
         return self.address
 
@@ -75,7 +82,8 @@ class RayCluster:
         start-up deadline and the node exits: it is started again (`attempts` in all)."""
         for attempt in range(1, attempts + 1):
             node = self._start(f"worker{len(self.nodes)}", [f"--address={self.address}", "--node-ip-address=127.0.0.1",
-                                                            f"--num-cpus={cpus}", f"--num-gpus={gpus}"])
+                                                            f"--num-cpus={cpus}", f"--num-gpus={gpus}",
+                                                            *self._agent_port()])
             try:
                 self.wait_nodes(sum(n.poll() is None for n in self.nodes), timeout)  # a killed node is not counted
                 return
