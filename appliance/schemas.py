@@ -435,6 +435,9 @@ class EvaluationPublic(BaselineFields):
     created_at: Timestamp
     finished_at: datetime | None
     headline: ClassificationHeadline | DetectionHeadline | NoHeadline
+    waiting: str | None = Field(None, description="While queued, what Ray's scheduler says its task waits for: "
+                                "\"Waiting for a GPU share\" (every GPU share is taken, e.g. by a training run) or "
+                                "\"Waiting for a free CPU\"; null otherwise")
 
 
 class EvaluationDetailPublic(EvaluationPublic):

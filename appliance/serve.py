@@ -66,8 +66,11 @@ def app_builder(args: dict | None = None, settings: Settings | None = None):
     The settings go with the replica (its `runtime_env`): on a cluster the replica is started by a
     raylet, with that raylet's environment and working folder, not the caller's. What the replica
     starts (the event bus, training drivers, evaluation and export tasks, import workers) inherits them."""
+    from ray_jobs.events import ON_HEAD
+
     settings = settings or get_settings()
     return AIStudioIngress.options(
         max_ongoing_requests=settings.max_sse_streams + REQUEST_HEADROOM,
-        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": settings_env(settings)}},
+        ray_actor_options={"num_cpus": 0, "resources": ON_HEAD,  # the head: a worker node may be lost
+                           "runtime_env": {"env_vars": settings_env(settings)}},
     ).bind()

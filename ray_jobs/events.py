@@ -9,7 +9,7 @@ Gates are a test hook, used only when the appliance runs with `AISTUDIO_TRAINING
 a run then calls `pass_gate` at named points — `start` (its driver, before it takes the run) and
 `epoch:<n>` (the Train worker, before epoch n trains), `batch:<n>` (the Train worker, after the
 first batch of epoch n and its `progress` event); evaluations and exports pass `running` (keyed
-by their own id) once their record says running — which records the point and the pid of the
+by their own id; evaluations then also under the id `evaluations`) once their record says running — which records the point and the pid of the
 process there, and waits while a test keeps that gate closed. A test can thus act at an exact
 point of a run (stop it while queued, on its last epoch, kill its driver) without relying on
 epochs being slow.
@@ -25,6 +25,7 @@ import ray
 BUS_NAME = "aistudio-events"
 BUS_NAMESPACE = "aistudio"
 MAX_EVENTS_PER_RUN = 5000
+ON_HEAD = {"node:__internal_head__": 0.001}  # Ray's resource of the head node: the appliance's own actors live there
 
 
 @ray.remote(num_cpus=0)
@@ -113,7 +114,8 @@ def ensure_event_bus(config: dict):
     """Get or create the bus (idempotent across replicas and restarts) and give it the appliance's
     storage settings (`workspace`, `db_url`, GPU fractions, weights dir) for job entrypoints."""
     bus = EventBus.options(
-        name=BUS_NAME, namespace=BUS_NAMESPACE, lifetime="detached", get_if_exists=True
+        name=BUS_NAME, namespace=BUS_NAMESPACE, lifetime="detached", get_if_exists=True,
+        resources=ON_HEAD,  # not on a worker node, which may be lost (or scaled away) with the bus on it
     ).remote(config)
     ray.get(bus.configure.remote(config))
     return bus

@@ -193,6 +193,52 @@ def resume_point(reporter: RunReporter | None, cfg: dict, ray_checkpoint_file: s
     return chosen[1]
 
 
+def cuda_usable() -> bool:
+    """CUDA really works in this process: Ray may assign a GPU (and set CUDA_VISIBLE_DEVICES) on a node
+    that only declares one (`ray start --num-gpus=1` without a driver), where training must use the CPU."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _cpu_ddp_strategy():
+    """Ray's DDP strategy on the CPU: its `root_device` is Ray's device, which is `cuda:0` as soon as
+    Ray assigned a GPU, even one CUDA cannot open."""
+    import torch
+    from ray.train.lightning import RayDDPStrategy
+
+    class CpuRayDDPStrategy(RayDDPStrategy):
+        @property
+        def root_device(self) -> torch.device:
+            return torch.device("cpu")
+
+    return CpuRayDDPStrategy()
+
+
+def torch_config():
+    """Ray Train's torch setup with the process-group backend chosen on the workers themselves: NCCL
+    where CUDA works, Gloo where Ray assigned a GPU that CUDA cannot open (NCCL refuses to start
+    there: "ProcessGroupNCCL is only supported with GPUs, no GPUs found")."""
+    import dataclasses
+
+    from ray.train.torch import TorchConfig
+    from ray.train.torch.config import _TorchBackend  # Ray 2.60; pinned
+
+    class CudaAwareBackend(_TorchBackend):
+        def on_start(self, worker_group, backend_config):
+            if backend_config.backend in (None, "nccl") and not all(worker_group.execute(cuda_usable)):
+                backend_config = dataclasses.replace(backend_config, backend="gloo")
+            super().on_start(worker_group, backend_config)
+
+    @dataclasses.dataclass
+    class CudaAwareTorchConfig(TorchConfig):
+        @property
+        def backend_cls(self):
+            return CudaAwareBackend
+
+    return CudaAwareTorchConfig()
+
+
 def train_loop_per_worker(cfg: dict) -> None:
     """Runs on the Train worker. On resume, continues from the newest checkpoint on disk (`resume_point`)."""
     import ray.train
@@ -214,10 +260,15 @@ def train_loop_per_worker(cfg: dict) -> None:
     if cfg.get("gates"):
         callbacks.insert(0, epoch_gate_callback(reporter.bus, cfg["experiment_id"]))
         callbacks.append(batch_gate_callback(reporter.bus, cfg["experiment_id"]))  # after the progress event
+    on_gpu = cfg["use_gpu"] and cuda_usable()
+    if cfg["use_gpu"] and not on_gpu:
+        reporter.log(f"Ray gave this worker a GPU share (GPU ids {ray.get_gpu_ids()}) but CUDA is not available "
+                     "on its node: training on the CPU")
     trainer, module, datamodule = assemble_fit(
         TrainConfig.from_dict(cfg["config"]), cfg["train_samples"], cfg["val_samples"], callbacks,
-        accelerator="gpu" if cfg["use_gpu"] else "cpu", devices="auto",
-        strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], default_root_dir=cfg["run_dir"],
+        accelerator="gpu" if on_gpu else "cpu", devices="auto",
+        strategy=RayDDPStrategy() if on_gpu else _cpu_ddp_strategy(), plugins=[RayLightningEnvironment()],
+        default_root_dir=cfg["run_dir"],
     )
     trainer = prepare_trainer(trainer)
     checkpoint = ray.train.get_checkpoint() if cfg["resume"] else None
@@ -265,7 +316,10 @@ def run_training(experiment_id: str, resume: bool, claim_id: str, ray_driver: st
         status = _train(settings, bus, workspace, experiment_id, run, resume, gates, claim_id)
     except BaseException as exc:  # includes KeyboardInterrupt from `ray job stop`
         error = _reason(exc)
-        status = JobStatus.STOPPED if isinstance(exc, KeyboardInterrupt) else JobStatus.FAILED
+        status = (JobStatus.STOPPED if isinstance(exc, KeyboardInterrupt)
+                  else JobStatus.INTERRUPTED if lost_process(exc) else JobStatus.FAILED)
+        if status == JobStatus.INTERRUPTED:
+            error = f"A Ray process of the run was lost (its node died or was killed); resume it: {error}"[:2000]
         write_log(str(run.log_file), f"{status}: {error}")
         if not isinstance(exc, Exception):
             raise
@@ -300,12 +354,13 @@ def _train(settings: dict, bus, workspace: Workspace, experiment_id: str, run: r
         shutil.rmtree(run_dir / "weights", ignore_errors=True)
         log_file.unlink(missing_ok=True)
     use_gpu = cluster_gpus() >= settings["train_gpu_fraction"]  # GPUs up, or added on demand
+    device = f"{settings['train_gpu_fraction']:g} of a GPU" if use_gpu else "CPU"
     write_log(str(log_file), f"{'resuming' if resume else 'starting'} {run.model} for {params['epochs']} epochs on "
-              f"{'1 GPU' if use_gpu else 'CPU'}: {len(train_samples)} train / {len(val_samples)} val images, "
+              f"{device}: {len(train_samples)} train / {len(val_samples)} val images, "
               f"{'from pretrained weights' if params.get('pretrained') else 'training from scratch (no pretrained weights)'}")
     config = TrainConfig.from_run(run.model, run.class_names, params, weights_dir=settings["weights_dir"]).to_dict()
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        train_loop_per_worker, torch_config=torch_config(),
         train_loop_config={
             "config": config, "train_samples": train_samples, "val_samples": val_samples,
             "experiment_id": experiment_id, "db_url": db_url, "run_dir": str(run_dir),
@@ -344,6 +399,29 @@ def _heartbeat(db_url: str, experiment_id: str, claim_id: str, done: threading.E
             runs.heartbeat(db_url, experiment_id, claim_id)
         except Exception:
             pass
+
+
+def lost_process(exc: BaseException) -> bool:
+    """The run ended because a Ray process of it died — a Train worker or the Train controller whose node
+    was lost or killed — rather than because the training code raised. Ray Train does not retry (its
+    `FailureConfig` keeps max_failures=0: a lost node must not restart a run behind the user's back),
+    so such a run is `interrupted`, resumable from its last checkpoint, not `failed`."""
+    from ray.exceptions import ActorUnavailableError, NodeDiedError, RayActorError, WorkerCrashedError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckTimeoutError  # Ray 2.60; pinned
+
+    # A lost node shows as a failed (or unanswered) health check of the Train worker on it.
+    lost = (RayActorError, ActorUnavailableError, NodeDiedError, WorkerCrashedError, WorkerHealthCheckTimeoutError)
+    seen, todo = set(), [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, lost):
+            return True
+        todo += [err.__cause__, getattr(err, "controller_failure", None), getattr(err, "health_check_failure", None),
+                 *(getattr(err, "worker_failures", None) or {}).values()]
+    return False
 
 
 def _reason(exc: BaseException) -> str:

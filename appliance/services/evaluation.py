@@ -14,6 +14,7 @@ from appliance.store import evaluations, runs
 from appliance.store.db import session_scope
 from appliance.store.errors import Unavailable
 from appliance.store.paths import Workspace
+from appliance.store.status import JobStatus
 from appliance.store.tables import EvalSample, Evaluation, Experiment, Image
 from appliance.schemas import StrictBody
 from appliance.services import baselines, deletion, ray_tasks
@@ -61,6 +62,7 @@ def evaluation_public(session: Session, ev: Evaluation, with_metrics: bool = Tru
         "subset": ev.subset, "checkpoint": ev.checkpoint, "status": ev.status, "done": ev.done, "total": ev.total,
         "error": ev.error, "created_at": ev.created_at, "finished_at": ev.finished_at,
         "headline": headline(ev.metrics), **baselines.for_evaluation(ev.metrics),
+        "waiting": ray_tasks.waiting(ev.id) if ev.status == JobStatus.QUEUED else None,
     }
     if with_metrics:
         data["metrics"] = ev.metrics

@@ -39,3 +39,34 @@ def cancel(job_id: str) -> bool:
         return False
     ray.cancel(ref, force=True, recursive=True)
     return True
+
+
+WAITING_FOR_GPU = "Waiting for a GPU share"
+WAITING_FOR_CPU = "Waiting for a free CPU"
+
+
+def waiting(job_id: str) -> str | None:
+    """What the task doing `job_id` waits for, as Ray's scheduler reports it (State API): while the
+    task is pending a node (`PENDING_NODE_ASSIGNMENT`: no node has the resources it asks for free),
+    `WAITING_FOR_GPU` when it asks for a GPU share and the cluster has less free than that, else
+    `WAITING_FOR_CPU`. None when no task of this process does the job, it is placed, or Ray cannot say
+    (task events reach Ray's State API about a second late)."""
+    with _lock:
+        ref = _running.get(job_id)
+    if ref is None:
+        return None
+    try:
+        import ray
+        from ray.util.state import get_task
+
+        task = get_task(ref.task_id().hex(), address=ray.get_runtime_context().gcs_address, timeout=5)
+        if isinstance(task, list):  # one entry per attempt
+            task = task[-1] if task else None
+        if task is None or str(getattr(task.state, "value", task.state)) != "PENDING_NODE_ASSIGNMENT":
+            return None
+        gpu = float((task.required_resources or {}).get("GPU", 0))
+        if gpu > 0 and ray.available_resources().get("GPU", 0) < gpu:
+            return WAITING_FOR_GPU
+        return WAITING_FOR_CPU
+    except Exception:  # the State API is best effort here: the record's status stays the truth
+        return None

@@ -34,6 +34,7 @@ class RayCluster:
         # Short: Ray's socket paths live below it and a Unix socket path has ~107 characters.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="aisc-", dir="/tmp"))
         self.nodes: list[subprocess.Popen] = []
+        self.killed: list[subprocess.Popen] = []  # nodes a test killed (`kill_node`)
         self.port = free_port()
         self.dashboard_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -61,19 +62,56 @@ class RayCluster:
         self.nodes.append(node)
         return node
 
+    @staticmethod
+    def _agent_port() -> list[str]:
+        """Each node's dashboard agent on a free port: Ray's default (52365) is the same in every
+        cluster on the machine, and a node whose agent lost that race has no HTTP, so `ray job
+        submit` answers "No available agent to submit job"."""
+        return [f"--dashboard-agent-listen-port={free_port()}"]
+
     def head(self, cpus: int = 1, gpus: int = 0, timeout: float = 300) -> str:
         self.ensure_token()
         self._start("head", ["--head", f"--port={self.port}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
                              f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1",
-                             f"--temp-dir={self.temp_dir}"])
+                             f"--temp-dir={self.temp_dir}", *self._agent_port()])
         self.wait_nodes(1, timeout)
         return self.address
 
-    def worker(self, cpus: int = 2, gpus: int = 0, timeout: float = 300) -> None:
-        self._start(f"worker{len(self.nodes)}", [f"--address={self.address}", "--node-ip-address=127.0.0.1",
-                                                 f"--num-cpus={cpus}",
-                                                 f"--num-gpus={gpus}"])
-        self.wait_nodes(len(self.nodes), timeout)
+    def worker(self, cpus: int = 2, gpus: int = 0, timeout: float = 300, attempts: int = 3) -> None:
+        """Start a worker node and wait until it is up. On a loaded host a raylet can miss its 30 s
+        start-up deadline and the node exits: it is started again (`attempts` in all)."""
+        for attempt in range(1, attempts + 1):
+            node = self._start(f"worker{len(self.nodes)}", [f"--address={self.address}", "--node-ip-address=127.0.0.1",
+                                                            f"--num-cpus={cpus}", f"--num-gpus={gpus}",
+                                                            *self._agent_port()])
+            try:
+                self.wait_nodes(sum(n.poll() is None for n in self.nodes), timeout)  # a killed node is not counted
+                return
+            except AssertionError:
+                if node.poll() is None or attempt == attempts:
+                    raise
+                self.nodes.remove(node)  # it exited before it joined: start another
+
+    def kill_node(self, index: int, timeout: float = 60) -> None:
+        """SIGKILL one node — its `ray start` process and every process of its session (raylet,
+        workers) — as a machine that is lost would; return once none is left."""
+        node = self.nodes[index]
+        self.killed.append(node)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = [pid for pid in (int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit())
+                    if (stat := _stat(pid)) is not None and stat[0] != "Z" and stat[2] == node.pid]
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if not left:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"processes of node {index} survived SIGKILL: {left}")
+            time.sleep(0.2)
+        node.wait(timeout=10)
 
     def node_folder(self, name: str = "head") -> Path:
         return self.root / f"node-{name}"
@@ -83,7 +121,7 @@ class RayCluster:
         deadline = time.monotonic() + timeout
         while True:
             for node in self.nodes:
-                if node.poll() is not None:
+                if node.poll() is not None and node not in self.killed:
                     raise AssertionError(f"a Ray node exited with {node.returncode}:\n{self.log_tail()}")
             try:
                 status = subprocess.run([RAY, "status", f"--address={self.address}"], env=self._env(),

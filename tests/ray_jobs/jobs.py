@@ -12,10 +12,10 @@ def pin_cluster() -> str:
     return f"RAY_ADDRESS={ray.get_runtime_context().gcs_address} "
 
 
-def submit(client, entrypoint: str) -> str | None:
+def submit(client, entrypoint: str, **options) -> str | None:
     """Submit, or None while the dashboard's job agent is not up yet (it says "try again later")."""
     try:
-        return client.submit_job(entrypoint=entrypoint)
+        return client.submit_job(entrypoint=entrypoint, **options)
     except RuntimeError as exc:
         if "No available agent to submit job" in str(exc):
             return None
