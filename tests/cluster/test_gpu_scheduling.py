@@ -1,4 +1,5 @@
-"""Issue #15 item 2: GPU placement on a two-node Ray cluster, proven without CUDA.
+"""Issue #15 items 1 and 2: an appliance that joins an existing two-node Ray cluster keeps its
+settings, and GPU placement on that cluster, proven without CUDA.
 
 One cluster for the module, made with `ray start` as a user would (tests/cluster/ray_cluster.py):
 a head with one CPU and no GPU, and a worker that *declares* one GPU and four CPUs (Ray schedules by
@@ -8,6 +9,12 @@ fall back to the CPU). One appliance (`aistudio serve`, a process of its own) jo
 a quarter, with the training gates on: a run (and every evaluation) waits at points a test closes,
 so concurrency is observed while it lasts, without sleeps.
 
+Item 1 (found on v0.1): the raylets run from working folders of their own with no `AISTUDIO_*` in
+their environment, and every Ray process the appliance starts there (the Serve replica, the event
+bus, the Train worker, the evaluation tasks) must still use the appliance's workspace, database and
+import roots. On v0.1 the replica made a SQLite file in the raylet's working folder and refused
+imports from the configured root.
+
 What is checked comes from Ray itself (its State API: nodes, placement groups, actors, tasks), read
 by a driver in a process of its own (tests/cluster/ray_client.py), and from the appliance's HTTP API
 and pages.
@@ -15,8 +22,10 @@ and pages.
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
@@ -134,6 +143,24 @@ def test_epochs_stream_over_sse_from_the_worker_node(placed):
     assert kinds and kinds[-1] == "complete", placed["events"]
     assert [e[1]["epoch"] for e in placed["events"] if e[0] == "epoch_end"] == [1]
     assert placed["events"][-1][1]["status"] == "completed"
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_the_joined_appliance_keeps_its_workspace_database_and_import_roots(rig, dataset, placed):
+    pid, _ = dataset
+    # The replica's database is the workspace's, not a file in a raylet's working folder; the import
+    # from the configured root (the `dataset` fixture's) was allowed and is in it.
+    with sqlite3.connect(rig.appliance.workspace / "aistudio.db") as db:
+        assert db.execute("select count(*) from images where project_id = ?", (pid,)).fetchone()[0] == 12
+    # The Train worker on the other node wrote its checkpoints into the same workspace.
+    weights = rig.appliance.workspace / "projects" / pid / "experiments" / placed["eid"] / "weights"
+    assert (weights / "best.ckpt").is_file(), files_under(rig.appliance.workspace)
+    # Nothing of the appliance's landed where Ray's node processes run.
+    for node in ("head", "worker1"):
+        assert [f for f in files_under(rig.cluster.node_folder(node)) if "aistudio" in f or f.endswith(".db")] == []
 
 
 def test_four_evaluations_share_the_gpu_at_a_quarter_each(rig, placed):
