@@ -14,7 +14,7 @@
 #
 # The last line says PASSED, SKIPPED (with the reason) or FAILED. Exit 0 on PASSED or SKIPPED.
 # SKIPPED when the machine cannot hold the build (free disk < AISTUDIO_CONTAINER_MIN_FREE_GB, default
-# 20) or, outside CI, has no apt-get or root. A failing build or check exits 1 (with CI=true, so does a
+# 40: the build writes ~20 GB and once ran out with 34 GB free beside other runs) or, outside CI, has no apt-get or root. A failing build or check exits 1 (with CI=true, so does a
 # machine without apt-get or root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ repo=$(pwd)
 mode=${1:-all}
 state=${AISTUDIO_CONTAINER_STATE:-/tmp/aistudio-container-check}
 tag=aistudio-ci-$$
-min_free_gb=${AISTUDIO_CONTAINER_MIN_FREE_GB:-20}
+min_free_gb=${AISTUDIO_CONTAINER_MIN_FREE_GB:-40}
 venv=${AISTUDIO_VENV:-.venv}
 t0=$(date +%s)
 
