@@ -90,6 +90,10 @@ _PLAIN = {
 
 def _plain(err: dict) -> str:
     kind, ctx = err.get("type"), err.get("ctx") or {}
+    if kind in ("too_long", "too_short") and isinstance(err.get("input"), str):
+        # a length constraint on a text type with its own validator (schemas.StoredText) is reported as
+        # a collection's: it is still a number of characters
+        kind = f"string_{kind}"
     if kind in ("value_error", "assertion_error") and "error" in ctx:
         return str(ctx["error"])
     if kind == "string_too_short":

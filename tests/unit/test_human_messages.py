@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from appliance.http.envelope import install_error_handlers, ok
+from appliance.schemas import StoredText
 
 
 class Body(BaseModel):
@@ -24,6 +25,8 @@ class Body(BaseModel):
     flag: bool = False
     tags: list[str] = Field(default_factory=list, max_length=2)
     ratio: float = 0.5
+    # an optional text type with a validator of its own: pydantic reports its lengths as a collection's
+    title: StoredText | None = Field(default=None, min_length=1, max_length=4)
 
     @field_validator("ratio")
     @classmethod
@@ -59,6 +62,8 @@ def client():
     ({"flag": "yes"}, "flag: must be true or false"),
     ({"tags": ["a", "b", "c"]}, "tags: must have at most 2 items"),
     ({"tags": "a"}, "tags: must be a list"),
+    ({"title": "abcde"}, "title: must be at most 4 characters"),
+    ({"title": ""}, "title: must not be empty"),
     ({"ratio": 0.25}, "ratio: ratio 0.25 is reserved; pick another"),
     ({"surprise": 1}, "surprise: is not a field of this request"),
 ])
