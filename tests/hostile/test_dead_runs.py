@@ -49,7 +49,8 @@ def test_a_run_whose_ray_job_died_is_interrupted_when_ray_says_so(server):
 
         os.kill(gates.arrivals("start")[0]["pid"], signal.SIGKILL)  # the job's entrypoint process
         assert wait_for(lambda: jobs.get_job_status(job), lambda s: s.is_terminal(), timeout=120, every=0.5) == JobStatus.FAILED
-        assert experiment(server.http, pid, eid)["status"] == "running"  # nothing else noticed
+        # the appliance's own watcher may reap it first (same check): never anything but these two
+        assert experiment(server.http, pid, eid)["status"] in ("running", "interrupted")
         assert ray_driver_alive(driver) is False
 
         reap_stale_runs(server.settings.db_url, driver_alive=ray_driver_alive)  # (the watcher may have done it first)
