@@ -45,7 +45,7 @@ fi
 "$venv/bin/lint-imports" --no-cache
 # --durations: the slowest tests, so the suite's time (budget: well inside 40 min with installs) is watched.
 suite=0
-"$venv/bin/python" -m pytest -p no:cacheprovider -ra --durations=25 "$@" || suite=$?
+"$venv/bin/python" -m pytest -p no:cacheprovider -ra --durations=60 "$@" || suite=$?
 container=0
 if [ -n "$container_pid" ]; then
   echo "=== Docker image check (scripts/container_check.sh) ==="

@@ -2,6 +2,10 @@
 own local Ray), gets one job of every kind in flight, is killed with SIGKILL together with every
 process of its Ray, and is started again on the same workspace.
 
+Standing at the kill (issue #16): a prediction endpoint deployed from an ONNX export of E1; after
+the restart it is deployed again from its record and answers with the same key and prediction.
+(Replicas here reserve no CPU, `AISTUDIO_ENDPOINT_CPUS=0`, so the CPU count below is unchanged.)
+
 In flight at the kill, each state made deterministic rather than "slow enough":
 - training run E2: a 1000-epoch run whose Train worker is up (and holds a CPU);
 - evaluation EV1 and export X1: `running`, their Ray worker frozen with SIGSTOP, so they cannot
@@ -43,7 +47,7 @@ DONE = ("completed", "failed", "cancelled", "stopped", "interrupted")
 
 @pytest.fixture
 def appliance(tmp_path):
-    yield from appliance_in(tmp_path, cpus=3)
+    yield from appliance_in(tmp_path, cpus=3, env={"AISTUDIO_ENDPOINT_CPUS": "0"})
 
 
 def data(response: httpx.Response, status: int = 200):
@@ -84,6 +88,18 @@ def test_every_job_kind_after_kill_9_and_restart(appliance: ApplianceProcess, tm
     e1 = create_experiment(http, pa, split["id"], epochs=1, name="e1")
     data(http.post("/api/training/run", json={"project_id": pa, "experiment_id": e1}), 202)
     assert wait_job(http, f"/api/training/{pa}/experiments/{e1}")["status"] == "completed"
+
+    # A live endpoint (issue #16), standing rather than in flight.
+    x0 = data(http.post("/api/export/run", json={"project_id": pa, "experiment_id": e1, "format": "onnx"}), 202)["id"]
+    assert wait_job(http, f"/api/export/{pa}/{x0}")["status"] == "completed"
+    deployed = data(http.post("/api/deployments", json={"project_id": pa, "export_id": x0, "name": "survivor"}), 202)
+    dep, key = deployed["id"], deployed["api_key"]
+    up = wait_job(http, f"/api/deployments/{dep}", lambda d: d["status"] in ("running", "failed"))
+    assert up["status"] == "running", up["error"]
+    image = data(http.get(f"/api/datasets/{pa}/images?limit=1"))["items"][0]
+    jpeg = http.get(image["url"]).content
+    with_key = {"Authorization": f"Bearer {key}", "Content-Type": "image/jpeg"}
+    predicted = data(http.post("/models/survivor/predict", content=jpeg, headers=with_key))
 
     e2 = create_experiment(http, pa, split["id"], epochs=1000, name="e2")
     data(http.post("/api/training/run", json={"project_id": pa, "experiment_id": e2}), 202)
@@ -175,6 +191,13 @@ def test_every_job_kind_after_kill_9_and_restart(appliance: ApplianceProcess, tm
         ev = wait_job(http, f"/api/evaluation/{pa}/{ev_id}")
         assert ev["status"] == "completed" and ev["total"] == ev["done"] == EXPECTED_SUBSETS[subset], ev
         assert data(http.get(f"/api/evaluation/{pa}/{ev_id}/samples?kind=all"))["total"] == EXPECTED_SUBSETS[subset]
+    # The endpoint is deployed again from its record: same key, same answer; none without the key.
+    back = wait_job(http, f"/api/deployments/{dep}", lambda d: d["status"] == "failed"
+                    or d["status"] == "running" and d["replicas"]["running"] >= 1)
+    assert back["status"] == "running", back["error"]
+    assert data(http.post("/models/survivor/predict", content=jpeg, headers=with_key)) == predicted
+    assert http.post("/models/survivor/predict", content=jpeg, headers={"Content-Type": "image/jpeg"}).status_code == 401
+
     for x_id, model_file in ((x2, "model.pt"), (x3, "model.onnx")):
         x = wait_job(http, f"/api/export/{pa}/{x_id}")
         assert x["status"] == "completed", x
