@@ -5,7 +5,8 @@
 `serve.run` with another application name adds or updates that application only. Each replica loads
 the export's bundle ZIP (the model file, labels, preprocessing), answers `POST /models/<name>/predict`
 (multipart `file`, raw `image/*` bytes or JSON `{"image_base64": ...}`), checks the endpoint's API key
-(only its SHA-256 travels here) and batches requests with `@serve.batch`.
+(only its SHA-256 travels here) and batches requests with `@serve.batch`. It also answers the KServe v2 /
+Open Inference Protocol `POST /models/<name>/infer` with an already preprocessed tensor.
 
 Preprocessing and post-processing are `ray_jobs.prediction`, the very file the bundle ships as
 `aistudio_prediction.py`, so an endpoint and the bundle's predict.py give the same answer.
@@ -36,7 +37,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ray_jobs.prediction import NotAnImage, classification, detection, preprocess
+from ray_jobs.prediction import NotAnImage, classification, detection, image_hw, preprocess
 
 APP_PREFIX = "model-"
 ROUTE_PREFIX = "/models/"
@@ -168,6 +169,40 @@ def onnx_session_options(cpus: float):
     return options
 
 
+MAX_INFER_BATCH = 64  # images in one /infer request (each goes through the endpoint's batching)
+
+
+def infer_input(body: bytes, spec: dict, max_batch: int) -> tuple[np.ndarray, str | None]:
+    """An Open Inference Protocol request body -> ([N, 3, H, W] float32, its `id`); BadInput naming the
+    field otherwise. H, W: the model's input size (`preprocess.json`)."""
+    h, w = image_hw(spec)
+    try:
+        request = json.loads(body)
+    except ValueError:
+        raise BadInput(400, "VALIDATION_ERROR", "body: not JSON (send {\"inputs\": [{\"name\", \"shape\", "
+                                                "\"datatype\": \"FP32\", \"data\"}]})") from None
+    inputs = request.get("inputs") if isinstance(request, dict) else None
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise BadInput(400, "VALIDATION_ERROR", "inputs: a list of exactly one input tensor")
+    tensor = inputs[0]
+    if tensor.get("datatype") != "FP32":
+        raise BadInput(400, "VALIDATION_ERROR", "inputs[0].datatype: must be FP32")
+    shape = tensor.get("shape")
+    if (not isinstance(shape, list) or len(shape) != 4 or not all(type(n) is int for n in shape)
+            or not 1 <= shape[0] <= max_batch or shape[1:] != [3, h, w]):
+        raise BadInput(400, "VALIDATION_ERROR", f"inputs[0].shape: must be [N, 3, {h}, {w}] with N from 1 to "
+                                                f"{max_batch} (the input of preprocess.json)")
+    try:
+        x = np.asarray(tensor.get("data"), dtype=np.float32)
+    except (TypeError, ValueError):
+        x = None
+    if x is None or x.size != math.prod(shape) or not np.isfinite(x).all():
+        raise BadInput(400, "VALIDATION_ERROR", f"inputs[0].data: {math.prod(shape)} finite numbers "
+                                                "(flat, row-major, or nested as the shape)")
+    request_id = request.get("id")
+    return x.reshape(shape), request_id if isinstance(request_id, str) else None
+
+
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"status": "error", "error": {"code": code, "message": message}}, status_code=status,
                         headers=headers)
@@ -246,13 +281,16 @@ class ModelEndpoint:
             raise BadInput(401, "UNAUTHORIZED", "This endpoint needs its API key: Authorization: Bearer <api_key>")
 
     async def _handle(self, request: Request) -> JSONResponse:
-        path = request.url.path.rstrip("/")
-        if not path.endswith(f"{route_prefix(self.name)}/predict"):
+        path, prefix = request.url.path.rstrip("/"), route_prefix(self.name)
+        infer = path.endswith(f"{prefix}/infer")
+        if not infer and not path.endswith(f"{prefix}/predict"):
             raise BadInput(404, "NOT_FOUND", f"Not found: {request.url.path} (this endpoint answers "
-                                             f"POST {route_prefix(self.name)}/predict)")
+                                             f"POST {prefix}/predict and POST {prefix}/infer)")
         if request.method != "POST":
             raise BadInput(405, "METHOD_NOT_ALLOWED", "Use POST to predict")
         self._authorize(request)
+        if infer:
+            return await self._infer(request)
         data = await self._image_bytes(request)
         try:
             x, size = preprocess(data, self.spec)
@@ -268,6 +306,36 @@ class ModelEndpoint:
                 {"label": name, "score": score, "box": box}
                 for name, score, box in zip(d["label_names"], d["scores"], d["boxes"])]}
         return JSONResponse({"status": "ok", "data": result})
+
+    async def _infer(self, request: Request) -> JSONResponse:
+        """KServe v2 / Open Inference Protocol: one FP32 input tensor, already preprocessed as the bundle's
+        `preprocess.json` says ([N, 3, H, W]); the model's raw outputs back, unenveloped as the protocol
+        has them. Errors keep the appliance's envelope."""
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            raise BadInput(413, "PAYLOAD_TOO_LARGE", f"The request is larger than {self.max_bytes} bytes")
+        body = await request.body()
+        if len(body) > self.max_bytes:
+            raise BadInput(413, "PAYLOAD_TOO_LARGE", f"The request is larger than {self.max_bytes} bytes")
+        x, request_id = infer_input(body, self.spec, max_batch=1 if self.task == "detection" else MAX_INFER_BATCH)
+        outputs = await asyncio.gather(*(self.predict_batch(x[i:i + 1]) for i in range(len(x))))
+        if self.task == "classification":
+            logits = np.stack([np.asarray(o, np.float32).reshape(-1) for o in outputs])
+            tensors = [{"name": "logits", "datatype": "FP32", "shape": list(logits.shape),
+                        "data": logits.reshape(-1).tolist(), "parameters": {"labels": self.labels}}]
+        else:
+            boxes, scores, classes = (np.asarray(o) for o in outputs[0][:3])
+            boxes = boxes.reshape(-1, 4).astype(np.float32)
+            tensors = [
+                {"name": "boxes", "datatype": "FP32", "shape": list(boxes.shape), "data": boxes.reshape(-1).tolist()},
+                {"name": "scores", "datatype": "FP32", "shape": [len(scores)],
+                 "data": scores.astype(np.float32).reshape(-1).tolist()},
+                {"name": "labels", "datatype": "INT64", "shape": [len(classes)],
+                 "data": classes.astype(np.int64).reshape(-1).tolist(), "parameters": {"labels": self.labels}}]
+        answer = {"model_name": self.model_name, "outputs": tensors}
+        if request_id is not None:
+            answer["id"] = request_id
+        return JSONResponse(answer)
 
     def _threshold(self, request: Request) -> float:
         given = request.query_params.get("score_threshold")

@@ -141,6 +141,8 @@ def test_endpoint_answers_as_the_bundle_does_and_guards_its_door(server, classif
         assert figures["metrics"]["requests"] == 11 and figures["metrics"]["errors"] == 8
         assert figures["metrics"]["p50_ms"] > 0 and figures["metrics"]["p99_ms"] >= figures["metrics"]["p50_ms"]
         assert figures["replicas"] == {"running": 1, "target": 1}
+        with server.anon() as anon:
+            check_open_inference_protocol(anon, keyed, key, data, tmp_path / "bundle", printed)
         listed = server.http.get("/api/deployments", params={"project_id": pid}).json()["data"]
         assert {keyed["id"], open_one["id"]} <= {d["id"] for d in listed}
     finally:
@@ -151,6 +153,44 @@ def test_endpoint_answers_as_the_bundle_does_and_guards_its_door(server, classif
             r = anon.post(url, content=data, headers={"Content-Type": "image/jpeg"})
             assert r.status_code == 404, r.text
     assert server.http.get(f"/api/deployments/{keyed['id']}").status_code == 404
+
+
+def check_open_inference_protocol(anon, deployed: dict, key: str, image: bytes, bundle: Path, printed: dict) -> None:
+    """KServe v2 `/infer`: the image preprocessed as the bundle's preprocess.json says gives logits whose
+    softmax is predict.py's answer; a batch of two answers twice; bad tensors → 400 naming the field."""
+    import numpy as np
+
+    from ray_jobs.prediction import classification, preprocess
+
+    spec = json.loads((bundle / "preprocess.json").read_text())
+    x, _ = preprocess(image, spec)
+    url, auth = deployed["url"].removesuffix("/predict") + "/infer", {"Authorization": f"Bearer {key}"}
+
+    def tensor(array, **changes):
+        return {"id": "r1", "inputs": [{"name": "input", "datatype": "FP32", "shape": list(array.shape),
+                                        "data": array.reshape(-1).tolist(), **changes}]}
+
+    r = anon.post(url, json=tensor(np.concatenate([x, x])), headers=auth)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["model_name"] == deployed["name"] and answer["id"] == "r1"
+    [out] = answer["outputs"]
+    assert out["shape"][0] == 2 and out["datatype"] == "FP32"
+    logits = np.asarray(out["data"], np.float32).reshape(out["shape"])
+    for row in logits:
+        got = classification(row, out["parameters"]["labels"])
+        assert {t["label"]: t["score"] for t in got["top"]} == pytest.approx(
+            {t["label"]: t["score"] for t in printed["top"]}, abs=1e-5)
+    assert anon.post(url, json=tensor(x)).status_code == 401
+    h, w = x.shape[2:]
+    bad = [({"inputs": []}, "inputs"), (tensor(x, datatype="INT8"), "inputs[0].datatype"),
+           (tensor(x, shape=[1, 3, h + 1, w]), "inputs[0].shape"), (tensor(x, shape=[0, 3, h, w]), "inputs[0].shape"),
+           (tensor(x, data=[1.0, 2.0]), "inputs[0].data"), (tensor(x, data="pixels"), "inputs[0].data")]
+    for body, field in bad:
+        r = anon.post(url, json=body, headers=auth)
+        assert r.status_code == 400 and field in r.json()["error"]["message"], (field, r.text)
+    r = anon.post(url, content=b"not json", headers={**auth, "Content-Type": "application/json"})
+    assert r.status_code == 400 and "body" in r.json()["error"]["message"], r.text
 
 
 def test_detection_endpoint_boxes_in_original_pixels(server, tmp_path):
@@ -184,5 +224,24 @@ def test_detection_endpoint_boxes_in_original_pixels(server, tmp_path):
         assert [d["score"] for d in got] == pytest.approx(printed["scores"], abs=1e-5)
         assert all(0 <= x1 <= x2 <= 200.01 and 0 <= y1 <= y2 <= 150.01 for x1, y1, x2, y2 in (d["box"] for d in got))
         assert any(d["box"][2] > 64 or d["box"][3] > 64 for d in got)  # not in the 64 px input's coordinates
+
+        # KServe v2 /infer: the raw outputs in the input tensor's pixels (no threshold), one image a request
+        from ray_jobs.prediction import preprocess
+
+        spec = json.loads((tmp_path / "bundle" / "preprocess.json").read_text())
+        x, _ = preprocess((tmp_path / "wide.png").read_bytes(), spec)
+        tensor = {"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()}
+        with server.anon() as anon:
+            url = endpoint["url"].removesuffix("/predict") + "/infer"
+            r = anon.post(url, json={"inputs": [tensor]})
+            assert r.status_code == 200, r.text
+            outputs = {o["name"]: o for o in r.json()["outputs"]}
+            scores = [s for s in outputs["scores"]["data"] if s >= min(d["score"] for d in got)]
+            assert scores == pytest.approx([d["score"] for d in got], abs=1e-5)
+            assert outputs["boxes"]["shape"] == [len(outputs["scores"]["data"]), 4]
+            assert max(outputs["boxes"]["data"]) <= 64.01  # the 64 px input's coordinates
+            two = {**tensor, "shape": [2, *x.shape[1:]], "data": tensor["data"] * 2}
+            r = anon.post(url, json={"inputs": [two]})
+            assert r.status_code == 400 and "inputs[0].shape" in r.json()["error"]["message"], r.text
     finally:
         undeploy(server, endpoint)
