@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field, ValidationError
@@ -26,6 +26,8 @@ HealthIssue = Literal["near_duplicate", "tiny", "huge", "extreme_aspect", "degen
 # Content-addressed names (one id per stored file) never change: cache them for good — in the
 # user's own browser only (`private`): they may sit behind the API token.
 IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}
+ThumbVersionQ = Annotated[str | None, Query(max_length=64, pattern=r"^[0-9a-f]+$",
+                                            description="The image's content version (cache key); any value serves")]
 
 
 class LocalImport(StrictBody):
@@ -196,13 +198,31 @@ def image(project_id: ProjectId, filename: str, session: SessionDep, workspace: 
 
 
 @router.get("/{project_id}/thumbnail/{filename}", response_class=FileResponse)
-async def thumbnail(request: Request, project_id: ProjectId, filename: str, session: SessionDep,
-                    settings: SettingsDep, workspace: WorkspaceDep):
-    """A ≤256 px JPEG thumbnail, made at import and cached under `.thumbs/` (for older datasets: made on
-    first request, a few at a time; a grey placeholder for an image over AISTUDIO_MAX_IMAGE_PIXELS)."""
-    target = await run_in_threadpool(thumbnails.thumbnail_target, session, workspace, project_id, filename)
-    limit = settings.max_image_pixels
-    path = await thumbnails.ensure_thumbnail(thumbnails.slots_of(request.app.state, limit), target, limit)
-    if path is None:
-        return Response(thumbnails.placeholder(), media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
-    return FileResponse(path, headers=IMMUTABLE, media_type="image/jpeg")
+async def thumbnail(request: Request, project_id: ProjectId, filename: str, settings: SettingsDep,
+                    workspace: WorkspaceDep, v: ThumbVersionQ = None):
+    """A ≤256 px JPEG thumbnail, made at import and cached under `.thumbs/`: served as a static file
+    (no database, no decode; `?v=` is the image's content version, so it is cached for good, with an
+    ETag and 304). For older datasets it is made on first request, a few at a time; a grey
+    placeholder for an image over AISTUDIO_MAX_IMAGE_PIXELS."""
+    cached = thumbnails.read_cached(workspace, project_id, filename)
+    headers = {"Cache-Control": thumbnails.cache_control(settings.api_token is not None)}
+    if cached is None:  # not made yet, or not a plain file of this project: the checked, lazy path
+        target = await run_in_threadpool(_thumbnail_target, request, workspace, project_id, filename)
+        limit = settings.max_image_pixels
+        path = await thumbnails.ensure_thumbnail(thumbnails.slots_of(request.app.state, limit), target, limit)
+        if path is None:
+            return Response(thumbnails.placeholder(), media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
+        cached = thumbnails.read_cached(workspace, project_id, filename)
+        if cached is None:
+            return FileResponse(path, headers=headers, media_type="image/jpeg")
+    body, etag = cached
+    headers["ETag"] = etag
+    if thumbnails.etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="image/jpeg", headers=headers)
+
+
+def _thumbnail_target(request: Request, workspace, project_id: str, filename: str):
+    """The lazy path's database check (only an image row of this project gets a thumbnail made)."""
+    with request.app.state.sessions() as session:
+        return thumbnails.thumbnail_target(session, workspace, project_id, filename)

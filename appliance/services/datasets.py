@@ -626,8 +626,14 @@ def image_public(image: Image) -> dict:
         "boxes": [{"label": b.label, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2, "difficult": bool(b.difficult)}
                   for b in image.boxes],
         "url": f"/api/datasets/{image.project_id}/image/{image.filename}",
-        "thumbnail_url": f"/api/datasets/{image.project_id}/thumbnail/{image.filename}",
+        "thumbnail_url": thumbnail_url(image.project_id, image.filename, image.sha256),
     }
+
+
+def thumbnail_url(project_id: str, filename: str, sha256: str | None) -> str:
+    """The thumbnail's URL, versioned by the image's content so it can be cached for good."""
+    version = f"?v={sha256[:16]}" if sha256 else ""
+    return f"/api/datasets/{project_id}/thumbnail/{filename}{version}"
 
 
 def get_image(session: Session, project_id: str, image_id: str) -> Image:
