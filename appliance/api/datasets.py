@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from appliance.http.deps import ForceQ, LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
-from appliance.http.envelope import Envelope, Page, ok
+from appliance.http.envelope import CursorPage, Envelope, ok
 from appliance.http.uploads import StreamedForm, receive_file_form
 from appliance.schemas import DatasetSummaryPublic, Deleted, ImagePublic, ImportJobPublic, StrictBody
 from appliance.services import datasets as service
@@ -160,20 +160,28 @@ def summary(request: Request, project_id: ProjectId, session: SessionDep, settin
     return ok(data)
 
 
-@router.get("/{project_id}/images", response_model=Envelope[Page[ImagePublic]])
+CursorQ = Annotated[str | None, Query(max_length=200, description="The `next_cursor` of the previous page (keyset "
+                                       "pagination; leave out for the first page; not with offset)")]
+LabelQ = Annotated[str | None, Query(max_length=200, description="Class: the image's label, or a box's (detection)")]
+
+
+@router.get("/{project_id}/images", response_model=Envelope[CursorPage[ImagePublic]])
 def list_images(
     request: Request, project_id: ProjectId, session: SessionDep, settings: SettingsDep, offset: OffsetQ = 0,
-    limit: LimitQ = 60, label: str | None = None, split_id: str | None = None,
-    subset: Literal["train", "val", "test"] | None = None, issue: HealthIssue | None = None,
+    limit: LimitQ = 60, label: LabelQ = None, split_id: str | None = None,
+    subset: Literal["train", "val", "test"] | None = None, issue: HealthIssue | None = None, cursor: CursorQ = None,
 ):
-    """A page of images with annotations, filtered by label, split subset and health issue."""
-    items, total = service.list_images(session, project_id, offset, limit, label, split_id, subset, issue,
-                                       settings.near_duplicate_distance)
+    """A page of images with annotations, in import order, filtered by label, split subset and health
+    issue; `next_cursor` gives the next page (keyset), `offset` still works."""
+    page = service.list_images(session, project_id, offset, limit, label, split_id, subset, issue,
+                               settings.near_duplicate_distance, cursor, with_position=wants_fragment(request))
     if wants_fragment(request):
-        return render(request, "fragments/image_grid.html", images=items, total=total, offset=offset, limit=limit,
-                      project_id=project_id, label=label or "", split_id=split_id or "", subset=subset or "",
-                      issue=issue or "")
-    return ok(Page(items=items, total=total, offset=offset, limit=limit))
+        at = page.position if page.position is not None else offset
+        return render(request, "fragments/image_grid.html", images=page.items, total=page.total, offset=at,
+                      limit=limit, project_id=project_id, label=label or "", split_id=split_id or "",
+                      subset=subset or "", issue=issue or "", next_cursor=page.next_cursor, cursor=cursor or "", prev_cursor=page.prev_cursor,
+                      paging="offset" if offset else "cursor")
+    return ok(CursorPage(items=page.items, total=page.total, offset=offset, limit=limit, next_cursor=page.next_cursor))
 
 
 @router.get("/{project_id}/images/{image_id}", response_model=Envelope[ImagePublic])

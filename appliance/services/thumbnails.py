@@ -142,6 +142,12 @@ _MAX_THUMB_BYTES = 4 << 20  # a thumbnail is a ≤256 px JPEG: far below this
 IMMUTABLE_S = 31536000
 
 
+def thumbnail_url(project_id: str, filename: str, sha256: str | None) -> str:
+    """The thumbnail's URL, versioned by the image's content so it can be cached for good."""
+    version = f"?v={sha256[:16]}" if sha256 else ""
+    return f"/api/datasets/{project_id}/thumbnail/{filename}{version}"
+
+
 def cache_control(behind_token: bool) -> str:
     """Thumbnail URLs carry the image's content version, so they may be cached for good; behind the
     API token only by the user's own browser (`private`), else by any cache (`public`)."""
