@@ -5,8 +5,9 @@ through the real appliance (Ray Serve ingress, local-path import, the import wor
 headless (FastHttpUser, no wait) runs "page views" against each project: one image-list page of 48
 (`GET /api/datasets/{p}/images?limit=48&cursor=…`, each user walking the whole dataset with the
 keyset cursor, wrapping at the end) + 8 thumbnails of that page. The baseline, measured in the same
-run and interleaved with the projects: the same shape of page view (9 requests) on `GET /api/health`
-through the same ingress — the floor any route pays. Reports, per size and user count: list
+run and interleaved with the projects: the same shape of page view (9 requests) on a small static
+file (`GET /static/favicon.svg`, Starlette's StaticFiles) through the same ingress — the floor any
+route pays. Reports, per size and user count: list
 p50/p99, thumbnail p50/p99, req/s, errors, and the ratios to the baseline; the cost should not grow
 with N (compare the sizes' rows).
 
@@ -40,7 +41,7 @@ import random
 from locust import FastHttpUser, task
 
 class Browse(FastHttpUser):
-    target = "{target}"  # "health" or a project id
+    target = "{target}"  # "static" or a project id
     connection_timeout = 60.0
     network_timeout = 60.0
 
@@ -49,10 +50,10 @@ class Browse(FastHttpUser):
 
     @task
     def page_view(self):
-        if self.target == "health":
-            self.client.get("/api/health", name="list")
+        if self.target == "static":
+            self.client.get("/static/favicon.svg", name="list")
             for _ in range(8):
-                self.client.get("/api/health", name="thumb")
+                self.client.get("/static/favicon.svg", name="thumb")
             return
         url = f"/api/datasets/{{self.target}}/images?limit=48"
         if self.cursor:
@@ -173,9 +174,9 @@ def main(argv: list[str] | None = None) -> None:
             work = root / "locust"
             work.mkdir(exist_ok=True)
             for users in args.users:  # interleaved: baseline, then each size, at this user count
-                base = run_locust(url, "health", users, args.duration, work, f"health_u{users}")
+                base = run_locust(url, "static", users, args.duration, work, f"static_u{users}")
                 results["baseline"][users] = base
-                print(f"baseline /api/health u={users}: {base}", flush=True)
+                print(f"baseline /static/favicon.svg u={users}: {base}", flush=True)
                 for n, pid in projects.items():
                     r = run_locust(url, pid, users, args.duration, work, f"n{n}_u{users}")
                     r["list_p99_over_baseline"] = round(r["list_p99_ms"] / max(base["list_p99_ms"], 1), 2)

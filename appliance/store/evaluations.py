@@ -111,9 +111,14 @@ def sample_keys(payload: dict) -> tuple[set[tuple[int, int]], set[int]]:
     else:
         cells = {tuple(c) for c in payload.get("cells") or []}
     classes = set()
-    if "gt" in payload or "pred" in payload:
-        classes = set((payload.get("gt") or {}).get("labels") or []) | set((payload.get("pred") or {}).get("labels") or [])
+    if isinstance(payload.get("gt"), dict) or isinstance(payload.get("pred"), dict):  # detection
+        classes = set(_boxes(payload, "gt") or []) | set(_boxes(payload, "pred") or [])
     return {(int(t), int(p)) for t, p in cells}, {int(c) for c in classes}
+
+
+def _boxes(payload: dict, key: str) -> list:
+    value = payload.get(key)
+    return value.get("labels") or [] if isinstance(value, dict) else []
 
 
 def fail(db_url: str, evaluation_id: str, reason: str) -> None:

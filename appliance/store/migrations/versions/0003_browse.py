@@ -77,10 +77,15 @@ def _keys(payload: dict) -> tuple[set, set]:
     else:
         found_cells = {tuple(c) for c in payload.get("cells") or []}
     found_classes = set()
-    if "gt" in payload or "pred" in payload:
-        found_classes = set((payload.get("gt") or {}).get("labels") or []) | set(
-            (payload.get("pred") or {}).get("labels") or [])
+    if isinstance(payload.get("gt"), dict) or isinstance(payload.get("pred"), dict):  # detection
+        found_classes = set(_boxes(payload, "gt") or []) | set(
+            _boxes(payload, "pred") or [])
     return {(int(t), int(p)) for t, p in found_cells}, {int(c) for c in found_classes}
+
+
+def _boxes(payload: dict, key: str) -> list:
+    value = payload.get(key)
+    return value.get("labels") or [] if isinstance(value, dict) else []
 
 
 def _flush(bind, cells, cell_rows, classes, class_rows) -> None:
