@@ -16,6 +16,7 @@ from sqlalchemy import event
 
 from appliance.config import Settings
 from tests.fixtures import create_project, import_and_wait, list_all_images, make_classification_folder
+from tests.pg import both_backends
 
 CLASSES = ("red", "green", "blue")
 
@@ -332,3 +333,24 @@ def test_indexes_serve_the_filters(browse):
             assert "TEMP B-TREE" not in plan, (name, plan)
     engine.dispose()
     assert Path(settings.db_url.split("///", 1)[1]).is_file()
+
+
+@both_backends
+def test_keyset_and_cell_filter_on_both_backends(client, settings):
+    """The row-value cursor comparison and the side-table filters, also on PostgreSQL."""
+    gen = make_classification_folder(settings.import_roots[0] / "pg", classes=("red", "blue"), per_class=6, size=16)
+    pid = create_project(client, name="keyset backends")
+    assert import_and_wait(client, pid, gen.root)["added"] == 12
+    for filters in ({}, {"label": "red"}):
+        ids, total = walk(client, pid, 5, **filters)
+        assert ids == [im["id"] for im in list_all_images(client, pid, **filters)] and len(set(ids)) == total
+    sid = client.post(f"/api/splits/{pid}", json={"name": "s", "train": 0.5, "val": 0.5, "test": 0}).json()["data"]["id"]
+    images = list_all_images(client, pid)
+    samples = [{"image_id": im["id"], "filename": im["filename"], "width": 16, "height": 16} for im in images]
+    records = [{"index": i, "id": i, "true": i % 2, "true_name": "rb"[i % 2], "pred": 0, "pred_name": "r",
+                "score": 0.5, "true_score": 0.5, "correct": i % 2 == 0, "cell": [i % 2, 0], "is_error": i % 2 == 1,
+                "top": []} for i in range(12)]
+    evid = _evaluation(settings, pid, sid, "classification", records, samples, ["r", "b"])
+    page = client.get(f"/api/evaluation/{pid}/{evid}/samples", params={"kind": "all", "cell": "1,0", "limit": 4}).json()
+    assert page["data"]["total"] == 6 and [s["image_id"] for s in page["data"]["items"]] == [
+        images[i]["id"] for i in (1, 3, 5, 7)]
