@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal, get_args
 
 from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field, ValidationError
@@ -16,6 +17,7 @@ from appliance.http.uploads import StreamedForm, receive_file_form
 from appliance.schemas import DatasetSummaryPublic, Deleted, ImagePublic, ImportJobPublic, StrictBody
 from appliance.services import datasets as service
 from appliance.services import thumbnails
+from appliance.store.ids import check_id
 from appliance.web import render, wants_fragment
 
 router = APIRouter(prefix="/api/datasets", tags=["datasets"])
@@ -206,12 +208,15 @@ def image(project_id: ProjectId, filename: str, session: SessionDep, workspace: 
 
 
 @router.get("/{project_id}/thumbnail/{filename}", response_class=FileResponse)
-async def thumbnail(request: Request, project_id: ProjectId, filename: str, settings: SettingsDep,
-                    workspace: WorkspaceDep, v: ThumbVersionQ = None):
+async def thumbnail(request: Request, project_id: Annotated[str, PathParam(description="proj-…")], filename: str,
+                    v: ThumbVersionQ = None):
     """A ≤256 px JPEG thumbnail, made at import and cached under `.thumbs/`: served as a static file
     (no database, no decode; `?v=` is the image's content version, so it is cached for good, with an
     ETag and 304). For older datasets it is made on first request, a few at a time; a grey
     placeholder for an image over AISTUDIO_MAX_IMAGE_PIXELS."""
+    # No dependencies: FastAPI runs sync ones in the thread pool, three hops per thumbnail.
+    check_id("project", project_id)
+    settings, workspace = request.app.state.settings, request.app.state.workspace
     cached = thumbnails.read_cached(workspace, project_id, filename)
     headers = {"Cache-Control": thumbnails.cache_control(settings.api_token is not None)}
     if cached is None:  # not made yet, or not a plain file of this project: the checked, lazy path
