@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from appliance.http.deps import ForceQ, LimitQ, OffsetQ, ProjectId, RunnerDep, SessionDep, SettingsDep, WorkspaceDep
-from appliance.http.envelope import Envelope, Page, ok
+from appliance.http.envelope import CursorPage, Envelope, ok
 from appliance.http.uploads import StreamedForm, receive_file_form
 from appliance.schemas import DatasetSummaryPublic, Deleted, ImagePublic, ImportJobPublic, StrictBody
 from appliance.services import datasets as service
 from appliance.services import thumbnails
+from appliance.store.ids import check_id
 from appliance.web import render, wants_fragment
 
 router = APIRouter(prefix="/api/datasets", tags=["datasets"])
@@ -26,6 +28,8 @@ HealthIssue = Literal["near_duplicate", "tiny", "huge", "extreme_aspect", "degen
 # Content-addressed names (one id per stored file) never change: cache them for good — in the
 # user's own browser only (`private`): they may sit behind the API token.
 IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}
+ThumbVersionQ = Annotated[str | None, Query(max_length=64, pattern=r"^[0-9a-f]+$",
+                                            description="The image's content version (cache key); any value serves")]
 
 
 class LocalImport(StrictBody):
@@ -158,20 +162,28 @@ def summary(request: Request, project_id: ProjectId, session: SessionDep, settin
     return ok(data)
 
 
-@router.get("/{project_id}/images", response_model=Envelope[Page[ImagePublic]])
+CursorQ = Annotated[str | None, Query(max_length=200, description="The `next_cursor` of the previous page (keyset "
+                                       "pagination; leave out for the first page; not with offset)")]
+LabelQ = Annotated[str | None, Query(max_length=200, description="Class: the image's label, or a box's (detection)")]
+
+
+@router.get("/{project_id}/images", response_model=Envelope[CursorPage[ImagePublic]])
 def list_images(
     request: Request, project_id: ProjectId, session: SessionDep, settings: SettingsDep, offset: OffsetQ = 0,
-    limit: LimitQ = 60, label: str | None = None, split_id: str | None = None,
-    subset: Literal["train", "val", "test"] | None = None, issue: HealthIssue | None = None,
+    limit: LimitQ = 60, label: LabelQ = None, split_id: str | None = None,
+    subset: Literal["train", "val", "test"] | None = None, issue: HealthIssue | None = None, cursor: CursorQ = None,
 ):
-    """A page of images with annotations, filtered by label, split subset and health issue."""
-    items, total = service.list_images(session, project_id, offset, limit, label, split_id, subset, issue,
-                                       settings.near_duplicate_distance)
+    """A page of images with annotations, in import order, filtered by label, split subset and health
+    issue; `next_cursor` gives the next page (keyset), `offset` still works."""
+    page = service.list_images(session, project_id, offset, limit, label, split_id, subset, issue,
+                               settings.near_duplicate_distance, cursor, with_position=wants_fragment(request))
     if wants_fragment(request):
-        return render(request, "fragments/image_grid.html", images=items, total=total, offset=offset, limit=limit,
-                      project_id=project_id, label=label or "", split_id=split_id or "", subset=subset or "",
-                      issue=issue or "")
-    return ok(Page(items=items, total=total, offset=offset, limit=limit))
+        at = page.position if page.position is not None else offset
+        return render(request, "fragments/image_grid.html", images=page.items, total=page.total, offset=at,
+                      limit=limit, project_id=project_id, label=label or "", split_id=split_id or "",
+                      subset=subset or "", issue=issue or "", next_cursor=page.next_cursor, cursor=cursor or "", prev_cursor=page.prev_cursor,
+                      paging="offset" if offset else "cursor")
+    return ok(CursorPage(items=page.items, total=page.total, offset=offset, limit=limit, next_cursor=page.next_cursor))
 
 
 @router.get("/{project_id}/images/{image_id}", response_model=Envelope[ImagePublic])
@@ -196,13 +208,34 @@ def image(project_id: ProjectId, filename: str, session: SessionDep, workspace: 
 
 
 @router.get("/{project_id}/thumbnail/{filename}", response_class=FileResponse)
-async def thumbnail(request: Request, project_id: ProjectId, filename: str, session: SessionDep,
-                    settings: SettingsDep, workspace: WorkspaceDep):
-    """A ≤256 px JPEG thumbnail, made at import and cached under `.thumbs/` (for older datasets: made on
-    first request, a few at a time; a grey placeholder for an image over AISTUDIO_MAX_IMAGE_PIXELS)."""
-    target = await run_in_threadpool(thumbnails.thumbnail_target, session, workspace, project_id, filename)
-    limit = settings.max_image_pixels
-    path = await thumbnails.ensure_thumbnail(thumbnails.slots_of(request.app.state, limit), target, limit)
-    if path is None:
-        return Response(thumbnails.placeholder(), media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
-    return FileResponse(path, headers=IMMUTABLE, media_type="image/jpeg")
+async def thumbnail(request: Request, project_id: Annotated[str, PathParam(description="proj-…")], filename: str,
+                    v: ThumbVersionQ = None):
+    """A ≤256 px JPEG thumbnail, made at import and cached under `.thumbs/`: served as a static file
+    (no database, no decode; `?v=` is the image's content version, so it is cached for good, with an
+    ETag and 304). For older datasets it is made on first request, a few at a time; a grey
+    placeholder for an image over AISTUDIO_MAX_IMAGE_PIXELS."""
+    # No dependencies: FastAPI runs sync ones in the thread pool, three hops per thumbnail.
+    check_id("project", project_id)
+    settings, workspace = request.app.state.settings, request.app.state.workspace
+    cached = thumbnails.read_cached(workspace, project_id, filename)
+    headers = {"Cache-Control": thumbnails.cache_control(settings.api_token is not None)}
+    if cached is None:  # not made yet, or not a plain file of this project: the checked, lazy path
+        target = await run_in_threadpool(_thumbnail_target, request, workspace, project_id, filename)
+        limit = settings.max_image_pixels
+        path = await thumbnails.ensure_thumbnail(thumbnails.slots_of(request.app.state, limit), target, limit)
+        if path is None:
+            return Response(thumbnails.placeholder(), media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
+        cached = thumbnails.read_cached(workspace, project_id, filename)
+        if cached is None:
+            return FileResponse(path, headers=headers, media_type="image/jpeg")
+    body, etag = cached
+    headers["ETag"] = etag
+    if thumbnails.etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="image/jpeg", headers=headers)
+
+
+def _thumbnail_target(request: Request, workspace, project_id: str, filename: str):
+    """The lazy path's database check (only an image row of this project gets a thumbnail made)."""
+    with request.app.state.sessions() as session:
+        return thumbnails.thumbnail_target(session, workspace, project_id, filename)

@@ -36,11 +36,12 @@ GRID_PAGE = 48  # thumbnails per grid page (a multiple of the 4, 6 and 8 column 
 
 def _dataset_context(session, project_id: str, settings) -> dict:
     summary = dataset_service.summary(session, project_id, settings.near_duplicate_distance)
-    images, total = dataset_service.list_images(session, project_id, 0, GRID_PAGE)
+    page = dataset_service.list_images(session, project_id, 0, GRID_PAGE)
     return {
         "summary": summary, "splits": split_service.list_splits(session, project_id),
-        "images": images, "total": total, "offset": 0, "limit": GRID_PAGE,
+        "images": page.items, "total": page.total, "offset": 0, "limit": GRID_PAGE,
         "label": "", "split_id": "", "subset": "", "job": summary["last_import"],
+        "next_cursor": page.next_cursor, "cursor": "",
     }
 
 

@@ -40,6 +40,12 @@ class Page(BaseModel, Generic[T]):
     limit: int
 
 
+class CursorPage(Page[T], Generic[T]):
+    """A page of a keyset-paginated list: pass `next_cursor` as `cursor` for the next page."""
+
+    next_cursor: str | None = None
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str

@@ -8,22 +8,24 @@ it was; a failure during the commit removes the files it had moved.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, literal, select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
 from appliance.config import Settings
@@ -32,7 +34,7 @@ from appliance.store.errors import (
     AppError, ForbiddenPath, InvalidDataset, NotFound, PayloadTooLarge, TooManyRequests, ValidationFailed,
 )
 from appliance.store import imports
-from appliance.store.ids import new_id
+from appliance.store.ids import check_id, new_id
 from appliance.store.imports import CANCELLED_MESSAGE, INTERRUPTED_MESSAGE
 from appliance.store.status import JobStatus
 from appliance.store.tables import Box, Image, ImportJob, Project, SplitAssignment, utcnow
@@ -43,6 +45,7 @@ from appliance.importers import (
 from appliance.importers.parsed import is_utf8_text, utf8_text
 from appliance.importers.yolo import choose_yaml
 from appliance.services import deletion, health
+from appliance.services.thumbnails import thumbnail_url
 from appliance.services.projects import get_owned, get_project
 
 log = logging.getLogger("aistudio.datasets")
@@ -526,49 +529,51 @@ def _remove(path: Path) -> None:
 # ---------------------------------------------------------------- summary and browsing
 
 def summary(session: Session, project_id: str, near_duplicate_distance: int = DEFAULT_NEAR_DUPLICATE_DISTANCE) -> dict:
+    """The dataset's figures, from indexed SQL aggregates (GROUP BY, min/max/avg, a median by an
+    ordered offset): no loop over the images in Python, whatever the dataset's size."""
     project = get_project(session, project_id)
-    images = session.execute(
-        select(Image.id, Image.width, Image.height, Image.label).where(Image.project_id == project_id)
-    ).all()
-    box_rows = session.execute(
-        select(Box.image_id, Box.label).join(Image, Image.id == Box.image_id).where(Image.project_id == project_id)
-    ).all()
-    boxes_per_class = Counter(label for _, label in box_rows)
-    boxes_per_image = Counter(image_id for image_id, _ in box_rows)
+    mine = Image.project_id == project_id
+    image_count = session.scalar(select(func.count()).select_from(Image).where(mine)) or 0
+    in_project = select(Box).join(Image, Image.id == Box.image_id).where(mine)
+    boxes_per_class = dict(session.execute(
+        in_project.with_only_columns(Box.label, func.count()).group_by(Box.label)).all())
+    box_count = sum(boxes_per_class.values())
     if project.task == "classification":
-        class_counts = Counter(label for *_, label in images if label is not None)
-        unlabeled = sum(1 for *_, label in images if label is None)
+        class_counts = dict(session.execute(
+            select(Image.label, func.count()).where(mine, Image.label.is_not(None)).group_by(Image.label)).all())
+        unlabeled = session.scalar(select(func.count()).select_from(Image).where(mine, Image.label.is_(None))) or 0
+        per_image = None
     else:
-        per_image_classes: dict[str, set] = {}
-        for image_id, label in box_rows:
-            per_image_classes.setdefault(image_id, set()).add(label)
-        class_counts = Counter(label for labels in per_image_classes.values() for label in labels)
-        unlabeled = sum(1 for row in images if row[0] not in boxes_per_image)
-    widths = [w for _, w, _, _ in images]
-    heights = [h for _, _, h, _ in images]
-    aspects = [w / h for _, w, h, _ in images if h]
+        class_counts = dict(session.execute(
+            in_project.with_only_columns(Box.label, func.count(Box.image_id.distinct())).group_by(Box.label)).all())
+        with_boxes = session.scalar(in_project.with_only_columns(func.count(Box.image_id.distinct()))) or 0
+        unlabeled = image_count - with_boxes
+        counts = (select(func.count(Box.id).label("v")).select_from(Image)
+                  .outerjoin(Box, Box.image_id == Image.id).where(mine).group_by(Image.id))
+        per_image = _sql_stats(session, counts.subquery())
+    aspect = (Image.width * 1.0 / Image.height)
     last = session.scalars(
         select(ImportJob).where(ImportJob.project_id == project_id).order_by(ImportJob.created_at.desc()).limit(1)
     ).first()
     warnings = []
-    counts = sorted(class_counts.values())
-    if len(counts) >= 2 and counts[0] and counts[-1] / counts[0] >= IMBALANCE_RATIO:
+    counts_sorted = sorted(class_counts.values())
+    if len(counts_sorted) >= 2 and counts_sorted[0] and counts_sorted[-1] / counts_sorted[0] >= IMBALANCE_RATIO:
         warnings.append(
-            f"Strong class imbalance: the largest class has {counts[-1] / counts[0]:.0f}x the images of the smallest; "
-            "consider class-weighted loss or more images of the rare classes"
+            f"Strong class imbalance: the largest class has {counts_sorted[-1] / counts_sorted[0]:.0f}x the images of "
+            "the smallest; consider class-weighted loss or more images of the rare classes"
         )
-    checks = health.checks(session, project_id, class_counts, near_duplicate_distance)
+    checks = health.checks(session, project_id, Counter(class_counts), near_duplicate_distance)
     return {
         "project_id": project_id,
         "task": project.task,
-        "image_count": len(images),
+        "image_count": image_count,
         "classes": [{"name": name, "images": n, "boxes": boxes_per_class.get(name, 0)} for name, n in sorted(class_counts.items())],
-        "box_count": len(box_rows),
+        "box_count": box_count,
         "boxes_per_class": dict(sorted(boxes_per_class.items())),
-        "boxes_per_image": _stats([boxes_per_image.get(row[0], 0) for row in images]) if project.task == "detection" else None,
-        "width": _stats(widths),
-        "height": _stats(heights),
-        "aspect_ratio": _stats(aspects),
+        "boxes_per_image": per_image,
+        "width": _sql_stats(session, select(Image.width.label("v")).where(mine).subquery()),
+        "height": _sql_stats(session, select(Image.height.label("v")).where(mine).subquery()),
+        "aspect_ratio": _sql_stats(session, select(aspect.label("v")).where(mine, Image.height != 0).subquery()),
         "images_without_labels": unlabeled,
         "near_duplicate_groups": checks["near_duplicate_groups"],
         "health": checks,
@@ -577,18 +582,58 @@ def summary(session: Session, project_id: str, near_duplicate_distance: int = DE
     }
 
 
-def _stats(values: list[float]) -> dict | None:
-    if not values:
+def _sql_stats(session: Session, values) -> dict | None:
+    """min / max / mean / median of the one column `v` of the subquery `values`, computed in SQL
+    (the median from the one or two middle values, as statistics.median)."""
+    n, low, high, total = session.execute(
+        select(func.count(), func.min(values.c.v), func.max(values.c.v), func.sum(values.c.v))).one()
+    if not n:
         return None
-    return {"min": min(values), "max": max(values), "mean": round(statistics.fmean(values), 3),
-            "median": statistics.median(values)}
+    middle = list(session.scalars(select(values.c.v).order_by(values.c.v).offset((n - 1) // 2)
+                                  .limit(1 if n % 2 else 2)))
+    median = middle[0] if n % 2 else (middle[0] + middle[1]) / 2
+    return {"min": low, "max": high, "mean": round(total / n, 3), "median": median}
+
+
+class ImagePage(NamedTuple):
+    items: list[dict]
+    total: int
+    next_cursor: str | None  # the `cursor` of the page after this one; None on the last page
+    position: int | None = None  # images before this page (with_position)
+    prev_cursor: str | None = None  # the `cursor` of the page before (None: the first page, no cursor)
+
+
+def encode_cursor(created_at: datetime, image_id: str) -> str:
+    """An opaque keyset cursor: the (created_at, id) of the last image of a page."""
+    raw = json.dumps([created_at.astimezone(timezone.utc).isoformat(), image_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) a cursor names; ValidationFailed naming `cursor` for anything else."""
+    try:
+        created, image_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        created_at = datetime.fromisoformat(created)
+        check_id("image", image_id)
+        if created_at.tzinfo is None:
+            raise ValueError("naive")
+        return created_at, image_id
+    except Exception:
+        raise ValidationFailed("cursor: not a cursor of this list (pass the next_cursor of the previous page, "
+                               "or leave it out for the first page)") from None
 
 
 def list_images(session: Session, project_id: str, offset: int, limit: int, label: str | None = None,
                 split_id: str | None = None, subset: str | None = None, issue: str | None = None,
-                near_duplicate_distance: int = DEFAULT_NEAR_DUPLICATE_DISTANCE) -> tuple[list[dict], int]:
-    """`issue`: only the images a health check flags (`health.ISSUES`)."""
+                near_duplicate_distance: int = DEFAULT_NEAR_DUPLICATE_DISTANCE,
+                cursor: str | None = None, with_position: bool = False) -> ImagePage:
+    """A page of images in import order (created_at, id), filtered in SQL; `issue`: only the images a
+    health check flags (`health.ISSUES`). `cursor` (keyset: the page after the one that returned it)
+    or `offset`, not both. Every filter is served by an index (migration 0003_browse)."""
     project = get_project(session, project_id)
+    after = decode_cursor(cursor) if cursor else None
+    if after is not None and offset:
+        raise ValidationFailed("offset: cannot be combined with cursor (a cursor already says where the page starts)")
     query = select(Image).where(Image.project_id == project_id)
     if issue and issue != "near_duplicate":
         query = query.where(health.issue_condition(issue))
@@ -608,14 +653,37 @@ def list_images(session: Session, project_id: str, offset: int, limit: int, labe
             sub = sub.where(SplitAssignment.subset == subset)
         query = query.where(Image.id.in_(sub))
     order = (Image.created_at, Image.id)
+    filtered = query
+    if after is not None:
+        query = query.where(tuple_(Image.created_at, Image.id) > tuple_(literal(after[0], Image.created_at.type),
+                                                                       literal(after[1], Image.id.type)))
     if issue == "near_duplicate":  # a set from the index, possibly larger than SQL's parameter limit: filter here
         flagged = health.near_duplicate_ids(session, project_id, near_duplicate_distance)
-        ids = [i for i in session.scalars(query.with_only_columns(Image.id).order_by(*order)) if i in flagged]
-        query, total, offset = query.where(Image.id.in_(ids[offset:offset + limit])), len(ids), 0
+        total = sum(1 for i in session.scalars(filtered.with_only_columns(Image.id)) if i in flagged)
+        ids = []
+        for image_id in session.scalars(query.with_only_columns(Image.id).order_by(*order)):
+            if image_id in flagged:
+                ids.append(image_id)
+                if len(ids) > offset + limit:
+                    break
+        query, offset = query.where(Image.id.in_(ids[offset:offset + limit + 1])), 0
     else:
-        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.options(selectinload(Image.boxes)).order_by(*order).offset(offset).limit(limit))
-    return [image_public(r) for r in rows], total
+        total = session.scalar(filtered.with_only_columns(func.count()).order_by(None)) or 0
+    rows = list(session.scalars(query.options(selectinload(Image.boxes)).order_by(*order).offset(offset)
+                                .limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+    page = ImagePage([image_public(r) for r in rows], total, next_cursor)
+    if with_position and after is not None and issue != "near_duplicate":  # for the page grid's Prev and range
+        key = tuple_(Image.created_at, Image.id)
+        first = tuple_(literal(after[0], Image.created_at.type), literal(after[1], Image.id.type))
+        before = filtered.where(key <= first)
+        position = session.scalar(before.with_only_columns(func.count()).order_by(None)) or 0
+        back = session.execute(before.with_only_columns(Image.created_at, Image.id)
+                               .order_by(Image.created_at.desc(), Image.id.desc()).offset(limit).limit(1)).first()
+        page = page._replace(position=position, prev_cursor=encode_cursor(*back) if back else None)
+    return page
 
 
 def image_public(image: Image) -> dict:
@@ -626,8 +694,9 @@ def image_public(image: Image) -> dict:
         "boxes": [{"label": b.label, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2, "difficult": bool(b.difficult)}
                   for b in image.boxes],
         "url": f"/api/datasets/{image.project_id}/image/{image.filename}",
-        "thumbnail_url": f"/api/datasets/{image.project_id}/thumbnail/{image.filename}",
+        "thumbnail_url": thumbnail_url(image.project_id, image.filename, image.sha256),
     }
+
 
 
 def get_image(session: Session, project_id: str, image_id: str) -> Image:

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from appliance.store import evaluations, runs
@@ -15,10 +15,11 @@ from appliance.store.db import session_scope
 from appliance.store.errors import Unavailable
 from appliance.store.paths import Workspace
 from appliance.store.status import JobStatus
-from appliance.store.tables import EvalSample, Evaluation, Experiment, Image
+from appliance.store.tables import EvalSample, EvalSampleCell, EvalSampleClass, Evaluation, Experiment, Image
 from appliance.schemas import StrictBody
 from appliance.services import baselines, deletion, ray_tasks
 from appliance.services.projects import get_owned, get_project
+from appliance.services.thumbnails import thumbnail_url
 from appliance.services.training import get_experiment
 
 log = logging.getLogger("aistudio.evaluation")
@@ -94,6 +95,8 @@ def delete_evaluation(session: Session, workspace: Workspace, project_id: str, e
 
 def list_samples(session: Session, project_id: str, evaluation_id: str, kind: str, label: str | None,
                  cell: tuple[int, int] | None, offset: int, limit: int) -> tuple[list[dict], int]:
+    """A page of an evaluation's samples, worst first, filtered and counted in SQL: the confusion
+    cell and the detection class through their side tables (`eval_sample_cells`, `..._classes`)."""
     ev = get_evaluation(session, project_id, evaluation_id)
     query = select(EvalSample).where(EvalSample.evaluation_id == ev.id)
     if kind == "errors":
@@ -101,31 +104,29 @@ def list_samples(session: Session, project_id: str, evaluation_id: str, kind: st
     detection = (ev.metrics or {}).get("task") == "detection"
     if label and not detection:
         query = query.where(EvalSample.label == label)
-    rows = list(session.scalars(query.order_by(EvalSample.rank)))
     if label and detection:  # an image belongs to every class among its true or predicted boxes
         names = ev.metrics["confusion_matrix"]["labels"]
         index = names.index(label) if label in names else -1
-        rows = [r for r in rows if index in r.payload["gt"]["labels"] or index in r.payload["pred"]["labels"]]
+        query = query.where(EvalSample.image_id.in_(select(EvalSampleClass.image_id).where(
+            EvalSampleClass.evaluation_id == ev.id, EvalSampleClass.class_index == index)))
     if cell is not None:  # confusion-matrix cell: [truth, prediction]
-        rows = [r for r in rows if _in_cell(r.payload, cell)]
-    total = len(rows)
-    shown = rows[offset:offset + limit]
-    names = dict(session.execute(select(Image.id, Image.original_name).where(Image.id.in_([r.image_id for r in shown]))).all())
-    return [{**_sample_public(project_id, r), "original_name": names.get(r.image_id)} for r in shown], total
+        query = query.where(EvalSample.image_id.in_(select(EvalSampleCell.image_id).where(
+            EvalSampleCell.evaluation_id == ev.id, EvalSampleCell.truth == cell[0], EvalSampleCell.pred == cell[1])))
+    total = session.scalar(query.with_only_columns(func.count()).order_by(None)) or 0
+    shown = list(session.scalars(query.order_by(EvalSample.rank).offset(offset).limit(limit)))
+    images = {row.id: row for row in session.execute(
+        select(Image.id, Image.original_name, Image.sha256).where(Image.id.in_([r.image_id for r in shown])))}
+    return [{**_sample_public(project_id, r, images.get(r.image_id)),
+             "original_name": images[r.image_id].original_name if r.image_id in images else None}
+            for r in shown], total
 
 
-def _in_cell(payload: dict, cell: tuple[int, int]) -> bool:
-    if "cell" in payload:
-        return tuple(payload["cell"]) == cell
-    return list(cell) in payload.get("cells", [])
-
-
-def _sample_public(project_id: str, row: EvalSample) -> dict:
+def _sample_public(project_id: str, row: EvalSample, image=None) -> dict:
     filename = row.payload.get("filename")
     return {
         "image_id": row.image_id, "rank": row.rank, "is_error": row.is_error, "label": row.label, **row.payload,
         "url": f"/api/datasets/{project_id}/image/{filename}",
-        "thumbnail_url": f"/api/datasets/{project_id}/thumbnail/{filename}",
+        "thumbnail_url": thumbnail_url(project_id, filename, image.sha256 if image is not None else None),
     }
 
 

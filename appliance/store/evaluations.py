@@ -12,7 +12,7 @@ from appliance.store.errors import ValidationFailed
 from appliance.store.runs import checkpoint_path, subset_images, subset_samples, trained_checkpoint
 from appliance.store.records import move_status
 from appliance.store.status import JobStatus
-from appliance.store.tables import EvalSample, Evaluation, Experiment, utcnow
+from appliance.store.tables import EvalSample, EvalSampleCell, EvalSampleClass, Evaluation, Experiment, utcnow
 
 INTERRUPTED_MESSAGE = "The server stopped during this evaluation; run it again"
 CANCELLED_MESSAGE = "Cancelled: what it evaluated was deleted"
@@ -85,11 +85,40 @@ def save_results(db_url: str, evaluation_id: str, metrics: dict, records: list[d
                      "is_error": bool(record["is_error"]), "label": label,
                      "payload": {**record, "filename": sample["filename"], "width": sample["width"],
                                  "height": sample["height"]}})
+    cells, classes = [], []
+    for row in rows:
+        found_cells, found_classes = sample_keys(row["payload"])
+        key = {"evaluation_id": evaluation_id, "image_id": row["image_id"]}
+        cells += [{**key, "truth": t, "pred": p} for t, p in found_cells]
+        classes += [{**key, "class_index": c} for c in found_classes]
     with session_scope(db_url) as s:
         if rows:
             s.execute(insert(EvalSample), rows)
+        if cells:
+            s.execute(insert(EvalSampleCell), cells)
+        if classes:
+            s.execute(insert(EvalSampleClass), classes)
         ev = s.get(Evaluation, evaluation_id)
         ev.metrics, ev.status, ev.done, ev.finished_at = metrics, JobStatus.COMPLETED, len(samples), utcnow()
+
+
+def sample_keys(payload: dict) -> tuple[set[tuple[int, int]], set[int]]:
+    """What the sample filters match in SQL (issue #14 item 2): its confusion-matrix cells (truth,
+    prediction) — one for classification, every matched / missed / spurious pair for detection — and,
+    for detection, the class indices of its true and predicted boxes."""
+    if "cell" in payload:
+        cells = {tuple(payload["cell"])} if payload["cell"] is not None else set()
+    else:
+        cells = {tuple(c) for c in payload.get("cells") or []}
+    classes = set()
+    if isinstance(payload.get("gt"), dict) or isinstance(payload.get("pred"), dict):  # detection
+        classes = set(_boxes(payload, "gt") or []) | set(_boxes(payload, "pred") or [])
+    return {(int(t), int(p)) for t, p in cells}, {int(c) for c in classes}
+
+
+def _boxes(payload: dict, key: str) -> list:
+    value = payload.get(key)
+    return value.get("labels") or [] if isinstance(value, dict) else []
 
 
 def fail(db_url: str, evaluation_id: str, reason: str) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
+from sqlalchemy import (
+    JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false,
+)
 from sqlalchemy import DateTime as _DateTime
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -67,7 +69,15 @@ class Project(Base):
 
 class Image(Base):
     __tablename__ = "images"
-    __table_args__ = (UniqueConstraint("project_id", "sha256", name="uq_image_content"),)
+    __table_args__ = (
+        UniqueConstraint("project_id", "sha256", name="uq_image_content"),
+        # Browsing at size (issue #14 item 2, revision 0003_browse): import order (keyset pages), by
+        # class, and the size-based health flags (two ranges each, OR-ed).
+        Index("ix_images_browse", "project_id", "created_at", "id"),
+        Index("ix_images_browse_label", "project_id", "label", "created_at", "id"),
+        Index("ix_images_project_width", "project_id", "width"),
+        Index("ix_images_project_height", "project_id", "height"),
+    )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     filename: Mapped[str] = mapped_column(String(255))
@@ -89,6 +99,7 @@ class Image(Base):
 
 class Box(Base):
     __tablename__ = "boxes"
+    __table_args__ = (Index("ix_boxes_label_image", "label", "image_id"),)  # box-class filter (0003_browse)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
     label: Mapped[str] = mapped_column(String(200), index=True)
@@ -138,6 +149,7 @@ class Split(Base):
 
 class SplitAssignment(Base):
     __tablename__ = "split_assignments"
+    __table_args__ = (Index("ix_split_assignments_browse", "split_id", "subset", "image_id"),)  # 0003_browse
     split_id: Mapped[str] = mapped_column(ForeignKey("splits.id", ondelete="CASCADE"), primary_key=True)
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True, index=True)
     subset: Mapped[str] = mapped_column(String(10), index=True)
@@ -196,12 +208,34 @@ class Evaluation(Base):
 
 class EvalSample(Base):
     __tablename__ = "eval_samples"
+    __table_args__ = (Index("ix_eval_samples_by_rank", "evaluation_id", "rank"),
+                      Index("ix_eval_samples_errors", "evaluation_id", "is_error", "rank"))  # 0003_browse
     evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
     image_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     rank: Mapped[int] = mapped_column(Integer, index=True)
     is_error: Mapped[bool] = mapped_column(Boolean, default=False)
     label: Mapped[str | None] = mapped_column(String(200), nullable=True)
     payload: Mapped[dict] = mapped_column(JSON)
+
+
+class EvalSampleCell(Base):
+    """The confusion-matrix cells (truth, prediction) of a sample, so the cell filter runs in SQL: one
+    per classification sample, one per matched or unmatched box pair of a detection sample."""
+
+    __tablename__ = "eval_sample_cells"
+    evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    truth: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pred: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+
+class EvalSampleClass(Base):
+    """The classes (indices) of a detection sample's true and predicted boxes: the label filter in SQL."""
+
+    __tablename__ = "eval_sample_classes"
+    evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    class_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[str] = mapped_column(String(32), primary_key=True)
 
 
 class Export(Base):

@@ -565,7 +565,7 @@ def test_image_detail(client, root):
     assert detail["boxes"] == [{"label": want.label, "x1": want.x1, "y1": want.y1, "x2": want.x2, "y2": want.y2,
                                "difficult": False}]  # only VOC marks boxes difficult (issue #13 item 5)
     assert detail["url"] == f"/api/datasets/{pid}/image/{detail['filename']}"
-    assert detail["thumbnail_url"] == f"/api/datasets/{pid}/thumbnail/{detail['filename']}"
+    assert detail["thumbnail_url"] == f"/api/datasets/{pid}/thumbnail/{detail['filename']}?v={detail['sha256'][:16]}"
     assert len(detail["sha256"]) == 64 and detail["size_bytes"] > 0
 
 

@@ -78,7 +78,7 @@ async function refreshClassFilter() {
 }
 document.body.addEventListener("dataset-changed", refreshClassFilter);
 // The grid's filter, its page and the open image live in the URL
-// (`?label=…&split_id=…&subset=…&issue=…&offset=…&image=…`), so reload and Back keep them; the
+// (`?label=…&split_id=…&subset=…&issue=…&cursor=…|offset=…&image=…`), so reload and Back keep them; the
 // split page's Browse link and the health summary's links use the same query to preselect a filter.
 const issueSelect = $("filter-issue");
 function syncUrl() {
@@ -87,8 +87,10 @@ function syncUrl() {
   if (issueSelect.value) q.set("issue", issueSelect.value);
   if (splitSelect.value) q.set("split_id", splitSelect.value);
   if (splitSelect.value && subsetSelect.value) q.set("subset", subsetSelect.value);
-  const offset = Number(document.querySelector("#image-grid .grid-page")?.dataset.offset || 0);
-  if (offset > 0) q.set("offset", String(offset));
+  const gridPage = document.querySelector("#image-grid .grid-page");
+  const offset = Number(gridPage?.dataset.offset || 0);
+  if (gridPage?.dataset.cursor) q.set("cursor", gridPage.dataset.cursor);  // keyset page (issue #14)
+  else if (offset > 0) q.set("offset", String(offset));
   if (shown) q.set("image", shown.id);
   const url = location.pathname + (q.size ? `?${q}` : "");
   if (url !== location.pathname + location.search) history.replaceState(history.state, "", url);
@@ -106,10 +108,12 @@ function restoreFromUrl() {
     changed = true;
   }
   const offset = Number.parseInt(query.get("offset") || "0", 10);
-  if (changed || offset > 0) {
+  const cursor = query.get("cursor");
+  if (changed || offset > 0 || cursor) {
     // Empty filters are left out, as for htmx's own requests (`issue=` would not validate).
     const params = new URLSearchParams([...new FormData(filter)].filter(([, value]) => value !== ""));
-    if (offset > 0) params.set("offset", String(offset));
+    if (cursor) params.set("cursor", cursor);
+    else if (offset > 0) params.set("offset", String(offset));
     htmx.ajax("GET", `/api/datasets/${projectId}/images?${params}`, { target: "#image-grid", swap: "innerHTML" });
   }
   const imageId = query.get("image");
