@@ -1,31 +1,32 @@
-"""What Ray Serve costs AI Studio: cold start, idle memory and API latency (issue 2).
+"""What Ray Serve costs AI Studio: API latency per serve mode vs plain uvicorn (issues 2 and 14.1).
 
-Part A: cold start and idle memory. In one process, one after the other (Ray shut down in between):
+Latency (the default run). Plain uvicorn serves the same FastAPI app (`appliance.main:create_app`, same
+settings via AISTUDIO_* env vars, same SQLite workspace with a few projects) in a subprocess for the whole
+run. Each serve mode (`--modes`) then gets its own `aistudio serve` process (its own local Ray, started
+with that mode's environment), on the same workspace:
 
-  bare      ray.init (dashboard on, as the appliance does) + serve.start + an empty Serve app
-            (a `num_cpus=0` @serve.deployment FastAPI ingress with one route);
-  aistudio  the same ray.init + `appliance.runtime.start_appliance` (the AI Studio ingress, which
-            also creates the event-bus actor).
+  proxy               AISTUDIO_SERVE_MODE=proxy: Ray Serve's Python HTTP proxy -> replica (v0.1)
+  throughput          AISTUDIO_SERVE_MODE=throughput: RAY_SERVE_THROUGHPUT_OPTIMIZED=1
+  direct              RAY_SERVE_ENABLE_DIRECT_INGRESS=1 (the port is still the proxy's; the replica's own
+                      port, found among the process's listeners, is measured too as `replica`)
+  haproxy             AISTUDIO_SERVE_MODE=haproxy (the default): RAY_SERVE_ENABLE_HA_PROXY=1
+  haproxy+throughput  both switches
 
-Each is timed from ray.init to the first 200 of its health route (polled every 0.5 s, as
-start_appliance does; Ray's worker logs are not forwarded to this driver on either side);
-after `--settle` s idle, RSS and PSS are summed over that Ray session's
-processes (descendants of this process or command lines naming the session directory, so other
-Ray clusters on the host are left out; the driver is reported apart).
+With a mode up: one client in series (unloaded p50/p99, interleaved with uvicorn, twice), then locust
+(headless, FastHttpUser, no wait) GETs /api/projects at each `--users` count for `--duration` s per
+target, alternating the order over `--rounds`; p50/p99/req/s from locust's CSV; ratios vs the uvicorn
+runs of the same block. Target (issue 14.1): p50 <= 1.3x and req/s >= 0.8x of uvicorn at 10 and 50 users.
 
-Part B: API latency. With AI Studio still up and a few projects in its workspace, the same
-FastAPI app (`appliance.main:create_app`, same settings via AISTUDIO_* env vars, same SQLite)
-is also started under plain uvicorn in a subprocess. Locust (headless, FastHttpUser, `--users`
-users, no wait) GETs /api/projects on each for `--duration` s, alternating targets for
-`--rounds` rounds; p50/p99/rps come from locust's `--csv` output. Before that, one client sends
-`--serial` requests at a time to each (interleaved, twice): the unloaded latency.
+Cold start and idle memory (`--cold-start`): in this process, bare `ray.init` + an empty Serve app,
+then `start_appliance` (default mode); RSS/PSS summed over that Ray session's processes.
 
-    python benchmarks/serve_overhead.py                 # ~2.5-3 min on 2 cores
-    python benchmarks/serve_overhead.py --duration 30 --rounds 1 --users 10
+    python benchmarks/serve_overhead.py                          # proxy, throughput, haproxy: ~5 min
+    python benchmarks/serve_overhead.py --modes all --rounds 2   # every mode: ~12 min on 2 busy cores
 
-Prints both sides, the ratios (aistudio/bare, serve/uvicorn) and a JSON line
+Prints each run, a summary of ratios, the load average before/after, and a JSON line
 (`{"benchmark": "serve_overhead", ...}`). On a shared host only the ratios mean much.
 """
+
 
 from __future__ import annotations
 
