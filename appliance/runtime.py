@@ -33,9 +33,13 @@ def serve_mode_env(mode: str) -> dict[str, str]:
     env = dict(SERVE_MODE_ENV[mode])
     if env:
         env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = DIRECT_INGRESS_DRAIN_S
-    if mode == "haproxy":  # HAProxy's stats and metrics listeners: free ports, not 8404/9101 of another session
-        env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(_free_port())
-        env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(_free_port())
+    if mode == "haproxy":
+        # Fixed ports by default (HAProxy's stats 8404 and metrics 9101, the fallback Serve proxy behind it
+        # 8500/9500): a second appliance or test session on the host would fail to bind them, or (the
+        # fallback proxy binds with SO_REUSEPORT) silently share one. Free ports instead.
+        for name in ("HAPROXY_STATS_PORT", "HAPROXY_METRICS_PORT", "FALLBACK_PROXY_HTTP_PORT",
+                     "FALLBACK_PROXY_GRPC_PORT"):
+            env[f"RAY_SERVE_{name}"] = str(_free_port())
     return env
 
 

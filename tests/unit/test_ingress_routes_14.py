@@ -49,8 +49,9 @@ def test_async_routes_are_the_audited_ones(tmp_path):
 @pytest.mark.parametrize("mode", ["proxy", "throughput", "haproxy"])
 def test_serve_mode_environment(mode):
     """Every mode the setting accepts has its RAY_SERVE_* variables; the non-default ones shorten the
-    direct-ingress drain (Ray's 30 s would hold every undeploy and stop), HAProxy gets free stats and
-    metrics ports (two appliances on one host must not both want 8404/9101)."""
+    direct-ingress drain (Ray's 30 s would hold every undeploy and stop), HAProxy's stats and metrics
+    listeners and its fallback Serve proxy get free ports (two appliances or test sessions on one host
+    must not both want 8404/9101/8500: the second one's Serve never started)."""
     assert set(SERVE_MODE_ENV) == set(Settings.model_fields["serve_mode"].annotation.__args__)
     env = serve_mode_env(mode)
     assert all(k.startswith("RAY_SERVE_") for k in env)
@@ -60,7 +61,9 @@ def test_serve_mode_environment(mode):
     assert float(env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]) <= 5
     if mode == "haproxy":
         assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
-        assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != env["RAY_SERVE_HAPROXY_METRICS_PORT"]
+        ports = {env[f"RAY_SERVE_{name}"] for name in ("HAPROXY_STATS_PORT", "HAPROXY_METRICS_PORT",
+                                                        "FALLBACK_PROXY_HTTP_PORT", "FALLBACK_PROXY_GRPC_PORT")}
+        assert len(ports) == 4 and not ports & {"8404", "9101", "8500", "9500"}
 
 
 def test_serve_mode_rejects_unknown_values():
