@@ -26,6 +26,7 @@ SERVE_MODE_ENV: dict[str, dict[str, str]] = {
 # to stop, for a load balancer to drop it; Ray's default (30 s) would hold every undeploy and stop that
 # long. One node: nothing else to tell.
 DIRECT_INGRESS_DRAIN_S = "1"
+PROXY_READY_CHECK_TIMEOUT_S = "30"
 
 
 def serve_mode_env(mode: str) -> dict[str, str]:
@@ -40,6 +41,9 @@ def serve_mode_env(mode: str) -> dict[str, str]:
         for name in ("HAPROXY_STATS_PORT", "HAPROXY_METRICS_PORT", "FALLBACK_PROXY_HTTP_PORT",
                      "FALLBACK_PROXY_GRPC_PORT"):
             env[f"RAY_SERVE_{name}"] = str(_free_port())
+        # HAProxy's manager actor writes a config and starts HAProxy before it answers ready; on a busy small
+        # host that took over Serve's 5 s, three times, and the controller killed it under serve.start.
+        env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] = PROXY_READY_CHECK_TIMEOUT_S
     return env
 
 

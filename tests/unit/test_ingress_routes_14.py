@@ -64,6 +64,7 @@ def test_serve_mode_environment(mode):
         ports = {env[f"RAY_SERVE_{name}"] for name in ("HAPROXY_STATS_PORT", "HAPROXY_METRICS_PORT",
                                                         "FALLBACK_PROXY_HTTP_PORT", "FALLBACK_PROXY_GRPC_PORT")}
         assert len(ports) == 4 and not ports & {"8404", "9101", "8500", "9500"}
+        assert float(env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"]) > 5  # Serve's default, too short under load
 
 
 def test_serve_mode_rejects_unknown_values():
