@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -135,6 +135,14 @@ class Settings(BaseSettings):
         default=12.0, gt=0, le=300,
         description="Bound on stopping (SIGTERM / Ctrl-C): open streams are ended, the ingress gets a few seconds "
         "to drain, then Serve and Ray are stopped.",
+    )
+    serve_mode: Literal["proxy", "throughput", "haproxy"] = Field(
+        default="proxy",
+        description="How HTTP reaches the ingress (local Ray only; a cluster is started with the matching "
+        "RAY_SERVE_* variables): `proxy` = Ray Serve's Python HTTP proxy (Ray's default); `haproxy` = "
+        "RAY_SERVE_ENABLE_HA_PROXY (HAProxy on the port, the replicas serve HTTP themselves; the binary comes "
+        "with ray[serve]); `throughput` = RAY_SERVE_THROUGHPUT_OPTIMIZED (proxy to replica over gRPC, "
+        "user code on the replica's loop). benchmarks/README.md (serve_overhead.py) says what each costs.",
     )
     training_gates: bool = Field(
         default=False,

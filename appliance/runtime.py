@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 import urllib.request
@@ -12,6 +13,58 @@ from appliance.store.paths import Workspace
 
 log = logging.getLogger("aistudio")
 APP_NAME = "aistudio"
+
+
+# What each `AISTUDIO_SERVE_MODE` sets for Ray Serve (see the setting's description and
+# benchmarks/README.md, serve_overhead.py).
+SERVE_MODE_ENV: dict[str, dict[str, str]] = {
+    "proxy": {},
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+}
+# With direct ingress (both non-default modes) an ingress replica keeps serving this long after it is told
+# to stop, for a load balancer to drop it; Ray's default (30 s) would hold every undeploy and stop that
+# long. One node: nothing else to tell.
+DIRECT_INGRESS_DRAIN_S = "1"
+PROXY_READY_CHECK_TIMEOUT_S = "30"
+
+
+def serve_mode_env(mode: str) -> dict[str, str]:
+    """The RAY_SERVE_* variables of a serve mode, for the environment of the Ray that runs Serve."""
+    env = dict(SERVE_MODE_ENV[mode])
+    if env:
+        env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = DIRECT_INGRESS_DRAIN_S
+    if mode == "haproxy":
+        # Fixed ports by default (HAProxy's stats 8404 and metrics 9101, the fallback Serve proxy behind it
+        # 8500/9500): a second appliance or test session on the host would fail to bind them, or (the
+        # fallback proxy binds with SO_REUSEPORT) silently share one. Free ports instead.
+        for name in ("HAPROXY_STATS_PORT", "HAPROXY_METRICS_PORT", "FALLBACK_PROXY_HTTP_PORT",
+                     "FALLBACK_PROXY_GRPC_PORT"):
+            env[f"RAY_SERVE_{name}"] = str(_free_port())
+        # HAProxy's manager actor writes a config and starts HAProxy before it answers ready; on a busy small
+        # host that took over Serve's 5 s, three times, and the controller killed it under serve.start.
+        env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] = PROXY_READY_CHECK_TIMEOUT_S
+    return env
+
+
+def effective_serve_mode(mode: str) -> str:
+    """`mode`, or `proxy` when it is `haproxy` and no HAProxy binary is found (Ray's bundled one is Linux-only)."""
+    if mode != "haproxy":
+        return mode
+    try:
+        from ray.serve._private.haproxy import get_haproxy_binary
+
+        get_haproxy_binary()
+    except Exception as exc:  # FileNotFoundError, or an older Ray without it
+        log.warning("AISTUDIO_SERVE_MODE=haproxy but no HAProxy binary was found (%s); using Serve's proxy", exc)
+        return "proxy"
+    return mode
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class PortInUse(RuntimeError):
@@ -38,6 +91,10 @@ def start_appliance(settings: Settings, wait_healthy_s: float = 120.0) -> str:
     if not settings.ray_address:  # on a cluster the proxies bind on its nodes, not here
         _check_port_free(settings.host, settings.port)
     if not ray.is_initialized():
+        if not settings.ray_address:
+            # Read at import time by Serve's controller, proxy and replicas: they must be in the environment
+            # the local Ray (raylet) starts with. A cluster is started with them instead (docs/api.md).
+            os.environ.update(serve_mode_env(effective_serve_mode(settings.serve_mode)))
         if settings.ray_address:
             # Joined processes do not inherit this one's environment (a cluster's raylet starts them):
             # the settings travel with the job, and with the ingress itself (`app_builder`).
