@@ -240,12 +240,12 @@ def run_ray(checkpoint: str, samples: list[dict], names: list[str], repeat: int)
 
     from ray_jobs.evaluate import task_resources
 
-    resources = {**task_resources(0.25), "num_cpus": torch.get_num_threads()}
     start = time.perf_counter()
     ray.init(include_dashboard=False, log_to_driver=False, namespace="bench-eval",
-             num_cpus=max(2, resources["num_cpus"]))
+             num_cpus=max(2, torch.get_num_threads()))
     init_s = time.perf_counter() - start
     try:
+        resources = {**task_resources(0.25), "num_cpus": torch.get_num_threads()}
         remote = ray_eval_remote().options(**resources)
         n = len(samples)
         calls, bare_runs = [], []
