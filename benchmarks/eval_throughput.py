@@ -6,7 +6,7 @@ random init, on `--train-images` of them: it only has to be a real checkpoint), 
 
   ours  `ray_jobs.evaluate.predict_samples(checkpoint, samples)` (loads the checkpoint once, decodes
         and resizes in a thread a batch ahead of the model, normalizes per batch, predicts in
-        batches sized from the image size: 32 up to 96 px, else 16) + `compute_results` (all the
+        batches sized from the image size: 32 up to 64 px, else 16) + `compute_results` (all the
         classification metrics and the per-sample ranking) — what the evaluation task runs,
         minus its database writes;
   bare  `load_checkpoint` (the same load) + a hand-written loop: PIL decode -> RGB -> resize

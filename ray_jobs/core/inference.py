@@ -44,10 +44,10 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
 
 
 # Images per batch on the model: 16 (what measured fastest for resnet18 at 128 px on one CPU
-# thread, and the old fixed batch), 32 for small inputs where per-batch overhead counts, fewer for
+# thread, and the old fixed batch), 32 for inputs up to 64 px (measured faster there), fewer for
 # large inputs so a batch stays within 16 images of 320 px (activation memory).
 BATCH = 16
-SMALL_IMAGE = 96
+SMALL_IMAGE = 64
 MAX_BATCH_PIXELS = BATCH * 320 * 320
 
 

@@ -133,8 +133,8 @@ def test_checkpoint_loaded_once_and_progress_after_every_batch(images, checkpoin
 
 
 def test_batch_size_follows_image_size():
-    assert [inference.batch_size_for(s) for s in (32, 96, 128, 224, 320, 448, 640, 1280, 4000)] == \
-        [32, 32, 16, 16, 16, 8, 4, 1, 1]
+    assert [inference.batch_size_for(s) for s in (32, 64, 96, 128, 224, 320, 448, 640, 1280, 4000)] == \
+        [32, 32, 16, 16, 16, 16, 8, 4, 1, 1]
 
 
 def test_decoding_runs_at_most_a_bounded_window_ahead(images):
