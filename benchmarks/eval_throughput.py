@@ -4,8 +4,9 @@ Generates a coloured-square classification set (tests/fixtures.py `make_classifi
 trains a checkpoint for one epoch with the Ray-free core (`ray_jobs.core.fit.fit_local`,
 random init, on `--train-images` of them: it only has to be a real checkpoint), then, in the same process and interleaved `--repeat` times:
 
-  ours  `ray_jobs.evaluate.predict_samples(checkpoint, samples)` (loads the checkpoint, decodes,
-        resizes, normalizes, predicts in batches of 16) + `compute_results` (all the
+  ours  `ray_jobs.evaluate.predict_samples(checkpoint, samples)` (loads the checkpoint once, decodes
+        and resizes in a thread a batch ahead of the model, normalizes per batch, predicts in
+        batches sized from the image size: 32 up to 64 px, else 16) + `compute_results` (all the
         classification metrics and the per-sample ranking) — what the evaluation task runs,
         minus its database writes;
   bare  `load_checkpoint` (the same load) + a hand-written loop: PIL decode -> RGB -> resize
@@ -18,7 +19,10 @@ repeats counts (a shared host only adds noise); the median is printed too.
 
 With `--ray` it also starts a local Ray and runs ours as a Ray task with the evaluation task's
 resources (`task_resources`: num_cpus=1, no GPU on a CPU host): first (cold worker) and warm calls.
-Note Ray sets OMP_NUM_THREADS to the task's num_cpus, so torch in that worker uses 1 thread.
+The task asks for as many CPUs as torch has threads in the driver (`--threads`, default 1 = exactly
+`task_resources`), and the evaluation sets torch's threads to the task's CPUs, so both sides run
+torch with the same thread count. `--source-size` makes the files larger than the model's input
+(real photos), so decoding and resizing weigh more.
 
     python benchmarks/eval_throughput.py                       # 256 images, 64 px, 1 thread, ~1-2 min
     python benchmarks/eval_throughput.py --images 1000 --image-size 96 --repeat 5 --threads 0 --ray
@@ -136,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--source-size", type=int, default=0,
+                        help="pixels per side of the generated files (0: --image-size); larger = more decoding")
     parser.add_argument("--train-images", type=int, default=128, help="images the 1-epoch checkpoint trains on")
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--repeat", type=int, default=4, help="interleaved runs of each side (best counts)")
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine before: {before}; torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     with tempfile.TemporaryDirectory(prefix="eval_throughput_") as tmp:
         tmp = Path(tmp)
-        samples, names = make_samples(tmp / "data", args.images, args.image_size)
+        samples, names = make_samples(tmp / "data", args.images, args.source_size or args.image_size)
         n = len(samples)
         start = time.perf_counter()
         checkpoint = train_checkpoint(samples, names, args.image_size, tmp / "run", args.model, args.train_images)
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     med = lambda runs: statistics.median(x["seconds"] for x in runs)  # noqa: E731
     ours_ips, bare_ips = n / best(ours_runs), n / best(bare_runs)
     result = {
-        "images": n, "image_size": args.image_size, "model": args.model, "repeat": args.repeat,
+        "images": n, "image_size": args.image_size, "source_size": args.source_size or args.image_size, "model": args.model, "repeat": args.repeat,
         "torch_threads": torch.get_num_threads(),
         "ours_images_per_s": round(ours_ips, 1), "bare_images_per_s": round(bare_ips, 1),
         "ratio_ours_over_bare": round(ours_ips / bare_ips, 3),
@@ -212,8 +218,10 @@ def main(argv: list[str] | None = None) -> None:
           f"({result['ratio_median']:.2f}x on medians); same predictions: argmax agreement {agreement:.3f}, "
           f"max |prob diff| {max_diff:.2e}")
     if ray_result:
-        print(f"as a Ray task: cold {ray_result['cold_images_per_s']:.0f} images/s, warm "
+        print(f"as a Ray task: cold {ray_result['cold_images_per_s']:.0f} images/s = "
+              f"{ray_result['ratio_cold_over_bare']:.2f}x bare, warm "
               f"{ray_result['warm_images_per_s']:.0f} images/s = {ray_result['ratio_warm_over_bare']:.2f}x bare "
+              f"({ray_result['ratio_warm_median']:.2f}x on medians) "
               f"({ray_result['bare_images_per_s']:.0f} images/s in the same phase) "
               f"(worker torch threads {ray_result['torch_threads']}, OMP_NUM_THREADS={ray_result['omp_num_threads']}; "
               f"ray.init {ray_result['ray_init_s']:.1f} s not counted)")
@@ -222,15 +230,23 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_ray(checkpoint: str, samples: list[dict], names: list[str], repeat: int) -> dict:
+    """Ours as a Ray task with the evaluation task's resources (`task_resources`), except that it asks
+    for as many CPUs as torch has threads here, so the task (torch threads = its CPUs,
+    `ray_jobs.evaluate.task_threads`) and the bare loop run with the same thread count (1 by default:
+    exactly `task_resources`). A cold call (new worker), then `repeat` warm calls, each followed by a
+    bare run in the driver; ratios best-of and on medians."""
     import ray
+    import torch
 
     from ray_jobs.evaluate import task_resources
 
     start = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False, namespace="bench-eval")
+    ray.init(include_dashboard=False, log_to_driver=False, namespace="bench-eval",
+             num_cpus=max(2, torch.get_num_threads()))
     init_s = time.perf_counter() - start
     try:
-        remote = ray_eval_remote().options(**task_resources(0.25))
+        resources = {**task_resources(0.25), "num_cpus": torch.get_num_threads()}
+        remote = ray_eval_remote().options(**resources)
         n = len(samples)
         calls, bare_runs = [], []
         for r in range(repeat + 1):
@@ -238,19 +254,21 @@ def run_ray(checkpoint: str, samples: list[dict], names: list[str], repeat: int)
             out = ray.get(remote.remote(checkpoint, samples, names))
             out["round_trip_s"] = time.perf_counter() - start
             calls.append(out)
-            if r > 0:  # interleave a bare run so the comparison shares the moment
-                seconds, parts, _ = run_bare(checkpoint, samples)
-                bare_runs.append({"seconds": seconds, **parts})
+            seconds, parts, _ = run_bare(checkpoint, samples)  # interleaved: the comparison shares the moment
+            bare_runs.append({"seconds": seconds, **parts})
             print(f"  ray task {'cold' if r == 0 else 'warm'}: {out['round_trip_s']:.2f} s round trip "
-                  f"({n / out['round_trip_s']:.0f} images/s)", flush=True)
-        warm = min(c["round_trip_s"] for c in calls[1:])
-        bare_best = min(x["seconds"] for x in bare_runs)
+                  f"({n / out['round_trip_s']:.0f} images/s, in the task {out['seconds']:.2f} s); "
+                  f"bare {seconds:.2f} s ({n / seconds:.0f} images/s)", flush=True)
+        warm = [c["round_trip_s"] for c in calls[1:]]
+        bare = [x["seconds"] for x in bare_runs[1:]]
         return {
-            "ray_init_s": round(init_s, 2), "resources": task_resources(0.25),
+            "ray_init_s": round(init_s, 2), "resources": resources,
             "cold_round_trip_s": round(calls[0]["round_trip_s"], 3),
             "cold_images_per_s": round(n / calls[0]["round_trip_s"], 1),
-            "warm_round_trip_s": round(warm, 3), "warm_images_per_s": round(n / warm, 1),
-            "bare_images_per_s": round(n / bare_best, 1), "ratio_warm_over_bare": round(bare_best / warm, 3),
+            "ratio_cold_over_bare": round(bare_runs[0]["seconds"] / calls[0]["round_trip_s"], 3),
+            "warm_round_trip_s": round(min(warm), 3), "warm_images_per_s": round(n / min(warm), 1),
+            "bare_images_per_s": round(n / min(bare), 1), "ratio_warm_over_bare": round(min(bare) / min(warm), 3),
+            "ratio_warm_median": round(statistics.median(bare) / statistics.median(warm), 3),
             "torch_threads": calls[-1]["torch_threads"], "omp_num_threads": calls[-1]["omp_num_threads"],
         }
     finally:

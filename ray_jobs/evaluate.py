@@ -26,8 +26,8 @@ from appliance.store.tables import Experiment
 from ray_jobs.events import appliance_settings, pass_gate_if_testing
 from ray_jobs.gpus import cluster_gpus
 
-BATCH = 16
 GPU_DECODE_WORKERS = 3
+CPU_DECODE_WORKERS = 1  # one thread decodes the next batch while torch runs this one
 PROGRESS_EVERY_S = 0.5
 EVALUATIONS_GATE = "evaluations"  # test hook: the gate id every evaluation passes at `running` (ray_jobs.events)
 
@@ -46,16 +46,29 @@ def predict_resources(gpu_fraction: float) -> dict:
     return resources
 
 
+def task_threads() -> int:
+    """The CPUs Ray gave this task (at least 1): torch's intra-op threads in it, set explicitly rather
+    than left to whatever OMP_NUM_THREADS the worker process happens to have. 0 outside a Ray task
+    (a driver, a test): torch's setting stays."""
+    if not ray.is_initialized() or ray.get_runtime_context().get_task_id() is None:
+        return 0
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    return max(1, int(cpus))
+
+
 def predict_samples(checkpoint: str, samples: list[dict], gpu_fraction: float, on_progress=None) -> tuple[dict, list[dict]]:
-    """Predict every sample (in order) on this task's GPU share, or the CPU."""
+    """Predict every sample (in order) on this task's GPU share, or the CPU: the checkpoint loaded
+    once, batches sized from the model's image size, decoding overlapped with the model."""
     import torch
 
     from ray_jobs.core.inference import predict_checkpoint
 
-    device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-    # On a GPU, decoding in worker processes keeps the card busy; on a CPU host it would only compete.
-    workers = GPU_DECODE_WORKERS if device == "cuda" else 0
-    return predict_checkpoint(checkpoint, [s["path"] for s in samples], device, gpu_fraction, BATCH, on_progress, workers)
+    device = "cuda" if torch.cuda.is_available() and ray.is_initialized() and ray.get_gpu_ids() else "cpu"
+    threads = task_threads()
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    workers = GPU_DECODE_WORKERS if device == "cuda" else CPU_DECODE_WORKERS
+    return predict_checkpoint(checkpoint, [s["path"] for s in samples], device, gpu_fraction, None, on_progress, workers)
 
 
 def compute_results(task: str, class_names: list[str], samples: list[dict], predictions: list[dict]) -> tuple[dict, list[dict]]:
