@@ -128,7 +128,8 @@ class MemmapDataset(Dataset):
     def __getitem__(self, i: int):
         from torchvision import tv_tensors
 
-        return self.transform(tv_tensors.Image(torch.from_numpy(np.array(self.pixels[i])).permute(2, 0, 1))), self.labels[i]
+        chw = torch.from_numpy(np.ascontiguousarray(self.pixels[i].transpose(2, 0, 1)))  # NCHW batches
+        return self.transform(tv_tensors.Image(chw)), self.labels[i]
 
 
 def bare_loop(config: TrainConfig, train_loader: DataLoader, val_loader: DataLoader, device: str,
