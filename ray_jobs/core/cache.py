@@ -108,8 +108,8 @@ class DecodedImages:
 
     def image(self, index: int) -> torch.Tensor:
         """uint8 CHW tensor, contiguous (a copy: the map stays read-only). A permuted HWC view would
-        keep channels-last strides through the transforms into the batch, which CPU convolutions run
-        several times slower."""
+        keep channels-last strides through the transforms into the batch, which made a CPU epoch
+        ~1.7x slower here."""
         return torch.from_numpy(np.ascontiguousarray(self.pixels[index].transpose(2, 0, 1)))
 
     def eval_tensor(self, index: int) -> torch.Tensor:
