@@ -144,6 +144,16 @@ class Settings(BaseSettings):
         "with ray[serve]); `throughput` = RAY_SERVE_THROUGHPUT_OPTIMIZED (proxy to replica over gRPC, "
         "user code on the replica's loop). benchmarks/README.md (serve_overhead.py) says what each costs.",
     )
+    decoded_cache: bool = Field(
+        default=True,
+        description="Training decodes and resizes each image once into a per-experiment cache of uint8 arrays "
+        "(`<experiment>/cache/`, deleted with it) and reads it every later epoch; off: decode every epoch.",
+    )
+    decoded_cache_max_bytes: int = Field(
+        default=32 * 1024**3, gt=0,
+        description="Largest decoded cache of one subset (images x side^2 x 3 bytes: 150 KB an image at 224 px); "
+        "a larger subset is decoded every epoch instead. An experiment keeps at most its train and val caches.",
+    )
     training_gates: bool = Field(
         default=False,
         description="Test hook, off in production: a run reports where it is and waits at gates a test closes "
@@ -227,4 +237,6 @@ def job_config(settings: Settings) -> dict:
         "eval_gpu_fraction": settings.eval_gpu_fraction,
         "training_gates": settings.training_gates,
         "max_image_pixels": settings.max_image_pixels,
+        "decoded_cache": settings.decoded_cache,
+        "decoded_cache_max_bytes": settings.decoded_cache_max_bytes,
     }

@@ -6,7 +6,10 @@ On generated images in a temp dir it:
    data (from train_epoch.py), reporting training images/s after the warm-up epoch and GPU
    utilisation sampled with NVML (nvidia-ml-py; skipped when missing);
 3. reloads the best checkpoint and predicts on CUDA;
-4. trains a detector (SSDLite) for one epoch on CUDA when pycocotools is installed.
+4. trains a detector (SSDLite) for one epoch on CUDA when pycocotools is installed;
+5. (issue #14 item 4) trains ResNet-50 at 224 px on generated 500-640 px photos with `fit_local`
+   reading the decoded cache (built in epoch 1), channels_last and bf16/fp16 autocast, and reports
+   NVML GPU busy % over the cached epochs (target >= 90 %). `--allow-cpu` runs it tiny on the CPU.
 
 Prints a JSON line (`{"benchmark": "gpu_check", ...}`). Exit status: 2 without CUDA, 1 when a
 check fails, else 0.
@@ -43,6 +46,7 @@ class GpuSampler:
     def __init__(self, interval: float = 0.1):
         self.interval = interval
         self.samples: list[tuple[int, int]] = []
+        self.times: list[float] = []
         self.error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -60,9 +64,11 @@ class GpuSampler:
             rates = self._nvml.nvmlDeviceGetUtilizationRates(self._handle)
             memory = self._nvml.nvmlDeviceGetMemoryInfo(self._handle)
             self.samples.append((rates.gpu, memory.used // 2**20))
+            self.times.append(time.perf_counter())
 
     def __enter__(self) -> GpuSampler:
         self.samples.clear()
+        self.times.clear()
         self._stop.clear()
         if self.error is None:
             self._thread = threading.Thread(target=self._run, daemon=True)
@@ -74,16 +80,53 @@ class GpuSampler:
         if self._thread is not None:
             self._thread.join()
 
-    def summary(self) -> dict:
-        if self.error is not None or not self.samples:
+    def summary(self, since: float | None = None) -> dict:
+        """Over all samples, or those taken after `since` (a perf_counter time)."""
+        samples = [s for s, t in zip(self.samples, self.times) if since is None or t >= since]
+        if self.error is not None or not samples:
             return {"error": self.error or "no samples"}
-        utils = [u for u, _ in self.samples]
+        utils = [u for u, _ in samples]
         return {
             "util_mean_pct": round(statistics.mean(utils), 1),
             "util_max_pct": max(utils),
-            "mem_used_max_mib": max(m for _, m in self.samples),
-            "samples": len(self.samples),
+            "mem_used_max_mib": max(m for _, m in samples),
+            "samples": len(samples),
         }
+
+
+def busy_check(root: Path, args, device: str, sampler: GpuSampler) -> dict:
+    """ResNet-50 at 224 px through the core on full-size photos: epoch 1 builds the decoded cache,
+    later epochs read it (channels_last + AMP on CUDA); GPU busy % over those later epochs."""
+    import ray_jobs.core as core
+
+    cpu = device == "cpu"
+    count, size = (16, 32) if cpu else (args.busy_images, 224)
+    photos = (64, 80) if cpu else (500, 640)
+    train = make_images(root / "busy" / "train", count, photos, seed=3)
+    val = make_images(root / "busy" / "val", max(count // 8, 8), photos, seed=4)
+    config = make_config(args.busy_model, size, 8 if cpu else args.busy_batch_size, args.busy_epochs, None)
+    marks: list[float] = []
+    events: list[dict] = []
+
+    def publish(event: dict) -> None:
+        marks.append(time.perf_counter())
+        events.append(event)
+
+    with sampler:
+        core.fit_local(config, train, val, root / "busy_run", publish=publish, cache_dir=root / "busy_cache")
+    cached_epochs = events[1:]
+    return {
+        "model": args.busy_model, "images": count, "image_size": size, "photo_size": list(photos),
+        "batch_size": config.batch_size, "epochs": len(events),
+        "precision": ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if not cpu else "32-true",
+        "channels_last": not cpu,
+        "cache_files": sorted(p.name for p in (root / "busy_cache").glob("*.npy")),
+        "epoch1_seconds_with_cache_build": round(events[0]["seconds"], 2),
+        "cached_epoch_seconds": round(statistics.mean(e["seconds"] for e in cached_epochs), 2) if cached_epochs else None,
+        "cached_train_images_per_s": round(statistics.mean(e["images_per_s"] for e in cached_epochs), 1)
+        if cached_epochs else None,
+        "gpu_cached_epochs": sampler.summary(since=marks[0]) if marks else {"error": "no epoch"},
+    }
 
 
 def make_boxes(folder: Path, count: int, size: int) -> list[dict]:
@@ -111,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--detection-images", type=int, default=64)
+    parser.add_argument("--busy-images", type=int, default=2048, help="photos of the ResNet-50 busy check")
+    parser.add_argument("--busy-model", default="resnet50")
+    parser.add_argument("--busy-batch-size", type=int, default=128)
+    parser.add_argument("--busy-epochs", type=int, default=3, help="epoch 1 builds the cache")
+    parser.add_argument("--skip-busy", action="store_true", help="skip the ResNet-50 busy check")
     parser.add_argument("--allow-cpu", action="store_true", help="dry-run the script on a CPU host")
     args = parser.parse_args(argv)
 
@@ -199,6 +247,17 @@ def main(argv: list[str] | None = None) -> int:
                 checks["detection"] = "ok"
             except Exception:
                 checks["detection"] = traceback.format_exc(limit=5)
+
+        if args.skip_busy:
+            checks["busy"] = "skipped: --skip-busy"
+        else:
+            try:
+                report["busy"] = busy_check(root, args, device, sampler)
+                util = report["busy"]["gpu_cached_epochs"].get("util_mean_pct")
+                report["busy_target_90pct_met"] = None if util is None else util >= 90
+                checks["busy"] = "ok"
+            except Exception:
+                checks["busy"] = traceback.format_exc(limit=5)
 
     report["checks"] = checks
     failed = [name for name, outcome in checks.items() if outcome != "ok" and not outcome.startswith("skipped")]

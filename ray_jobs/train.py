@@ -239,6 +239,15 @@ def torch_config():
     return CudaAwareTorchConfig()
 
 
+def _worker_cpus() -> int | None:
+    """The CPUs Ray gave this Train worker (DataLoader workers are sized from it)."""
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:
+        return None
+    return max(1, round(cpus)) if cpus else None
+
+
 def train_loop_per_worker(cfg: dict) -> None:
     """Runs on the Train worker. On resume, continues from the newest checkpoint on disk (`resume_point`)."""
     import ray.train
@@ -266,7 +275,8 @@ def train_loop_per_worker(cfg: dict) -> None:
                      "on its node: training on the CPU")
     trainer, module, datamodule = assemble_fit(
         TrainConfig.from_dict(cfg["config"]), cfg["train_samples"], cfg["val_samples"], callbacks,
-        accelerator="gpu" if on_gpu else "cpu", devices="auto",
+        cache_dir=cfg.get("cache_dir"), cache_max_bytes=cfg.get("cache_max_bytes"), cpus=_worker_cpus(),
+        log=reporter.log, accelerator="gpu" if on_gpu else "cpu", devices="auto",
         strategy=RayDDPStrategy() if on_gpu else _cpu_ddp_strategy(), plugins=[RayLightningEnvironment()],
         default_root_dir=cfg["run_dir"],
     )
@@ -367,6 +377,9 @@ def _train(settings: dict, bus, workspace: Workspace, experiment_id: str, run: r
             "weights_dir": str(run_dir / "weights"), "log_file": str(log_file), "use_gpu": use_gpu,
             "resume": resume, "gates": gates, "claim_id": claim_id,
             "max_image_pixels": settings.get("max_image_pixels"),
+            "cache_dir": str(workspace.decoded_cache_dir(run.project_id, experiment_id))
+            if settings.get("decoded_cache", True) else None,
+            "cache_max_bytes": settings.get("decoded_cache_max_bytes"),
         },
         scaling_config=ScalingConfig(
             num_workers=1, use_gpu=use_gpu,

@@ -4,6 +4,7 @@
     <workspace>/projects/<project_id>/dataset/images/<file>
     <workspace>/projects/<project_id>/dataset/.thumbs/<file>
     <workspace>/projects/<project_id>/experiments/<experiment_id>/...
+    <workspace>/projects/<project_id>/experiments/<experiment_id>/cache/   (decoded images, ray_jobs.core.cache)
     <workspace>/projects/<project_id>/exports/<export_id>/...
     <workspace>/staging/<job_id>/          (imports are staged here, then committed)
     <workspace>/ray_results/               (Ray Train storage_path)
@@ -71,6 +72,10 @@ class Workspace:
 
     def experiment_dir(self, project_id: str, experiment_id: str) -> Path:
         return self.project_dir(project_id) / "experiments" / experiment_id
+
+    def decoded_cache_dir(self, project_id: str, experiment_id: str) -> Path:
+        """The experiment's decoded-image cache (`ray_jobs.core.cache`): deleted with the experiment."""
+        return self.experiment_dir(project_id, experiment_id) / "cache"
 
     def export_dir(self, project_id: str, export_id: str) -> Path:
         return self.project_dir(project_id) / "exports" / export_id

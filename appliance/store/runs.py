@@ -324,7 +324,7 @@ def subset_samples(session: Session, workspace: Workspace, exp: Experiment, subs
     samples = []
     for image in subset_images(session, exp.split_id, subset):
         item = {"image_id": image.id, "filename": image.filename, "path": str(images_dir / image.filename),
-                "width": image.width, "height": image.height}
+                "width": image.width, "height": image.height, "sha256": image.sha256}
         if exp.params.get("task") == "classification":
             if image.label not in index:
                 continue

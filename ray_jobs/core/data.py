@@ -8,6 +8,7 @@ not applied). Labels are class indices into the run's `class_names`.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,19 +75,21 @@ def _normalize(spec: dict) -> v2.Transform:
     return v2.Normalize(spec["mean"], spec["std"])
 
 
-def eval_transform_from_spec(spec: dict) -> v2.Compose:
-    """Expects a PIL image: v2 then resizes with PIL itself, exactly as the spec says."""
-    return v2.Compose([_resize(spec), v2.ToImage(), _scale(), _normalize(spec)])
+def eval_transform_from_spec(spec: dict, resized: bool = False) -> v2.Compose:
+    """Expects a PIL image: v2 then resizes with PIL itself, exactly as the spec says. `resized`:
+    the input is already the resized uint8 image (a decoded cache's), only scaled and normalized."""
+    return v2.Compose([*([] if resized else [_resize(spec)]), v2.ToImage(), _scale(), _normalize(spec)])
 
 
-def eval_transform(task: str, image_size: int) -> v2.Compose:
-    return eval_transform_from_spec(preprocess_spec(task, image_size))
+def eval_transform(task: str, image_size: int, resized: bool = False) -> v2.Compose:
+    return eval_transform_from_spec(preprocess_spec(task, image_size), resized)
 
 
-def train_transform(task: str, image_size: int, augmentations: Sequence[str]) -> v2.Compose:
+def train_transform(task: str, image_size: int, augmentations: Sequence[str], resized: bool = False) -> v2.Compose:
     """The named augmentations around the same resize and normalization as eval (PIL input).
 
-    v2 moves boxes along with pixels.
+    v2 moves boxes along with pixels. `resized`: the input is a decoded cache's uint8 image, already
+    stretched to image_size (or to `cache.cache_side`, which random_resized_crop crops from).
     """
     augmentations = validate_augmentations(augmentations)
     spec = preprocess_spec(task, image_size)
@@ -94,7 +97,7 @@ def train_transform(task: str, image_size: int, augmentations: Sequence[str]) ->
     if "random_resized_crop" in augmentations:
         steps: list[v2.Transform] = [v2.RandomResizedCrop(size, scale=(0.5, 1.0))]
     else:
-        steps = [_resize(spec)]
+        steps = [] if resized else [_resize(spec)]
     optional = {
         "hflip": v2.RandomHorizontalFlip(),
         "vflip": v2.RandomVerticalFlip(),
@@ -144,22 +147,30 @@ def _too_large(path: str, pixels: int, shape: str = "") -> ValueError:
 
 
 class ClassificationDataset(Dataset):
-    def __init__(self, samples: Sequence[dict], transform: Callable):
+    """Decodes each image from its file every time (`images=None`), or reads it from a decoded cache
+    (`images`: a `cache.DecodedImages` of the same samples; `transform` then takes its uint8 tensors)."""
+
+    def __init__(self, samples: Sequence[dict], transform: Callable, images: Any = None):
         self.samples = list(samples)
         self.transform = transform
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[index]
-        image = self.transform(load_rgb(sample["path"]))
+        source = load_rgb(sample["path"]) if self.images is None else tv_tensors.Image(self.images.image(index))
+        image = self.transform(source)
         return image.as_subclass(torch.Tensor), int(sample["label"])
 
 
-def detection_target(sample: dict, canvas_size: tuple[int, int]) -> dict[str, Any]:
-    """A torchvision detection target; labels shift by one because 0 is background."""
+def detection_target(sample: dict, canvas_size: tuple[int, int], scale: tuple[float, float] = (1.0, 1.0)) -> dict[str, Any]:
+    """A torchvision detection target; labels shift by one because 0 is background. `scale` (x, y)
+    maps the stored image's pixels to the canvas (a decoded cache's resized image)."""
     boxes = torch.tensor(sample["boxes"], dtype=torch.float32).reshape(-1, 4)
+    if scale != (1.0, 1.0):
+        boxes = boxes * torch.tensor([scale[0], scale[1], scale[0], scale[1]])
     return {
         "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=canvas_size),
         "labels": torch.tensor(sample["labels"], dtype=torch.int64) + 1,
@@ -167,9 +178,12 @@ def detection_target(sample: dict, canvas_size: tuple[int, int]) -> dict[str, An
 
 
 class DetectionDataset(Dataset):
-    def __init__(self, samples: Sequence[dict], transform: Callable):
+    """As `ClassificationDataset`; with a decoded cache the boxes are scaled with the image."""
+
+    def __init__(self, samples: Sequence[dict], transform: Callable, images: Any = None):
         self.samples = list(samples)
         self.transform = transform
+        self.images = images
         # Boxes pushed off the image by crops/rotations, or degenerate in the labels, would
         # make torchvision's detection losses fail.
         self.clean_boxes = v2.Compose([v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes()])
@@ -179,8 +193,14 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sample = self.samples[index]
-        image = load_rgb(sample["path"])
-        target = detection_target(sample, canvas_size=(image.height, image.width))
+        if self.images is None:
+            image = load_rgb(sample["path"])
+            target = detection_target(sample, canvas_size=(image.height, image.width))
+        else:
+            image = tv_tensors.Image(self.images.image(index))
+            side = self.images.side
+            width, height = (int(v) for v in self.images.sizes[index])
+            target = detection_target(sample, (side, side), (side / width, side / height))
         image, target = self.clean_boxes(*self.transform(image, target))
         return image.as_subclass(torch.Tensor), {
             "boxes": target["boxes"].as_subclass(torch.Tensor),
@@ -203,6 +223,34 @@ def class_weights_from_samples(samples: Sequence[dict], num_classes: int) -> lis
     return [total / (num_classes * count) if count else 0.0 for count in counts]
 
 
+def host_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def loader_options(cpus: int | None = None, cuda: bool = False, cached: bool = False) -> dict:
+    """DataLoader settings for this host: `cpus` (those given to the Ray worker; default: this
+    process's), CUDA or not, images from a decoded cache or decoded from files.
+
+    On CUDA, worker processes (up to 8, one CPU left for the training loop) keep the GPU fed, with
+    pinned memory and a deeper prefetch. On the CPU, training itself needs the cores: a cached epoch
+    reads in the loop (a worker would only add a copy between processes), decoding gets up to 4 workers
+    but always leaves one CPU to the model.
+    """
+    cpus = max(1, int(cpus or host_cpus()))
+    if cuda:
+        workers = min(cpus - 1, 8)
+    else:
+        workers = 0 if cached else min(cpus - 1, 4)
+    options: dict[str, Any] = {"num_workers": workers, "pin_memory": cuda, "persistent_workers": workers > 0}
+    if workers:
+        options["prefetch_factor"] = 4 if cuda else 2
+    return options
+
+
 class ImageDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -212,9 +260,16 @@ class ImageDataModule(L.LightningDataModule):
         image_size: int,
         batch_size: int,
         augmentations: Sequence[str] = (),
-        num_workers: int = 0,
+        num_workers: int | None = 0,
         seed: int = 0,
+        cache_dir: Path | str | None = None,
+        cache_max_bytes: int | None = None,
+        cpus: int | None = None,
+        log: Callable[[str], None] | None = None,
     ):
+        """`num_workers=None`: chosen by `loader_options` from `cpus` and the device. `cache_dir`: read
+        images from a decoded cache there (`cache.open_or_build`, at most `cache_max_bytes` a subset),
+        built on first use; None decodes every image every epoch."""
         super().__init__()
         if task not in ("classification", "detection"):
             raise ValueError(f"Unknown task '{task}'. Valid tasks: classification, detection.")
@@ -228,29 +283,61 @@ class ImageDataModule(L.LightningDataModule):
         self.augmentations = validate_augmentations(augmentations)
         self.num_workers = num_workers
         self.seed = seed
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.cache_max_bytes = cache_max_bytes
+        self.cpus = cpus
+        self.log = log
 
-    def _dataset(self, samples: list[dict], transform: Callable) -> Dataset:
+    def _cuda(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.strategy.root_device.type == "cuda"
+        return torch.cuda.is_available()
+
+    def _images(self, role: str, samples: list[dict], side: int):
+        """The decoded cache of `samples` (built now if needed), or None without one."""
+        if self.cache_dir is None:
+            return None
+        from .cache import open_or_build  # cache imports this module
+
+        workers = loader_options(self.cpus, self._cuda(), cached=False)["num_workers"]
+        return open_or_build(samples, self.task, side, self.cache_dir, role, workers=workers,
+                             max_bytes=self.cache_max_bytes, log=self.log)
+
+    def _dataset(self, samples: list[dict], transform: Callable, images: Any = None) -> Dataset:
         cls = DetectionDataset if self.task == "detection" else ClassificationDataset
-        return cls(samples, transform)
+        return cls(samples, transform, images)
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, train: bool, cached: bool) -> DataLoader:
+        options = loader_options(self.cpus, self._cuda(), cached)
+        if self.num_workers is not None:  # chosen by the caller
+            options.update(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+            options.pop("prefetch_factor", None)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
             # A final batch of one breaks BatchNorm in training mode.
             drop_last=train and len(dataset) > 1 and len(dataset) % self.batch_size == 1,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
             collate_fn=detection_collate if self.task == "detection" else None,
             generator=torch.Generator().manual_seed(self.seed) if train else None,
+            **options,
         )
 
     def train_dataloader(self) -> DataLoader:
-        transform = train_transform(self.task, self.image_size, self.augmentations)
-        return self._loader(self._dataset(self.train_samples, transform), train=True)
+        from .cache import cache_side
+
+        images = self._images("train", self.train_samples, cache_side(self.image_size, self.augmentations))
+        transform = train_transform(self.task, self.image_size, self.augmentations, resized=images is not None)
+        return self._loader(self._dataset(self.train_samples, transform, images), train=True, cached=images is not None)
 
     def val_dataloader(self) -> DataLoader:
-        transform = eval_transform(self.task, self.image_size)
-        return self._loader(self._dataset(self.val_samples, transform), train=False)
+        images = self._images("val", self.val_samples, self.image_size)
+        transform = eval_transform(self.task, self.image_size, resized=images is not None)
+        return self._loader(self._dataset(self.val_samples, transform, images), train=False, cached=images is not None)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """channels_last on CUDA (classification batches; detection takes lists of images)."""
+        if self.task == "classification" and isinstance(batch[0], torch.Tensor) and batch[0].is_cuda:
+            return batch[0].contiguous(memory_format=torch.channels_last), batch[1]
+        return batch

@@ -177,6 +177,15 @@ def is_better(metric: float, loss: float | None, best_metric: float | None, best
     return best_loss is None or loss < best_loss
 
 
+class ChannelsLast(Callback):
+    """On CUDA: the model in channels_last memory format (the data module converts the batches), which
+    tensor cores run faster under AMP. Classification models only."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.strategy.root_device.type == "cuda" and pl_module.config.task != "detection":
+            pl_module.to(memory_format=torch.channels_last)
+
+
 def build_trainer(
     config: TrainConfig,
     callbacks: Sequence[Callback] = (),
@@ -191,14 +200,19 @@ def build_trainer(
     callbacks = list(callbacks)
     if config.early_stopping_patience:
         callbacks.append(EarlyStopping("val_metric", mode="max", patience=config.early_stopping_patience))
-    use_amp = config.mixed_precision and accelerator != "cpu" and torch.cuda.is_available()
+    cuda = accelerator != "cpu" and torch.cuda.is_available()
+    use_amp = config.mixed_precision and cuda
+    if use_amp:  # bf16 needs no loss scaling and does not overflow; fp16 on GPUs without it
+        precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if cuda:
+        callbacks.append(ChannelsLast())
     return L.Trainer(
         max_epochs=config.epochs,
         accelerator=accelerator,
         devices=devices,
         strategy=strategy,
         plugins=plugins,
-        precision="16-mixed" if use_amp else "32-true",
+        precision=precision if use_amp else "32-true",
         callbacks=callbacks,
         logger=False,  # epoch events are the history
         enable_checkpointing=False,  # BestLastCheckpoint writes the files
@@ -215,10 +229,16 @@ def assemble_fit(
     train_samples: Sequence[dict],
     val_samples: Sequence[dict],
     callbacks: Sequence[Callback],
+    cache_dir: Path | str | None = None,
+    cache_max_bytes: int | None = None,
+    cpus: int | None = None,
+    log: Callable[[str], None] | None = None,
     **trainer_options: Any,
 ) -> tuple[L.Trainer, L.LightningModule, ImageDataModule]:
     """The trainer, module and data of one fit: class weights from the train samples, a seeded
-    Trainer (`build_trainer` options pass through), then the module and the data module."""
+    Trainer (`build_trainer` options pass through), then the module and the data module (reading a
+    decoded cache in `cache_dir` when given; DataLoader settings from `cpus` unless
+    `config.num_workers` is set)."""
     config = resolve_class_weights(config, train_samples)
     trainer = build_trainer(config, callbacks, **trainer_options)  # seeds: before the module
     module = build_module(config)
@@ -231,6 +251,10 @@ def assemble_fit(
         augmentations=config.augmentations,
         num_workers=config.num_workers,
         seed=config.seed,
+        cache_dir=cache_dir,
+        cache_max_bytes=cache_max_bytes,
+        cpus=cpus,
+        log=log,
     )
     return trainer, module, datamodule
 
@@ -244,12 +268,14 @@ def fit_local(
     should_stop: Callable[[], bool] | None = None,
     resume_ckpt: Path | str | None = None,
     accelerator: str = "auto",
+    cache_dir: Path | str | None = None,
 ) -> dict:
     """Train in this process with plain Lightning (no Ray).
 
     Checkpoints go to `run_dir/weights/`. With `resume_ckpt` training continues up to
     `config.epochs`; a larger `epochs` than the checkpoint was planned with extends the run.
-    `epochs_run` counts all completed epochs, those before a resume included.
+    `epochs_run` counts all completed epochs, those before a resume included. With `cache_dir`, images
+    are decoded once into a decoded cache there (`ray_jobs.core.cache`) and read from it every epoch.
     """
     config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     if config.pretrained:
@@ -261,7 +287,8 @@ def fit_local(
     if publish is not None or should_stop is not None:
         callbacks.insert(0, EpochEventCallback(publish or (lambda event: None), should_stop))
     trainer, module, datamodule = assemble_fit(
-        config, train_samples, val_samples, callbacks, accelerator=accelerator, default_root_dir=run_dir,
+        config, train_samples, val_samples, callbacks, cache_dir=cache_dir, accelerator=accelerator,
+        default_root_dir=run_dir,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume_ckpt is None else str(resume_ckpt))
     return {

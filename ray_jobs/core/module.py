@@ -32,7 +32,7 @@ class TrainConfig(Hyperparameters):
     task: str | None = None  # derived from the model when omitted
     class_weights: list[float] | None = None  # from the training labels when omitted
     weights_dir: str | None = None
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader workers; None: chosen from the host (`data.loader_options`)
 
     def __init__(self, **values) -> None:
         try:
@@ -71,7 +71,7 @@ class TrainConfig(Hyperparameters):
         _check(self.num_classes >= min_classes, f"num_classes must be at least {min_classes} for {self.task}")
         _check(len(self.class_names) == self.num_classes,
                f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}")
-        _check(self.num_workers >= 0, "num_workers must be 0 or more")
+        _check(self.num_workers is None or self.num_workers >= 0, "num_workers must be 0 or more")
         _check(not self.pretrained or self.weights_dir is not None,
                "pretrained=True needs weights_dir, the folder holding the weights files")
         _check(not self.class_weighted_loss or self.task == "classification",
