@@ -21,6 +21,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
@@ -201,14 +202,37 @@ def cancel_import(session: Session, project_id: str, import_id: str) -> ImportJo
     return imports.cancel(session, get_import(session, project_id, import_id))
 
 
-def import_public(job: ImportJob) -> dict:
+def import_public(job: ImportJob, now: datetime | None = None) -> dict:
     return {
         "id": job.id, "project_id": job.project_id, "status": job.status, "format": job.format,
         "source": job.source, "yaml_file": job.yaml_file, "detected": job.detected, "done": job.done, "total": job.total,
         "added": job.added, "skipped": job.skipped, "duplicates": job.duplicates,
         "warnings": job.warnings or [], "error": job.error,
-        "created_at": job.created_at, "finished_at": job.finished_at,
+        "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
+        **import_rate(job, now),
     }
+
+
+def import_rate(job: ImportJob, now: datetime | None = None) -> dict:
+    """`images_per_s` (images checked per second since the job started running) and `eta_s` (seconds
+    left at that rate), from the stored progress and start time alone: any process can answer.
+    None while nothing is known (queued, not started, no image checked yet); a finished job keeps
+    its overall rate and has no ETA."""
+    if job.started_at is None or job.done <= 0:
+        return {"images_per_s": None, "eta_s": None}
+    running = job.status in imports.IN_PROGRESS
+    end = (now or utcnow()) if running or job.finished_at is None else job.finished_at
+    elapsed = (_aware(end) - _aware(job.started_at)).total_seconds()
+    if elapsed <= 0:
+        return {"images_per_s": None, "eta_s": None}
+    rate = job.done / elapsed
+    eta = max(job.total - job.done, 0) / rate if running and job.total else None
+    return {"images_per_s": round(rate, 1), "eta_s": round(eta, 1) if eta is not None else None}
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite gives back naive datetimes; every stored time is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 # ---------------------------------------------------------------- the import job

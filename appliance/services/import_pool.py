@@ -137,7 +137,8 @@ class IngestPool:
             self._pool = None
 
 
-def chunked(items: Iterable, size: int = CHUNK) -> Iterator[list]:
+def chunked(items: Iterable, size: int | None = None) -> Iterator[list]:
+    size = size or CHUNK
     chunk: list = []
     for item in items:
         chunk.append(item)
