@@ -1,9 +1,11 @@
-"""Datasets: import jobs (stage, then commit), the health summary, browsing, image files.
+"""Datasets: import jobs (ingest, then commit), the health summary, browsing, image files.
 
-An import never changes the project's dataset until it commits: the source is parsed and the
-images are written to `staging/<import_id>/`, then files move into the dataset folder and the
-rows are inserted in one transaction. A failure or a cancel before that leaves the dataset as
-it was; a failure during the commit removes the files it had moved.
+An import never changes the project's dataset until it commits: the source is parsed, then each
+image is read, checked and written once, straight into the dataset folder under a new image id
+(with its thumbnail), by a pool of processes (`import_pool`); no page or route sees a file without
+its row. The rows wait in `staging/<import_id>/` and are inserted in one transaction at the end.
+A failure or a cancel before that removes the files it wrote and leaves the dataset as it was
+(a killed worker's files are swept the same way when the job is closed, or at start-up).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Dataset health (issue 13, item 7): near-duplicates, split leaks and per-image checks.
 
 Perceptual hashes: every image gets a 64-bit `imagehash.phash` of its thumbnail, computed by the
-import in the same pass that makes the thumbnail (`datasets._stage_thumbnail`) and stored as 16 hex
+import in the same pass that makes the thumbnail (`importers.images.ingest_file`) and stored as 16 hex
 digits in `images.phash`. Images imported before hashes existed get theirs from
 `backfill_phashes`, run once in the import lane at start-up (from the small thumbnail JPEG; an
 image whose thumbnail is missing is decoded within AISTUDIO_MAX_IMAGE_PIXELS). Until then they
