@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.importers import SourceUnreadable, UnreadableImage, apply_pixel_limit, ingest_file, problem_warning
+from appliance.importers import SourceUnreadable, UnreadableImage, ingest_file, problem_warning
 from appliance.services import health
 from appliance.store.paths import Workspace
 
@@ -67,8 +67,8 @@ def ingest_chunk(target: Target, jobs: list[tuple[str, str, str]]) -> list[Resul
     return out
 
 
-def _init_worker(parent: int, max_pixels: int) -> None:
-    """In each pool process: die with the import's worker, leave Ctrl-C to it, same pixel guard."""
+def _init_worker(parent: int) -> None:
+    """In each pool process: die with the import's worker, leave Ctrl-C to it."""
     try:
         import ctypes
 
@@ -78,7 +78,6 @@ def _init_worker(parent: int, max_pixels: int) -> None:
     if os.getppid() != parent:
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    apply_pixel_limit(max_pixels)
 
 
 class IngestPool:
@@ -99,7 +98,6 @@ class IngestPool:
     def run(self, chunks: Iterable[list], job: Callable[[object], tuple[str, str, str]]) -> Iterator[tuple[list, list[Result]]]:
         """For each chunk (a list of the caller's items, in order): `(chunk, results)`, in order;
         `job(item)` is what a pool process gets for an item: (image_id, source path, relative path)."""
-        apply_pixel_limit(self.target.max_pixels)
         chunks = iter(chunks)
         first, second = next(chunks, None), None
         if first is not None and self.workers > 1:
@@ -109,8 +107,7 @@ class IngestPool:
                 yield chunk, ingest_chunk(self.target, [job(item) for item in chunk])
             return
         context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
-        self._pool = context.Pool(self.workers, initializer=_init_worker,
-                                  initargs=(os.getpid(), self.target.max_pixels))
+        self._pool = context.Pool(self.workers, initializer=_init_worker, initargs=(os.getpid(),))
         pending: deque = deque()
         window = self.workers * IN_FLIGHT_PER_WORKER
         source = itertools.chain([first, second], chunks)
