@@ -99,10 +99,12 @@ def _result(settings, project_id: str, import_id: str) -> dict:
                 "thumb": hashlib.sha256(thumb.read_bytes()).hexdigest() if thumb.is_file() else None,
             }
         order = [r.original_name for r in sorted(rows, key=lambda r: (r.created_at, r.id))]
-    files = sorted(p.name for p in ws.images_dir(project_id).iterdir())
-    thumbs = sorted(p.name for p in ws.thumbs_dir(project_id).iterdir())
-    return {"job": job, "images": images, "order": order, "files": files, "thumbs": thumbs,
-            "staging": sorted(p.name for p in ws.staging_dir.iterdir())}
+    return {"job": job, "images": images, "order": order, "files": _names(ws.images_dir(project_id)),
+            "thumbs": _names(ws.thumbs_dir(project_id)), "staging": _names(ws.staging_dir)}
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
 @pytest.fixture
