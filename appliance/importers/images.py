@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from appliance.store.errors import InvalidDataset
 
@@ -251,6 +251,7 @@ def ingest_file(src: Path, image_id: str, images_dir: Path, thumbs_dir: Path,
     return Ingested(info, filename, stored, True, mark)
 
 
+_NO_CHECK = (Image.Image.verify, ImageFile.ImageFile.verify)  # verify()s that check nothing
 # The stored file's extension by Pillow's format name (MPO: a multi-picture JPEG).
 _EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif", "GIF": ".gif"}
 
@@ -262,7 +263,7 @@ def _decode_bytes(path: Path, data: bytes, max_pixels: int) -> tuple[ImageInfo, 
     try:
         im = Image.open(io.BytesIO(data), formats=_DECODERS)
         check_pixels(path, im.size, max_pixels)  # from the header: nothing decoded yet
-        if type(im).verify is not Image.Image.verify:  # a real check (PNG checksums); else a no-op
+        if type(im).verify not in _NO_CHECK:  # a real check (PNG's checksums); JPEG's only closes the file
             im.verify()  # verify() leaves the image unusable, hence the reopen
             im.close()
             im = Image.open(io.BytesIO(data), formats=_DECODERS)

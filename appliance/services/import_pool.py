@@ -55,9 +55,10 @@ def ingest_chunk(target: Target, jobs: list[tuple[str, str, str]]) -> list[Resul
     read or decoded is a skip with its reason (the warning's text); any other error (the workspace
     disk) propagates and fails the import."""
     out: list[Result] = []
+    images_dir, thumbs_dir = Path(target.images_dir), Path(target.thumbs_dir)
     for image_id, source, relpath in jobs:
         try:
-            done = ingest_file(Path(source), image_id, Path(target.images_dir), Path(target.thumbs_dir),
+            done = ingest_file(Path(source), image_id, images_dir, thumbs_dir,
                                thumb_name=Workspace.thumb_name, max_pixels=target.max_pixels, move=target.move,
                                fingerprint=health.phash_hex)
         except (UnreadableImage, SourceUnreadable) as exc:
