@@ -10,6 +10,7 @@ cancelled import never leaves one writing). With one worker, or a single chunk, 
 
 from __future__ import annotations
 
+import gc
 import itertools
 import multiprocessing
 import os
@@ -108,7 +109,13 @@ class IngestPool:
                 yield chunk, ingest_chunk(self.target, [job(item) for item in chunk])
             return
         context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
-        self._pool = context.Pool(self.workers, initializer=_init_worker, initargs=(os.getpid(),))
+        # Freeze what exists now (the source's file list above all) out of the collector's reach: a
+        # pool process that ran a collection would touch, and so copy, every page of it.
+        gc.freeze()
+        try:
+            self._pool = context.Pool(self.workers, initializer=_init_worker, initargs=(os.getpid(),))
+        finally:
+            gc.unfreeze()
         pending: deque = deque()
         window = self.workers * IN_FLIGHT_PER_WORKER
         source = itertools.chain([first, second], chunks)
