@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         default=16, gt=0,
         description="Imports that may be queued or running at once; one more is refused with 429.",
     )
+    import_workers: int = Field(
+        default=0, ge=0, le=256,
+        description="Processes an import uses to read, hash, decode, store and thumbnail images (a process "
+        "pool in the import's worker). 0 (default): one per CPU core the server may use; 1: no pool, all in the "
+        "import's own process.",
+    )
     near_duplicate_distance: int = Field(
         default=6, ge=0, le=10,
         description="Near-duplicate threshold of the dataset health check: two images whose 64-bit perceptual "

@@ -152,7 +152,12 @@ class ImportJobPublic(PublicModel):
     warnings: list[ImportWarningPublic]
     error: str | None
     created_at: Timestamp
+    started_at: datetime | None = Field(None, description="When it started running (null while queued)")
     finished_at: datetime | None
+    images_per_s: float | None = Field(
+        None, description="Images checked per second since it started (`done` / elapsed); null until one is")
+    eta_s: float | None = Field(
+        None, description="Seconds left at that rate while queued work remains (running only); else null")
 
 
 class ClassCount(PublicModel):

@@ -7,15 +7,21 @@ No database and no web here. The import job is expected to run:
       store_image(item.source, dataset_dir / name, item.info)  # no second decode
 """
 
-from appliance.importers.formats import FORMATS, TASKS, detect_format, parse_source
+from appliance.importers.formats import (
+    FORMATS, TASKS, Candidate, SourcePlan, detect_format, finish_item, no_usable_image, parse_source, plan_source,
+    problem_warning,
+)
 from appliance.importers.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     IMAGE_EXTENSIONS,
     THUMBNAIL_SIZE,
     ImageInfo,
     ImageTooLarge,
+    Ingested,
+    SourceUnreadable,
     UnreadableImage,
     apply_pixel_limit,
+    ingest_file,
     make_thumbnail,
     probe_image,
     store_image,
@@ -29,7 +35,11 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "TASKS",
     "THUMBNAIL_SIZE",
+    "Candidate",
     "ImageInfo",
+    "Ingested",
+    "SourcePlan",
+    "SourceUnreadable",
     "ImageTooLarge",
     "ImportWarning",
     "ParsedBox",
@@ -41,8 +51,13 @@ __all__ = [
     "check_zip",
     "detect_format",
     "extract_zip",
+    "finish_item",
+    "ingest_file",
     "make_thumbnail",
+    "no_usable_image",
     "parse_source",
+    "plan_source",
+    "problem_warning",
     "probe_image",
     "store_image",
 ]

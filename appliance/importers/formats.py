@@ -9,12 +9,14 @@ source that is malformed as a whole, or leaves nothing to import, raises `Invali
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.store.errors import InvalidDataset, ValidationFailed
 from appliance.importers import coco, csvfile, folder, voc, yolo
-from appliance.importers.images import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, UnreadableImage, probe_image
+from appliance.importers.images import DEFAULT_MAX_IMAGE_PIXELS, ImageInfo, ImageTooLarge, UnreadableImage, probe_image
 from appliance.importers.parsed import ImportWarning, ParsedBox, ParsedDataset, ParsedItem, is_utf8_text, utf8_text
 from appliance.importers.sources import (
     RawBox,
@@ -55,6 +57,76 @@ def parse_source(
     are several (YOLO only).
     """
     root = Path(root)
+    raw = _read(root, fmt, task, max_annotation_bytes, yaml_file)
+    dataset = _validate(root, raw, progress, max_pixels)
+    dataset.classes = [name for name in dataset.classes if is_utf8_text(name) and not _unstorable("", [name])]
+    dataset.detected = utf8_text(dataset.detected)
+    if fmt == "auto":
+        dataset.detected = f"Auto-detected {dataset.detected}"
+    return dataset
+
+
+@dataclass
+class Candidate:
+    """An image the source lists that passed every check short of reading it."""
+    raw: RawItem
+    relpath: str
+
+
+@dataclass
+class SourcePlan:
+    """`parse_source` without the probing: what the import job reads, decodes and stores itself
+    (in a process pool), then completes item by item with `finish_item`."""
+    format: str
+    task: str
+    classes: list[str]
+    candidates: list[Candidate]
+    warnings: list[ImportWarning]  # the source's own, then one per rejected candidate, in order
+    detected: str
+    described: str = ""  # the reader's own sentence (what "no usable image" errors start with)
+
+
+def plan_source(
+    root: Path, fmt: str, task: str, *, max_annotation_bytes: int | None = None, yaml_file: str | None = None,
+) -> SourcePlan:
+    """`parse_source` up to the images: the format read, and every listed image checked except its
+    content. `finish_item` then takes each candidate's probed `ImageInfo` (or its problem)."""
+    root = Path(root)
+    raw = _read(root, fmt, task, max_annotation_bytes, yaml_file)
+    warnings = list(raw.warnings)
+    seen: set[str] = set()
+    real_root = root.resolve()
+    candidates = []
+    _resolved_dir.cache_clear()  # links may have changed since the last import
+    for raw_item in raw.items:
+        relpath = _precheck(raw_item, root, real_root, seen, warnings)
+        if relpath is not None:
+            candidates.append(Candidate(raw_item, relpath))
+    classes = [name for name in raw.classes if is_utf8_text(name) and not _unstorable("", [name])]
+    detected = utf8_text(raw.detected)
+    if fmt == "auto":
+        detected = f"Auto-detected {detected}"
+    return SourcePlan(raw.format, raw.task, classes, candidates, warnings, detected, raw.detected)
+
+
+def finish_item(candidate: Candidate, info: ImageInfo | None, problem: str | None,
+                warnings: list[ImportWarning]) -> ParsedItem | None:
+    """The candidate as `parse_source` would list it, from its probe's `info`, or None with a warning:
+    the probe's `problem` (`problem_warning(...).reason`), or no valid box left."""
+    if problem is not None:
+        warnings.append(ImportWarning(candidate.relpath, problem))
+        return None
+    return _fit_item(candidate.raw, candidate.relpath, info, warnings)
+
+
+def no_usable_image(detected: str, warnings: list[ImportWarning]) -> InvalidDataset:
+    problems = "none found"
+    if warnings:
+        problems = f"{count(len(warnings), 'problem')}, first: {warnings[0].file}: {warnings[0].reason}"
+    return InvalidDataset(f"{detected}: no usable image ({problems})")
+
+
+def _read(root: Path, fmt: str, task: str, max_annotation_bytes: int | None, yaml_file: str | None) -> RawDataset:
     if fmt != "auto" and fmt not in FORMATS:
         raise ValidationFailed(f"format must be auto, {', '.join(FORMATS)} (got {fmt!r})")
     if task not in TASKS:
@@ -72,12 +144,7 @@ def parse_source(
             f"{raw.detected}: that is a {raw.task} dataset, but this is a {task} project, "
             f"which imports {_ACCEPTS[task]}"
         )
-    dataset = _validate(root, raw, progress, max_pixels)
-    dataset.classes = [name for name in dataset.classes if is_utf8_text(name) and not _unstorable("", [name])]
-    dataset.detected = utf8_text(dataset.detected)
-    if fmt == "auto":
-        dataset.detected = f"Auto-detected {dataset.detected}"
-    return dataset
+    return raw
 
 
 def detect_format(root: Path) -> tuple[str, list[str]]:
@@ -130,6 +197,7 @@ def _validate(root: Path, raw: RawDataset, progress: Progress | None,
     items: list[ParsedItem] = []
     seen: set[str] = set()
     real_root = root.resolve()
+    _resolved_dir.cache_clear()
     for done, raw_item in enumerate(raw.items, 1):
         item = _validate_item(raw_item, root, real_root, seen, warnings, max_pixels)
         if item is not None:
@@ -137,10 +205,7 @@ def _validate(root: Path, raw: RawDataset, progress: Progress | None,
         if progress:
             progress(done, len(raw.items))
     if not items:
-        problems = "none found"
-        if warnings:
-            problems = f"{count(len(warnings), 'problem')}, first: {warnings[0].file}: {warnings[0].reason}"
-        raise InvalidDataset(f"{raw.detected}: no usable image ({problems})")
+        raise no_usable_image(raw.detected, warnings)
     return ParsedDataset(raw.format, raw.task, raw.classes, items, warnings, raw.detected)
 
 
@@ -164,6 +229,19 @@ def _validate_item(
     raw: RawItem, root: Path, real_root: Path, seen: set[str], warnings: list[ImportWarning],
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ParsedItem | None:
+    relpath = _precheck(raw, root, real_root, seen, warnings)
+    if relpath is None:
+        return None
+    try:
+        info = probe_image(raw.source, max_pixels)
+    except (UnreadableImage, OSError) as exc:
+        warnings.append(problem_warning(relpath, exc))
+        return None
+    return _fit_item(raw, relpath, info, warnings)
+
+
+def _precheck(raw: RawItem, root: Path, real_root: Path, seen: set[str], warnings: list[ImportWarning]) -> str | None:
+    """The item's relative path if it passes every check short of reading the file, else None (warned)."""
     relpath = rel(raw.source, root)
     if relpath in seen:
         warnings.append(ImportWarning(relpath, "listed more than once; kept the first"))
@@ -176,20 +254,37 @@ def _validate_item(
     if problem := _unstorable(relpath, [raw.label or "", *(b.label for b in raw.boxes)]):
         warnings.append(ImportWarning(relpath, f"{problem}; skipped"))
         return None
-    if not raw.source.resolve().is_relative_to(real_root):
+    if not _resolved(raw.source).is_relative_to(real_root):
         warnings.append(ImportWarning(relpath, "a link to outside the dataset folder; skipped"))
         return None
+    return relpath
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolved_dir(folder: Path) -> Path:
+    return folder.resolve()
+
+
+def _resolved(path: Path) -> Path:
+    """`path.resolve()`, resolving each folder once per import instead of once per file in it: a
+    file that is not itself a link resolves to its resolved folder plus its name."""
     try:
-        info = probe_image(raw.source, max_pixels)
-    except ImageTooLarge as exc:
-        warnings.append(ImportWarning(relpath, f"{exc.reason}; skipped"))
-        return None
-    except UnreadableImage as exc:
-        warnings.append(ImportWarning(relpath, f"unreadable image ({exc.reason}); skipped"))
-        return None
-    except OSError as exc:
-        warnings.append(ImportWarning(relpath, f"cannot read the file ({exc.strerror}); skipped"))
-        return None
+        if not path.is_symlink():
+            return _resolved_dir(path.parent) / path.name
+    except OSError:
+        pass
+    return path.resolve()
+
+
+def problem_warning(relpath: str, exc: Exception) -> ImportWarning:
+    if isinstance(exc, ImageTooLarge):
+        return ImportWarning(relpath, f"{exc.reason}; skipped")
+    if isinstance(exc, UnreadableImage):
+        return ImportWarning(relpath, f"unreadable image ({exc.reason}); skipped")
+    return ImportWarning(relpath, f"cannot read the file ({getattr(exc, 'strerror', None) or exc}); skipped")
+
+
+def _fit_item(raw: RawItem, relpath: str, info: ImageInfo, warnings: list[ImportWarning]) -> ParsedItem | None:
     scale = (info.width, info.height) if raw.normalized else (1, 1)
     fitted = (_fit_box(b, scale, info.width, info.height, relpath, warnings) for b in raw.boxes)
     boxes = [box for box in fitted if box is not None]

@@ -27,12 +27,12 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from appliance.store.errors import InvalidDataset
 
@@ -156,14 +156,7 @@ def make_thumbnail(src: Path, dst: Path, size: int = THUMBNAIL_SIZE, max_pixels:
             orientation = _orientation(im)
             im.draft("RGB", (size, size))
             im.load()
-            thumb = _storable(im) if im.mode in _SIXTEEN_BIT else im
-            if thumb.mode in ("1", "P"):  # resized with NEAREST only: get close first, then convert
-                thumb.thumbnail((size * 4, size * 4))
-                thumb = thumb.convert("RGBA" if "transparency" in thumb.info else "RGB")
-            thumb.thumbnail((size, size), reducing_gap=2.0)
-            if orientation in _TRANSPOSE:
-                thumb = thumb.transpose(_TRANSPOSE[orientation])
-            thumb = thumb.convert("RGB")
+            thumb = thumbnail_of(im, orientation, size)
     except UnreadableImage:
         raise
     except Image.DecompressionBombError as exc:
@@ -173,6 +166,126 @@ def make_thumbnail(src: Path, dst: Path, size: int = THUMBNAIL_SIZE, max_pixels:
     with _atomic_target(dst) as tmp:
         thumb.save(tmp, format="JPEG", quality=85)
     return thumb
+
+
+def thumbnail_of(im: Image.Image, orientation: int, size: int = THUMBNAIL_SIZE) -> Image.Image:
+    """The RGB thumbnail (fits in size x size, upright) of a decoded image; `im` may be resized in place."""
+    thumb = _storable(im) if im.mode in _SIXTEEN_BIT else im
+    if thumb.mode in ("1", "P"):  # resized with NEAREST only: get close first, then convert
+        thumb.thumbnail((size * 4, size * 4))
+        thumb = thumb.convert("RGBA" if "transparency" in thumb.info else "RGB")
+    thumb.thumbnail((size, size), reducing_gap=2.0)
+    if orientation in _TRANSPOSE:
+        thumb = thumb.transpose(_TRANSPOSE[orientation])
+    return thumb.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What `ingest_file` wrote: the stored file's name and size, whether a thumbnail was written,
+    and the thumbnail's fingerprint (`fingerprint(thumbnail)`, None when either failed)."""
+    info: ImageInfo
+    filename: str
+    size_bytes: int
+    thumbnail: bool
+    fingerprint: str | None = None
+
+
+class SourceUnreadable(OSError):
+    """The source file could not be read (its reason in `strerror`); nothing was written."""
+
+
+def ingest_file(src: Path, image_id: str, images_dir: Path, thumbs_dir: Path,
+                thumb_name: Callable[[str], str] = lambda filename: Path(filename).stem + ".jpg",
+                max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, move: bool = False, size: int = THUMBNAIL_SIZE,
+                fingerprint: Callable[[Image.Image], str] | None = None) -> Ingested:
+    """Everything the import does to one file, reading and decoding it once: hash the bytes, fully
+    decode them (corrupt files fail here, naming the file), write the image to `images_dir` as
+    `<image_id><ext>` (the bytes as read, or renamed with `move`, or re-encoded upright when EXIF or
+    the colour mode ask for it) and its thumbnail to `thumbs_dir/thumb_name(filename)` from the same decode.
+
+    Each file is written once, to its final place: no temporary name, no second read. A failure
+    mid-write leaves a file without an image row, which the import's own clean-up (or start-up's
+    sweep of unrecorded files) removes. A small upright RGB JPEG is its own thumbnail: linked, not
+    re-encoded. A thumbnail problem never fails the file (`thumbnail` is then False).
+    Raises `SourceUnreadable` (cannot read), `UnreadableImage` / `ImageTooLarge` (nothing written);
+    other OS errors are the destination's (a full disk)."""
+    src = Path(src)
+    try:
+        data = src.read_bytes()
+    except OSError as exc:
+        raise SourceUnreadable(exc.errno, exc.strerror or type(exc).__name__) from exc
+    info, im, orientation = _decode_bytes(src, data, max_pixels)
+    filename = image_id + _EXTENSIONS.get(info.format, src.suffix.lower())
+    dst = Path(images_dir) / filename
+    thumb_path = Path(thumbs_dir) / thumb_name(filename)
+    with im:
+        if info.needs_rewrite:
+            _save_like(_storable(ImageOps.exif_transpose(im)), dst, info.format)
+            if move:
+                src.unlink(missing_ok=True)
+        elif move:
+            os.replace(src, dst)
+        else:
+            with open(dst, "xb") as f:
+                f.write(data)
+        stored = dst.stat().st_size if info.needs_rewrite else len(data)
+        try:
+            if (info.format == "JPEG" and im.mode == "RGB" and not info.needs_rewrite
+                    and max(im.size) <= size and thumb_path.suffix == ".jpg"):
+                thumb = im  # already a small upright RGB JPEG: the stored file is its thumbnail
+                try:
+                    os.link(dst, thumb_path)
+                except OSError:
+                    thumb_path.write_bytes(data)
+            else:
+                thumb = thumbnail_of(im, orientation, size)
+                thumb.save(thumb_path, format="JPEG", quality=85)
+        except Exception:  # the image passed its checks; the thumbnail is left to the lazy path
+            thumb_path.unlink(missing_ok=True)
+            return Ingested(info, filename, stored, False)
+        try:
+            mark = fingerprint(thumb) if fingerprint else None
+        except Exception:  # left to the start-up backfill
+            mark = None
+    return Ingested(info, filename, stored, True, mark)
+
+
+_NO_CHECK = (Image.Image.verify, ImageFile.ImageFile.verify)  # verify()s that check nothing
+# The stored file's extension by Pillow's format name (MPO: a multi-picture JPEG).
+_EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif", "GIF": ".gif"}
+
+
+def _decode_bytes(path: Path, data: bytes, max_pixels: int) -> tuple[ImageInfo, Image.Image, int]:
+    """`_probe_bytes`, keeping the decoded image (and its EXIF orientation) for the caller."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    im = None
+    try:
+        im = Image.open(io.BytesIO(data), formats=_DECODERS)
+        check_pixels(path, im.size, max_pixels)  # from the header: nothing decoded yet
+        if type(im).verify not in _NO_CHECK:  # a real check (PNG's checksums); JPEG's only closes the file
+            im.verify()  # verify() leaves the image unusable, hence the reopen
+            im.close()
+            im = Image.open(io.BytesIO(data), formats=_DECODERS)
+        fmt = im.format or "unknown"
+        orientation = _orientation(im)
+        im.load()
+        width, height, mode = *im.size, im.mode
+    except Exception as exc:
+        if im is not None:
+            im.close()
+        if isinstance(exc, UnreadableImage):
+            raise
+        if isinstance(exc, Image.DecompressionBombError):
+            raise _bomb(path, exc, max_pixels) from exc
+        raise UnreadableImage(path, str(exc) or type(exc).__name__) from exc  # Pillow raises many types
+    if mode not in _KEPT_MODES and mode not in _CONVERTED_MODES:
+        im.close()
+        raise UnreadableImage(path, f"unsupported colour mode {mode}; save it as 8-bit RGB or greyscale")
+    if orientation in _SWAPS_AXES:
+        width, height = height, width
+    info = ImageInfo(width, height, sha256, fmt, needs_transpose=orientation in range(2, 9), mode=mode)
+    return info, im, orientation
 
 
 def _probe_bytes(path: Path, data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ImageInfo:

@@ -1,9 +1,11 @@
-"""Datasets: import jobs (stage, then commit), the health summary, browsing, image files.
+"""Datasets: import jobs (ingest, then commit), the health summary, browsing, image files.
 
-An import never changes the project's dataset until it commits: the source is parsed and the
-images are written to `staging/<import_id>/`, then files move into the dataset folder and the
-rows are inserted in one transaction. A failure or a cancel before that leaves the dataset as
-it was; a failure during the commit removes the files it had moved.
+An import never changes the project's dataset until it commits: the source is parsed, then each
+image is read, checked and written once, straight into the dataset folder under a new image id
+(with its thumbnail), by a pool of processes (`import_pool`); no page or route sees a file without
+its row. The rows wait in `staging/<import_id>/` and are inserted in one transaction at the end.
+A failure or a cancel before that removes the files it wrote and leaves the dataset as it was
+(a killed worker's files are swept the same way when the job is closed, or at start-up).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import base64
 import json
 import logging
 import os
+import pickle
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import partial
@@ -40,18 +43,18 @@ from appliance.store.status import JobStatus
 from appliance.store.tables import Box, Image, ImportJob, Project, SplitAssignment, utcnow
 from appliance.store.paths import Workspace, is_within, safe_join
 from appliance.importers import (
-    DEFAULT_MAX_IMAGE_PIXELS, check_free_space, check_zip, extract_zip, make_thumbnail, parse_source, store_image,
+    DEFAULT_MAX_IMAGE_PIXELS, SourcePlan, check_free_space, check_zip, extract_zip, finish_item, no_usable_image,
+    plan_source,
 )
 from appliance.importers.parsed import is_utf8_text, utf8_text
 from appliance.importers.yolo import choose_yaml
-from appliance.services import deletion, health
+from appliance.services import deletion, health, import_pool
 from appliance.services.thumbnails import thumbnail_url
 from appliance.services.projects import get_owned, get_project
 
 log = logging.getLogger("aistudio.datasets")
 
 IMPORT_FORMATS = ("auto", "folder", "csv", "coco", "yolo", "voc")
-_EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif", "GIF": ".gif"}
 _PROGRESS_EVERY_S = 0.5
 IMBALANCE_RATIO = 10
 DEFAULT_NEAR_DUPLICATE_DISTANCE = 6  # the default of AISTUDIO_NEAR_DUPLICATE_DISTANCE
@@ -203,14 +206,37 @@ def cancel_import(session: Session, project_id: str, import_id: str) -> ImportJo
     return imports.cancel(session, get_import(session, project_id, import_id))
 
 
-def import_public(job: ImportJob) -> dict:
+def import_public(job: ImportJob, now: datetime | None = None) -> dict:
     return {
         "id": job.id, "project_id": job.project_id, "status": job.status, "format": job.format,
         "source": job.source, "yaml_file": job.yaml_file, "detected": job.detected, "done": job.done, "total": job.total,
         "added": job.added, "skipped": job.skipped, "duplicates": job.duplicates,
         "warnings": job.warnings or [], "error": job.error,
-        "created_at": job.created_at, "finished_at": job.finished_at,
+        "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
+        **import_rate(job, now),
     }
+
+
+def import_rate(job: ImportJob, now: datetime | None = None) -> dict:
+    """`images_per_s` (images checked per second since the job started running) and `eta_s` (seconds
+    left at that rate), from the stored progress and start time alone: any process can answer.
+    None while nothing is known (queued, not started, no image checked yet); a finished job keeps
+    its overall rate and has no ETA."""
+    if job.started_at is None or job.done <= 0:
+        return {"images_per_s": None, "eta_s": None}
+    running = job.status in imports.IN_PROGRESS
+    end = (now or utcnow()) if running or job.finished_at is None else job.finished_at
+    elapsed = (_aware(end) - _aware(job.started_at)).total_seconds()
+    if elapsed <= 0:
+        return {"images_per_s": None, "eta_s": None}
+    rate = job.done / elapsed
+    eta = max(job.total - job.done, 0) / rate if running and job.total else None
+    return {"images_per_s": round(rate, 1), "eta_s": round(eta, 1) if eta is not None else None}
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite gives back naive datetimes; every stored time is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 # ---------------------------------------------------------------- the import job
@@ -341,18 +367,17 @@ def run_import_here(settings: Settings, import_id: str) -> None:
         if started is None:
             return
         project_id, task, fmt, source = started
+        stage.mkdir(parents=True, exist_ok=True)
         root = _source_root(settings, stage, source)
         tracker = _Progress(url, import_id)
-        parsed = parse_source(root, fmt, task, progress=tracker, max_pixels=settings.max_image_pixels,
-                              max_annotation_bytes=settings.max_annotation_bytes,
-                              yaml_file=imports.yaml_file(url, import_id))
+        plan = plan_source(root, fmt, task, max_annotation_bytes=settings.max_annotation_bytes,
+                           yaml_file=imports.yaml_file(url, import_id))
         tracker.check_cancel()
-        added, duplicates = _stage_and_commit(url, workspace, project_id, import_id, parsed, stage, tracker,
-                                              owned=source.startswith("upload:"),
-                                              max_pixels=settings.max_image_pixels)
-        warnings = [{"file": w.file, "reason": w.reason} for w in parsed.warnings]
-        finish = partial(imports.complete, url, import_id, parsed.detected, added, duplicates, warnings,
-                         len(parsed.items))
+        added, duplicates, usable = _stage_and_commit(
+            url, workspace, project_id, import_id, plan, stage, tracker, owned=source.startswith("upload:"),
+            max_pixels=settings.max_image_pixels, workers=import_pool.pool_size(settings.import_workers))
+        warnings = [{"file": w.file, "reason": w.reason} for w in plan.warnings]
+        finish = partial(imports.complete, url, import_id, plan.detected, added, duplicates, warnings, usable)
     except ImportCancelled:
         finish = partial(imports.finish, url, import_id, JobStatus.CANCELLED, CANCELLED_MESSAGE)
     except AppError as exc:
@@ -412,74 +437,85 @@ class _Progress:
             raise ImportCancelled()
 
 
-def _stage_and_commit(url, workspace: Workspace, project_id, import_id, parsed, stage: Path, tracker,
-                      owned: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
-    """`owned`: the source files are ours (an extracted upload), so they are moved, not copied.
-    Each image's thumbnail is made here, from the staged file, so no page view ever decodes a
-    full image; one that fails is left to the lazy path (`services/thumbnails.py`). Its perceptual
-    hash is taken from the thumbnail in the same pass (`services/health.py`)."""
+def _stage_and_commit(url, workspace: Workspace, project_id, import_id, plan: SourcePlan, stage: Path, tracker,
+                      owned: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                      workers: int = 1) -> tuple[int, int, int]:
+    """Ingest every candidate of `plan` (read, hash, decode, store, thumbnail, perceptual hash: once
+    each, in `workers` processes, `import_pool`), then insert the rows in one transaction; returns
+    (added, duplicates, usable images). `owned`: the source files are ours (an extracted upload),
+    so they are moved, not copied.
+
+    Files are written straight to the dataset folder under their new image ids; until the rows are
+    committed nothing lists them (every page and route goes by the rows). The rows wait in a spool
+    file in the staging folder, so memory does not grow with the dataset. A cancel, a failure or a
+    failed insert stops the pool and removes every file of the project without a row (imports run
+    one at a time: those are this import's); a killed worker's are removed by `_close_after_worker`
+    or start-up's sweep, the same way."""
     with session_scope(url) as s:
         known = set(s.scalars(select(Image.sha256).where(Image.project_id == project_id)))
-    staged_dir, staged_thumbs = stage / "images", stage / "thumbs"
-    staged_dir.mkdir(parents=True, exist_ok=True)
-    rows, boxes, duplicates = [], [], 0
-    for item in parsed.items:
-        info = item.info
-        if info.sha256 in known:
-            duplicates += 1
-            continue
-        known.add(info.sha256)
-        image_id = new_id("image")
-        filename = image_id + _EXTENSIONS.get(info.format, Path(item.relpath).suffix.lower())
-        store_image(item.source, staged_dir / filename, info, move=owned)
-        phash = _stage_thumbnail(staged_dir / filename, staged_thumbs / Workspace.thumb_name(filename), max_pixels)
-        rows.append({
-            "id": image_id, "project_id": project_id, "filename": filename, "original_name": item.relpath,
-            "sha256": info.sha256, "width": info.width, "height": info.height,
-            "size_bytes": (staged_dir / filename).stat().st_size, "label": item.label,
-            "subset_hint": item.subset_hint, "import_id": import_id, "created_at": utcnow(), "phash": phash,
-        })
-        boxes += [{"image_id": image_id, "label": b.label, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2,
-                   "difficult": b.difficult} for b in item.boxes]
-    tracker.check_cancel()
-    # Commit: move files in, insert rows in one transaction; undo the moves if the insert fails.
-    target, thumbs = workspace.images_dir(project_id), workspace.thumbs_dir(project_id)
-    target.mkdir(parents=True, exist_ok=True)
+    target_dir, thumbs = workspace.images_dir(project_id), workspace.thumbs_dir(project_id)
+    target_dir.mkdir(parents=True, exist_ok=True)
     thumbs.mkdir(parents=True, exist_ok=True)
-    moved: list[Path] = []
+    spool_path = stage / "rows.pickle"
+    total, done, added, duplicates, usable = len(plan.candidates), 0, 0, 0, 0
+    queue = deque((new_id("image"), c) for c in plan.candidates)
+    plan.candidates = []  # memory: each candidate is dropped once ingested
+
+    def items():
+        while queue:
+            yield queue.popleft()
+
+    target = import_pool.Target(str(target_dir), str(thumbs), max_pixels, owned)
     try:
-        for row in rows:
-            thumb = staged_thumbs / Workspace.thumb_name(row["filename"])
-            if thumb.is_file():
-                os.replace(thumb, thumbs / thumb.name)
-                moved.append(thumbs / thumb.name)
-            dst = target / row["filename"]
-            os.replace(staged_dir / row["filename"], dst)
-            moved.append(dst)
-        with session_scope(url) as s:
-            if rows:
+        with open(spool_path, "wb") as spool, import_pool.IngestPool(workers, target) as pool:
+            for chunk, results in pool.run(import_pool.chunked(items()),
+                                           lambda it: (it[0], str(it[1].raw.source), it[1].relpath)):
+                rows, boxes = [], []
+                for (image_id, candidate), result in zip(chunk, results):
+                    if result[0] == "skip":
+                        finish_item(candidate, None, result[1], plan.warnings)
+                        continue
+                    _, filename, info, size_bytes, _thumb, phash = result
+                    item = finish_item(candidate, info, None, plan.warnings)
+                    if item is not None:
+                        usable += 1
+                    if item is None or info.sha256 in known:
+                        duplicates += item is not None
+                        (target_dir / filename).unlink(missing_ok=True)
+                        (thumbs / Workspace.thumb_name(filename)).unlink(missing_ok=True)
+                        continue
+                    known.add(info.sha256)
+                    rows.append({
+                        "id": image_id, "project_id": project_id, "filename": filename,
+                        "original_name": item.relpath, "sha256": info.sha256, "width": info.width,
+                        "height": info.height, "size_bytes": size_bytes, "label": item.label,
+                        "subset_hint": item.subset_hint, "import_id": import_id, "created_at": utcnow(), "phash": phash,
+                    })
+                    boxes += [{"image_id": image_id, "label": b.label, "x1": b.x1, "y1": b.y1, "x2": b.x2,
+                               "y2": b.y2, "difficult": b.difficult} for b in item.boxes]
+                if rows:
+                    pickle.dump((rows, boxes), spool, protocol=pickle.HIGHEST_PROTOCOL)
+                    added += len(rows)
+                done += len(chunk)
+                tracker(done, total)
+        if not usable:
+            raise no_usable_image(plan.described, plan.warnings)
+        tracker.check_cancel()
+        # Commit: every row in one transaction, read back from the spool a chunk at a time.
+        with session_scope(url) as s, open(spool_path, "rb") as spool:
+            while True:
+                try:
+                    rows, boxes = pickle.load(spool)
+                except EOFError:
+                    break
                 s.execute(insert(Image), rows)
-            if boxes:
-                s.execute(insert(Box), boxes)
+                if boxes:
+                    s.execute(insert(Box), boxes)
     except BaseException:
-        for path in moved:
-            path.unlink(missing_ok=True)
+        with session_scope(url) as s:
+            _remove_unrecorded_images(s, workspace, project_id, quiet=True)
         raise
-    return len(rows), duplicates
-
-
-def _stage_thumbnail(image: Path, thumb: Path, max_pixels: int) -> str | None:
-    """Make the thumbnail; return the perceptual hash of it (None when either failed)."""
-    try:
-        small = make_thumbnail(image, thumb, max_pixels=max_pixels)
-    except Exception:  # the image passed its probe; a thumbnail problem must not fail the import
-        log.warning("No thumbnail for %s at import; it will be made on request", image.name, exc_info=True)
-        return None
-    try:
-        return health.phash_hex(small)
-    except Exception:  # left to the start-up backfill
-        log.warning("No perceptual hash for %s at import", image.name, exc_info=True)
-        return None
+    return added, duplicates, usable
 
 
 def recover_imports(app) -> None:
@@ -505,7 +541,7 @@ def recover_imports(app) -> None:
     app.state.runner.submit("import", health.backfill_phashes, settings)
 
 
-def _remove_unrecorded_images(session: Session, workspace: Workspace, project_id: str) -> None:
+def _remove_unrecorded_images(session: Session, workspace: Workspace, project_id: str, quiet: bool = False) -> None:
     """Dataset files without an image row (moved in by a commit that never reached the database,
     or whose row was deleted before the file), and thumbnails of no recorded image."""
     recorded = set(session.scalars(select(Image.filename).where(Image.project_id == project_id)))
@@ -515,7 +551,8 @@ def _remove_unrecorded_images(session: Session, workspace: Workspace, project_id
             continue
         for path in folder.iterdir():
             if path.name not in wanted:
-                log.warning("Removing %s: no image record (cut off while importing or deleting)", path)
+                if not quiet:
+                    log.warning("Removing %s: no image record (cut off while importing or deleting)", path)
                 _remove(path)
 
 

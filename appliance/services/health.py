@@ -1,7 +1,7 @@
 """Dataset health (issue 13, item 7): near-duplicates, split leaks and per-image checks.
 
 Perceptual hashes: every image gets a 64-bit `imagehash.phash` of its thumbnail, computed by the
-import in the same pass that makes the thumbnail (`datasets._stage_thumbnail`) and stored as 16 hex
+import in the same pass that makes the thumbnail (`importers.images.ingest_file`) and stored as 16 hex
 digits in `images.phash`. Images imported before hashes existed get theirs from
 `backfill_phashes`, run once in the import lane at start-up (from the small thumbnail JPEG; an
 image whose thumbnail is missing is decoded within AISTUDIO_MAX_IMAGE_PIXELS). Until then they
@@ -52,11 +52,28 @@ _BATCH = 4096  # queries per vectorised step of near_pairs (bounds its memory)
 
 # ---------------------------------------------------------------- hashing
 
-def phash_hex(image) -> str:
-    """The 64-bit perceptual hash of a PIL image, as 16 hex digits."""
-    import imagehash
+# The 8 lowest frequencies of scipy's unnormalised DCT-II over 32 samples: 2 cos(pi k (2n + 1) / 64).
+_DCT_LOW = 2.0 * np.cos(np.pi * np.arange(8)[:, None] * (2 * np.arange(32) + 1) / 64)
 
-    return str(imagehash.phash(image))
+
+def phash_hex(image) -> str:
+    """The 64-bit perceptual hash of a PIL image, as 16 hex digits: `imagehash.phash`, bit for bit.
+
+    Computed here with two small matrix products (only the 8 x 8 lowest frequencies are used) instead
+    of two full DCTs, which made the hash a fifth of an import's time per small image. Where a
+    coefficient lies so close to the median that rounding could flip its bit (flat images), the hash
+    is imagehash's own."""
+    from PIL import Image as PILImage
+
+    pixels = np.asarray(image.convert("L").resize((32, 32), PILImage.LANCZOS), dtype=np.float64)
+    low = (_DCT_LOW @ pixels @ _DCT_LOW.T).ravel()
+    ordered = np.sort(low)
+    median = (ordered[31] + ordered[32]) / 2  # numpy.median of 64 values, as imagehash takes it
+    if ordered[32] - ordered[31] <= 2e-6 * (1.0 + max(-ordered[0], ordered[63])):  # a bit rounding may flip
+        import imagehash
+
+        return str(imagehash.phash(image))
+    return np.packbits(low > median).tobytes().hex()
 
 
 def backfill_phashes(settings: Settings, batch: int = 500) -> int:

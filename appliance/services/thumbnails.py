@@ -1,6 +1,6 @@
 """Thumbnails on request: the lazy fallback, with bounded decoding.
 
-Imports make every thumbnail from the staged file (`datasets._stage_thumbnail`), so a page view
+Imports make every thumbnail from the image they decode (`importers.images.ingest_file`), so a page view
 only reads a small JPEG. A thumbnail can still be missing — a dataset imported before thumbnails
 were made at import, a thumbnail that failed then, one removed by hand — and is then made on
 request. Those decodes run in the web process, so they go through `DecodeSlots`: at most

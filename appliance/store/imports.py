@@ -56,7 +56,7 @@ def start(db_url: str, import_id: str) -> tuple[str, str, str, str] | None:
     with session_scope(db_url) as s:
         started = s.execute(
             update(ImportJob).where(ImportJob.id == import_id, ImportJob.status == JobStatus.QUEUED)
-            .values(status=JobStatus.RUNNING)
+            .values(status=JobStatus.RUNNING, started_at=utcnow())
         ).rowcount
         if not started:
             return None

@@ -31,14 +31,14 @@ def release(root: Path) -> Path:
 
 
 def _parse_gated(on_hold):
-    real = datasets.parse_source
+    real = datasets.plan_source
 
     def gated(root, *args, **kwargs):
         started(Path(root)).write_text(str(os.getpid()))  # the worker's pid: where the parse runs
         on_hold(Path(root))
         return real(root, *args, **kwargs)
 
-    datasets.parse_source = gated
+    datasets.plan_source = gated
 
 
 def held(argv: list[str]) -> int:
