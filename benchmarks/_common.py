@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,16 @@ def load_avg() -> list[float]:
 
 def machine() -> dict:
     return {"cpus": os.cpu_count(), "loadavg": load_avg(), "python": sys.version.split()[0]}
+
+
+def run_locust_headless(locustfile: Path, host: str, users: int, duration_s: int, prefix: Path,
+                        stop_timeout_s: int = 5, slack_s: int = 120) -> subprocess.CompletedProcess:
+    """Locust without its UI: `users` users spawned at once for `duration_s`, stats to `<prefix>_stats.csv`
+    (and the other `--csv` files), only the summary printed; run from the locustfile's folder."""
+    cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--host", host,
+           "-u", str(users), "-r", str(users), "-t", f"{duration_s}s", "--csv", str(prefix),
+           "--only-summary", "--loglevel", "WARNING", "--stop-timeout", str(stop_timeout_s)]
+    return subprocess.run(cmd, cwd=locustfile.parent, capture_output=True, text=True, timeout=duration_s + slack_s)
 
 
 def emit_json(benchmark: str, **payload) -> None:

@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 import csv
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit_json, free_port, load_avg, machine, ray_init  # noqa: E402
+from _common import emit_json, free_port, load_avg, machine, ray_init, run_locust_headless  # noqa: E402
 
 CLASSES = 10
 LOCUSTFILE = '''
@@ -122,10 +121,7 @@ def run_locust(host: str, target: str, users: int, duration_s: int, workdir: Pat
     locustfile = workdir / f"locust_{tag}.py"
     locustfile.write_text(LOCUSTFILE.format(target=target))
     prefix = workdir / tag
-    cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--host", host,
-           "-u", str(users), "-r", str(users), "-t", f"{duration_s}s", "--csv", str(prefix),
-           "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "10"]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=duration_s + 120)
+    proc = run_locust_headless(locustfile, host, users, duration_s, prefix, stop_timeout_s=10, slack_s=120)
     rows = {r["Name"]: r for r in csv.DictReader(open(f"{prefix}_stats.csv"))}
     agg = rows.get("Aggregated")
     if agg is None or int(agg["Request Count"]) == 0:

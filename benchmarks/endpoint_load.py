@@ -31,7 +31,6 @@ import hashlib
 import io
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, emit_json, free_port, load_avg, machine, percentile, ray_init  # noqa: E402
+from _common import REPO, emit_json, free_port, load_avg, machine, percentile, ray_init, run_locust_headless  # noqa: E402
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -159,10 +158,7 @@ def run_locust(host: str, path: str, images: Path, users: int, duration_s: int, 
     locustfile = workdir / "locustfile.py"
     locustfile.write_text(LOCUSTFILE.format(images=str(images), key=KEY, path=path))
     prefix = workdir / tag
-    cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--host", host,
-           "-u", str(users), "-r", str(users), "-t", f"{duration_s}s", "--csv", str(prefix),
-           "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "5"]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=duration_s + 120)
+    proc = run_locust_headless(locustfile, host, users, duration_s, prefix, stop_timeout_s=5, slack_s=120)
     stats = Path(f"{prefix}_stats.csv")
     rows = list(csv.DictReader(stats.open())) if stats.is_file() else []
     agg = next((r for r in rows if r["Name"] == "Aggregated"), None)

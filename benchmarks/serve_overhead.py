@@ -43,7 +43,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    REPO, emit_json, free_port, gib, load_avg, machine, percentile, ray_init, ray_processes_memory, ray_session_dir, wait_http,
+    REPO, emit_json, free_port, gib, load_avg, machine, percentile, ray_init, ray_processes_memory, ray_session_dir,
+    run_locust_headless, wait_http,
 )
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -135,10 +136,7 @@ def run_locust(host: str, users: int, duration_s: int, wait_s: float, workdir: P
     if not locustfile.exists():
         locustfile.write_text(LOCUSTFILE.format(wait=wait_s))
     prefix = workdir / tag
-    cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--host", host,
-           "-u", str(users), "-r", str(users), "-t", f"{duration_s}s", "--csv", str(prefix),
-           "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "5"]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=duration_s + 90)
+    proc = run_locust_headless(locustfile, host, users, duration_s, prefix, stop_timeout_s=5, slack_s=90)
     rows = list(csv.DictReader(open(f"{prefix}_stats.csv")))
     agg = next((r for r in rows if r["Name"] == "Aggregated"), None)
     if agg is None or int(agg["Request Count"]) == 0:
