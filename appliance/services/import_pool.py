@@ -4,7 +4,8 @@ thumbnailed once, by as many processes as the host has cores (`AISTUDIO_IMPORT_W
 The import's worker process (`import_worker`) hands the pool chunks of files in order and takes
 the results back in the same order, with at most a few chunks in flight: memory does not grow with
 the dataset, and the results (warnings, rows, duplicates) come out exactly as one process would
-produce them. Pool processes are forked from the import's worker and die with it (a killed or
+produce them. Pool processes are forked from the import's worker (spawned where Ray is loaded:
+`start_method`) and die with it (a killed or
 cancelled import never leaves one writing). With one worker, or a single chunk, nothing is forked.
 """
 
@@ -15,6 +16,7 @@ import itertools
 import multiprocessing
 import os
 import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -69,6 +71,16 @@ def ingest_chunk(target: Target, jobs: list[tuple[str, str, str]]) -> list[Resul
     return out
 
 
+def start_method() -> str:
+    """`fork` from the import's worker process (cheap: nothing to import again). `spawn` from a process
+    that has loaded Ray (a Ray driver or worker, a test session): a fork copies the locks Ray's and gRPC's
+    threads hold at that moment, and the child hangs on one (a CI run did, in the pool's first chunk).
+    Not `forkserver`: its processes are not this one's children, and each must die with its parent."""
+    if not hasattr(os, "fork") or "ray" in sys.modules:
+        return "spawn"
+    return "fork"
+
+
 def _init_worker(parent: int) -> None:
     """In each pool process: die with the import's worker, leave Ctrl-C to it."""
     try:
@@ -108,7 +120,7 @@ class IngestPool:
             for chunk in itertools.chain([first] if first is not None else [], chunks):
                 yield chunk, ingest_chunk(self.target, [job(item) for item in chunk])
             return
-        context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+        context = multiprocessing.get_context(start_method())
         # Freeze what exists now (the source's file list above all) out of the collector's reach: a
         # pool process that ran a collection would touch, and so copy, every page of it.
         gc.freeze()
