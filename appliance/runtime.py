@@ -44,6 +44,11 @@ def serve_mode_env(mode: str) -> dict[str, str]:
         # HAProxy's manager actor writes a config and starts HAProxy before it answers ready; on a busy small
         # host that took over Serve's 5 s, three times, and the controller killed it under serve.start.
         env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] = PROXY_READY_CHECK_TIMEOUT_S
+        # Ray's defaults cost CPU per request on a small host: 4 HAProxy threads whatever the cores, and a log
+        # datagram per request parsed in Python by HAProxy's manager actor into Serve's Prometheus counters.
+        # Without them the replica counts its own requests, as under Serve's proxy (benchmarks/README.md).
+        env["RAY_SERVE_HAPROXY_NBTHREAD"] = str(max(1, min(4, os.cpu_count() or 1)))
+        env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] = "0"
     return env
 
 
