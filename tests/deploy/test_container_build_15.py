@@ -38,14 +38,18 @@ def test_passwordless_sudo_is_removed_while_still_root():
     assert "sudo" not in re.sub(r"#.*", "", user_part)
 
 
-def test_the_test_command_builds_in_the_background_and_runs_after_the_suite():
-    build = TEST_SH.index("container_check.sh build")
+def test_the_test_command_builds_and_runs_the_image_beside_the_suite_by_default():
+    """CI's run (the test command without arguments) includes the image check: build and run start in the
+    background before the suite, and the test command waits for them after it."""
+    start = TEST_SH.index("container_check.sh all")
     suite = TEST_SH.index("-m pytest")
-    run = TEST_SH.index("container_check.sh run")
-    assert build < suite < run
-    assert re.search(r"container_check\.sh build .*&\n", TEST_SH)
+    wait = TEST_SH.rindex('wait "$container_pid"')
+    assert start < suite < wait
+    assert re.search(r"container_check\.sh all .*&\n", TEST_SH)
+    assert "default_check=0; [ $# -eq 0 ] && default_check=1" in TEST_SH
+    assert "container_check=${AISTUDIO_CONTAINER_CHECK:-$default_check}" in TEST_SH
     # A failed check fails the test command.
-    assert 'exit "$container"' in TEST_SH
+    assert 'wait "$container_pid" || container=$?' in TEST_SH and 'exit "$container"' in TEST_SH
 
 
 def test_scripts_parse():
@@ -63,6 +67,8 @@ def test_skip_reports_its_reason(tmp_path):
     assert re.search(r"container check: SKIPPED \(only \d+ GB free disk; the image build needs 100000000 GB", proc.stdout)
     run = subprocess.run(["bash", str(CHECK), "run"], capture_output=True, text=True, env=env, timeout=60)
     assert run.returncode == 0 and "SKIPPED (only" in run.stdout, run.stdout + run.stderr
+    both = subprocess.run(["bash", str(CHECK), "all"], capture_output=True, text=True, env=env, timeout=60)
+    assert both.returncode == 0 and "container check: SKIPPED (only" in both.stdout, both.stdout + both.stderr
 
 
 def test_build_mode_leaves_the_image_for_run():
