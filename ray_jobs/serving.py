@@ -426,6 +426,33 @@ def wait_running(name: str, timeout_s: float, stop=None) -> None:
         time.sleep(0.3)
 
 
+def wait_routed(name: str, base_url: str, timeout_s: float, stop=None) -> bool:
+    """Until the endpoint itself answers at `base_url` + its route (its 405 to a GET of /predict): Serve
+    says RUNNING once the replicas run, but the ingress in front of them (HAProxy's reload, a proxy's
+    route table) learns the new route a moment later, and meanwhile the route reaches the UI's app (404).
+    False when it did not within `timeout_s`, or when nothing listens at `base_url` (a cluster whose
+    proxies are elsewhere): Serve's word is then all there is."""
+    import urllib.error
+    import urllib.request
+
+    url = f"{base_url.rstrip('/')}{route_prefix(name)}/predict"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                status, body = answer.status, answer.read(4096)
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read(4096)
+        except (OSError, ValueError):  # refused, unreachable: no ingress to probe from here
+            return False
+        if status == 405 and b'"METHOD_NOT_ALLOWED"' in body:
+            return True
+        if stop is not None and stop():
+            return False
+        time.sleep(0.2)
+    return False
+
+
 def _failure_message(app) -> str:
     messages = [app.message] + [d.message for d in app.deployments.values()]
     text = "; ".join(m for m in messages if m)

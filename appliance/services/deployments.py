@@ -169,11 +169,15 @@ def refuse_if_served(session: Session, what: str, *, export_id: str | None = Non
 # ----------------------------------------------------------------------------- the job (runner lane "deploy")
 
 
+ROUTE_WAIT_S = 30.0  # after Serve runs an endpoint, how long its route may take to reach it
+
+
 def launch(db_url: str, workspace_root: str, deployment_id: str, cpus: float, timeout_s: float,
-           recovering: bool = False) -> None:
-    """Deploy the record's endpoint and wait until Serve runs it; the record ends running or failed."""
+           recovering: bool = False, ingress_url: str | None = None) -> None:
+    """Deploy the record's endpoint and wait until Serve runs it and (when `ingress_url` is given) its
+    route answers there; the record ends running or failed."""
     try:
-        _launch(db_url, workspace_root, deployment_id, cpus, timeout_s, recovering)
+        _launch(db_url, workspace_root, deployment_id, cpus, timeout_s, recovering, ingress_url)
     except Exception as exc:  # never leave a record `deploying` for ever
         log.exception("Deploying %s failed", deployment_id)
         store.set_status(db_url, deployment_id, store.FAILED, f"The endpoint did not start: {exc}"[-2000:],
@@ -181,7 +185,7 @@ def launch(db_url: str, workspace_root: str, deployment_id: str, cpus: float, ti
 
 
 def _launch(db_url: str, workspace_root: str, deployment_id: str, cpus: float, timeout_s: float,
-            recovering: bool) -> None:
+            recovering: bool, ingress_url: str | None) -> None:
     from pathlib import Path
 
     from ray_jobs import serving
@@ -205,6 +209,11 @@ def _launch(db_url: str, workspace_root: str, deployment_id: str, cpus: float, t
         if not (state and state["status"] == "RUNNING"):  # an ingress restart leaves running endpoints be
             serving.deploy(config, cpus=cpus, **scaling)
         serving.wait_running(name, timeout_s, stop=lambda: _gone(db_url, deployment_id))
+        # `running` means a request to the URL the page shows reaches the model: wait for the ingress too.
+        if ingress_url and not serving.wait_routed(name, ingress_url, ROUTE_WAIT_S,
+                                                   stop=lambda: _gone(db_url, deployment_id)):
+            log.warning("Endpoint %s runs, but %s did not route to it within %.0f s (or could not be probed)",
+                        name, ingress_url, ROUTE_WAIT_S)
     except Exception as exc:
         log.warning("Endpoint %s failed to start: %s", name, exc)
         store.set_status(db_url, deployment_id, store.FAILED, f"The endpoint did not start: {exc}"[-2000:],
@@ -224,7 +233,14 @@ def _gone(db_url: str, deployment_id: str) -> bool:
 def submit(app_state, deployment_id: str, recovering: bool = False) -> None:
     settings = app_state.settings
     app_state.runner.submit("deploy", launch, settings.db_url, str(settings.workspace), deployment_id,
-                            settings.endpoint_cpus, settings.endpoint_start_timeout_s, recovering)
+                            settings.endpoint_cpus, settings.endpoint_start_timeout_s, recovering,
+                            local_ingress_url(settings))
+
+
+def local_ingress_url(settings) -> str:
+    """Where this process reaches the appliance's HTTP port (HAProxy or Serve's proxy)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
 
 
 def recover_deployments(app) -> None:

@@ -125,8 +125,17 @@ async function tryImage(file) {
   const key = $("try-key").value.trim();
   if (key) headers.Authorization = `Bearer ${key}`;
   const started = performance.now();
-  const res = await fetch(d.url, { method: "POST", headers, body: file });
-  const body = await res.json().catch(() => ({}));
+  // Right after a deploy, HAProxy's previous process still serves this page's open keep-alive connection
+  // with its old routes: the request reaches the UI's app ("Route … not found"), and the connection closes.
+  // The next attempt goes over a new connection, to the new routes (docs/api.md, the ingress).
+  let res, body;
+  for (let attempt = 0; ; attempt++) {
+    res = await fetch(d.url, { method: "POST", headers, body: file });
+    body = await res.json().catch(() => ({}));
+    const misrouted = res.status === 404 && body.error && body.error.message.startsWith("Route ");
+    if (!misrouted || attempt === 2) break;
+    await new Promise((done) => setTimeout(done, 300));
+  }
   if (!res.ok) {
     $("try-result").hidden = true; // an old answer beside the error would read as this image's
     $("try-error").textContent = body.error ? `${body.error.code}: ${body.error.message}` : `Request failed (${res.status})`;
