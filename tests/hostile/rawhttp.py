@@ -28,6 +28,7 @@ class Exchange:
     answered_early: bool = False  # the answer arrived before `rest` was sent
     seconds_to_answer: float | None = None  # from the first byte of the head to the complete answer
     send_error: str | None = None  # the server closed while the client was sending
+    closed_after_answer: bool = False  # the server closed the connection within 5 s of its answer
 
     def json(self) -> dict:
         return json.loads(self.body)
@@ -96,6 +97,14 @@ def exchange(url: str, method: str, path: str, headers: dict[str, str], first: I
             pass
         finally:
             answered.set()
+        if result.status is not None:  # does the server end the connection after answering?
+            try:
+                sock.settimeout(5)
+                while sock.recv(1 << 16):
+                    pass
+                result.closed_after_answer = True
+            except OSError as exc:  # a reset is a close too; a timeout is not
+                result.closed_after_answer = not isinstance(exc, TimeoutError)
 
     def put(data: bytes) -> None:
         nonlocal sent
@@ -122,7 +131,7 @@ def exchange(url: str, method: str, path: str, headers: dict[str, str], first: I
         except OSError as exc:
             result.send_error = f"{type(exc).__name__}: {exc}"
         answered.wait(timeout_s)
-        reader.join(5)
+        reader.join(7)  # the reader waits up to 5 s after the answer to see the connection closed
     finally:
         sock.close()
     return result
