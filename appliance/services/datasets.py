@@ -599,7 +599,7 @@ def summary(session: Session, project_id: str, near_duplicate_distance: int = DE
             f"Strong class imbalance: the largest class has {counts_sorted[-1] / counts_sorted[0]:.0f}x the images of "
             "the smallest; consider class-weighted loss or more images of the rare classes"
         )
-    checks = health.checks(session, project_id, Counter(class_counts), near_duplicate_distance)
+    checks = health.checks(session, project_id, Counter(class_counts), near_duplicate_distance, has_boxes=box_count > 0)
     return {
         "project_id": project_id,
         "task": project.task,

@@ -29,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, case, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from appliance.config import Settings
@@ -484,27 +484,35 @@ def imbalance(class_counts: dict[str, int]) -> dict:
     return {"ratio": ratio, "largest": largest, "smallest": smallest, "advice": advice}
 
 
-def checks(session: Session, project_id: str, class_counts: dict[str, int], distance: int) -> dict:
+def checks(session: Session, project_id: str, class_counts: dict[str, int], distance: int,
+           has_boxes: bool = True) -> dict:
     """The health block of the dataset summary (`health`), with the near-duplicate group count —
-    None, with `pending`, while a large project's groups are being computed (never waited for)."""
-    def count(condition) -> int:
-        return session.scalar(select(func.count(Image.id)).where(Image.project_id == project_id, condition)) or 0
-
+    None, with `pending`, while a large project's groups are being computed (never waited for).
+    One pass over the project's images (its covering index) counts every per-image flag; the boxes
+    are read only when the project has some."""
     index = cached_index(session, project_id, distance)
-    in_project = and_(Image.project_id == project_id, _degenerate())
-    bad_boxes = session.scalar(select(func.count(Box.id)).join(Image, Image.id == Box.image_id).where(in_project)) or 0
-    bad_box_images = session.scalar(
-        select(func.count(func.distinct(Box.image_id))).join(Image, Image.id == Box.image_id).where(in_project)) or 0
+
+    def flagged(condition):
+        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+    unhashed, tiny, huge, extreme = session.execute(
+        select(flagged(Image.phash.is_(None)), flagged(issue_condition("tiny")), flagged(issue_condition("huge")),
+               flagged(issue_condition("extreme_aspect"))).where(Image.project_id == project_id)).one()
+    bad_boxes = bad_box_images = 0
+    if has_boxes:
+        bad_boxes, bad_box_images = session.execute(
+            select(func.count(Box.id), func.count(func.distinct(Box.image_id))).join(Image, Image.id == Box.image_id)
+            .where(Image.project_id == project_id, _degenerate())).one()
     return {
         "near_duplicate_distance": distance,
         "near_duplicate_groups": None if index is None else len(index.groups),
         "near_duplicate_images": None if index is None else index.grouped_images,
-        "unhashed_images": count(Image.phash.is_(None)) if index is None else index.unhashed,
+        "unhashed_images": unhashed if index is None else index.unhashed,
         "pending": index is None,
         "class_imbalance": imbalance(class_counts),
-        "tiny_images": count(issue_condition("tiny")),
-        "huge_images": count(issue_condition("huge")),
-        "extreme_aspect_images": count(issue_condition("extreme_aspect")),
+        "tiny_images": tiny,
+        "huge_images": huge,
+        "extreme_aspect_images": extreme,
         "degenerate_boxes": bad_boxes,
         "degenerate_box_images": bad_box_images,
         "limits": {"tiny_side": TINY_SIDE, "huge_side": HUGE_SIDE, "extreme_aspect": EXTREME_ASPECT},
