@@ -169,6 +169,7 @@ def onnx_session_options(cpus: float):
     return options
 
 
+ROUTE_PROBE_HEADER = "X-AIStudio-Route-Probe"  # wait_routed's GET: answered 405 like any GET, never counted
 MAX_INFER_BATCH = 64  # images in one /infer request (each goes through the endpoint's batching)
 
 
@@ -259,6 +260,8 @@ class ModelEndpoint:
 
     # -- requests
     async def __call__(self, request: Request):
+        if request.method == "GET" and ROUTE_PROBE_HEADER in request.headers:  # wait_routed: not a request
+            return _error(405, "METHOD_NOT_ALLOWED", "Use POST to predict")
         started = time.perf_counter()
         try:
             response = await self._handle(request)
@@ -435,11 +438,12 @@ def wait_routed(name: str, base_url: str, timeout_s: float, stop=None) -> bool:
     import urllib.error
     import urllib.request
 
-    url = f"{base_url.rstrip('/')}{route_prefix(name)}/predict"
+    probe = urllib.request.Request(f"{base_url.rstrip('/')}{route_prefix(name)}/predict",
+                                   headers={ROUTE_PROBE_HEADER: "1"})  # not counted in the endpoint's figures
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=5) as answer:
+            with urllib.request.urlopen(probe, timeout=5) as answer:
                 status, body = answer.status, answer.read(4096)
         except urllib.error.HTTPError as exc:
             status, body = exc.code, exc.read(4096)

@@ -1,6 +1,8 @@
 """An endpoint is `running` only once its URL reaches it (`serving.wait_routed`): behind HAProxy the new
 route arrives a moment after Serve runs the replicas, and until then the request reaches the UI's app
-(a 404 the Deploy page's "try it" box showed, found by tests/browser/test_deploy_page.py)."""
+(a 404 the Deploy page's "try it" box showed, found by tests/browser/test_deploy_page.py). The probe is
+marked, so the endpoint's request and error figures leave it out (tests/ray_jobs/test_deployments.py
+counts them)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ def _serve(routed_after_s: float):
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
             seen.append(self.path)
+            assert self.headers.get("X-AIStudio-Route-Probe") == "1"  # so the endpoint does not count it
             if time.monotonic() - started < routed_after_s:  # the UI's app: no such route
                 status, body = 404, {"status": "error", "error": {"code": "NOT_FOUND", "message": "Not found"}}
             else:  # the endpoint: GET is not how to predict
