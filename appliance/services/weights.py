@@ -65,8 +65,10 @@ def status(settings: Settings, downloads: WeightsDownloads, task: str | None = N
     if task not in (None, "classification", "detection"):
         raise ValidationFailed(f"task: unknown task '{task}'; use classification or detection")
     latest = downloads.latest
-    return {"models": models(settings, task), "source": source(settings),
-            "download": latest.public() if latest else None}
+    # The download's state first, the files after: a download that completes in between then shows as
+    # still running beside its files, never as completed beside files not yet there (a CI run under load).
+    download = latest.public() if latest else None
+    return {"models": models(settings, task), "source": source(settings), "download": download}
 
 
 def start(settings: Settings, runner: JobRunner, downloads: WeightsDownloads, stopping: threading.Event,
