@@ -40,9 +40,12 @@ def serve_mode_env(mode: str) -> dict[str, str]:
         # Fixed ports by default (HAProxy's stats 8404 and metrics 9101, the fallback Serve proxy behind it
         # 8500/9500): a second appliance or test session on the host would fail to bind them, or (the
         # fallback proxy binds with SO_REUSEPORT) silently share one. Free ports instead.
+        # Below Linux's ephemeral range (32768-60999): HAProxy binds these again whenever it restarts, and a
+        # port taken from that range can meanwhile be held by any outgoing connection (a CI run lost its
+        # HAProxy that way: "cannot bind socket (Address already in use)" for the stats listener).
         for name in ("HAPROXY_STATS_PORT", "HAPROXY_METRICS_PORT", "FALLBACK_PROXY_HTTP_PORT",
                      "FALLBACK_PROXY_GRPC_PORT"):
-            env[f"RAY_SERVE_{name}"] = str(_free_port())
+            env[f"RAY_SERVE_{name}"] = str(_free_listen_port())
         # HAProxy's manager actor writes a config and starts HAProxy before it answers ready; on a busy small
         # host that took over Serve's 5 s, three times, and the controller killed it under serve.start.
         env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] = PROXY_READY_CHECK_TIMEOUT_S
@@ -117,6 +120,20 @@ def _state(pid: int) -> str:
         return stat[stat.rindex(")") + 2:].split()[0]
     except OSError:
         return "X"
+
+
+def _free_listen_port(low: int = 20000, high: int = 32767) -> int:
+    """A port free now in [low, high], outside the kernel's ephemeral range (for listeners re-bound later)."""
+    import random
+
+    for port in random.sample(range(low, high + 1), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    return _free_port()
 
 
 def _free_port() -> int:
