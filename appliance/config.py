@@ -207,6 +207,12 @@ class Settings(BaseSettings):
         return list(dict.fromkeys(n.strip().strip("[]").lower() for n in names if n.strip()))
 
     @property
+    def local_url(self) -> str:
+        """Where a process on this host reaches the appliance's HTTP port (Serve's proxy or HAProxy)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    @property
     def exposed_without_token(self) -> bool:
         """Bound to every interface with no API token: anyone on the network can drive the appliance."""
         return self.host in ("0.0.0.0", "::") and not self.api_token

@@ -197,8 +197,7 @@ def start_appliance(settings: Settings, wait_healthy_s: float = 120.0) -> str:
     from appliance.serve import app_builder
 
     serve.run(app_builder(settings=settings), name=APP_NAME, route_prefix="/", blocking=False)
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    url = f"http://{host}:{settings.port}"
+    url = settings.local_url
     _wait_healthy(url, wait_healthy_s)
     return url
 

@@ -234,13 +234,7 @@ def submit(app_state, deployment_id: str, recovering: bool = False) -> None:
     settings = app_state.settings
     app_state.runner.submit("deploy", launch, settings.db_url, str(settings.workspace), deployment_id,
                             settings.endpoint_cpus, settings.endpoint_start_timeout_s, recovering,
-                            local_ingress_url(settings))
-
-
-def local_ingress_url(settings) -> str:
-    """Where this process reaches the appliance's HTTP port (HAProxy or Serve's proxy)."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
-    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
+                            settings.local_url)
 
 
 def recover_deployments(app) -> None:
