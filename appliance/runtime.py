@@ -122,11 +122,17 @@ def _state(pid: int) -> str:
         return "X"
 
 
-def _free_listen_port(low: int = 20000, high: int = 32767) -> int:
-    """A port free now in [low, high], outside the kernel's ephemeral range (for listeners re-bound later)."""
+# Ports for listeners bound again later (HAProxy's side ports; the test suite's appliances): above Ray's
+# worker ports (10002-19999), below Serve's direct-ingress HTTP ports (30000-31000) and the kernel's
+# ephemeral range (32768-60999), where any outgoing connection may hold one meanwhile.
+LISTEN_PORTS = range(20000, 30000)
+
+
+def _free_listen_port() -> int:
+    """A port in LISTEN_PORTS that is free now."""
     import random
 
-    for port in random.sample(range(low, high + 1), 200):
+    for port in random.sample(LISTEN_PORTS, 200):
         with socket.socket() as probe:
             try:
                 probe.bind(("0.0.0.0", port))

@@ -17,14 +17,14 @@ After each test that uses the server, no job it started may still be queued or r
 from __future__ import annotations
 
 import os
-import random
 import secrets
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from tests.ports import free_port
 
 if TYPE_CHECKING:
     import httpx
@@ -51,20 +51,6 @@ else:
 
 # Job rows that count as work in progress (imports also pass through `cancelling`).
 ACTIVE_STATUSES = ("queued", "running", "cancelling")
-
-
-def unused_port() -> int:
-    """A port that nothing listens on now, below the kernel's ephemeral range (32768+), so outgoing
-    connections never hold it, and above Ray's worker ports (10002-19999). The server binds it a
-    little later; start_appliance raises PortInUse if someone took it meanwhile, and we retry."""
-    while True:
-        port = random.randint(20000, 32767)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 @pytest.fixture(scope="session")
@@ -167,7 +153,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     (root / "imports").mkdir()
     token = secrets.token_urlsafe(24)
-    settings = Settings(workspace=root / "ws", import_roots=[root / "imports"], port=unused_port(),
+    settings = Settings(workspace=root / "ws", import_roots=[root / "imports"], port=free_port(),
                         ray_dashboard_port=0, api_token=token,
                         # Test hooks: runs wait at gates a test closes (tests/ray_jobs/gates.py); quiet
                         # streams send a keep-alive every second, so a test sees one without waiting long.
@@ -188,7 +174,7 @@ def server(tmp_path_factory):
             except PortInUse:
                 if attempt == 4:
                     raise
-                settings.port = unused_port()
+                settings.port = free_port()
     finally:
         os.chdir(cwd)
     headers = {"Authorization": f"Bearer {token}"}

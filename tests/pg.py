@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's postgresql-15
 TEMPLATE = "aistudio_template"
 
@@ -42,20 +44,12 @@ def missing() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PgServer:
     def __init__(self) -> None:
         # As root the server runs as `postgres`; as anyone else, as that user.
         self.user = "postgres" if os.geteuid() == 0 else None
         self.root = Path(tempfile.mkdtemp(prefix="aistudio-pg-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self._log = None
         self._names = count(1)

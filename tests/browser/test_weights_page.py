@@ -16,7 +16,7 @@ from appliance.config import Settings
 from appliance.main import create_app
 from ray_jobs.core.catalog import MODELS
 from tests.api.test_weights_download import R18, WeightsHost, closed_port
-from tests.conftest import unused_port
+from tests.ports import free_port
 from tests.workflows import create_experiment, project_with_split
 
 pytestmark = [pytest.mark.browser]
@@ -30,7 +30,7 @@ def appliance(tmp_path: Path, **overrides):
 
     (tmp_path / "imports").mkdir(exist_ok=True)
     settings = Settings(workspace=tmp_path / "ws", import_roots=[tmp_path / "imports"], api_token=None, **overrides)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=unused_port(), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.config.port}"

@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.recovery.appliance_process import _cmdline, _stat, free_port
+from tests.ports import free_port
+from tests.recovery.appliance_process import _cmdline, _stat
 
 RAY = str(Path(sys.executable).with_name("ray"))
 TOKEN_FILE = Path.home() / ".ray" / "auth_token"

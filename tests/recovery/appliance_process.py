@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,13 +21,9 @@ from pathlib import Path
 
 import httpx
 
+from tests.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stat(pid: int) -> tuple[str, int, int] | None:
@@ -154,6 +149,9 @@ class ApplianceProcess:
         if self.proc is None:
             return
         deadline = time.monotonic() + timeout
+        # Freeze every process first, then kill: SIGKILL reaches them one by one, and a survivor that
+        # saw Ray's raylet die would record what a power cut leaves no time for ("node ... is dead").
+        self._signal_all(signal.SIGSTOP)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -176,6 +174,21 @@ class ApplianceProcess:
                 raise AssertionError(f"processes of the appliance survived SIGKILL: {[(p, _cmdline(p)) for p in left]}")
             time.sleep(0.2)
         self.proc = None
+
+    def _signal_all(self, sig: int) -> None:
+        """Send `sig` to every member, again until a pass finds none new (one may start meanwhile)."""
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        seen: set[int] = set()
+        while new := set(self.members()) - seen:
+            for pid in new:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            seen |= new
 
     def close(self) -> None:
         self.kill()
