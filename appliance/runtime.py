@@ -101,7 +101,7 @@ def reap_orphaned_haproxy(port: int) -> list[int]:
             pid = int(entry)
             os.kill(pid, signal.SIGTERM)
             for _ in range(50):  # HAProxy stops at once on SIGTERM; give it 5 s, then SIGKILL
-                if not os.path.exists(f"/proc/{pid}") or "Z" in _state(pid):
+                if _exited(pid):
                     break
                 time.sleep(0.1)
             else:
@@ -113,13 +113,23 @@ def reap_orphaned_haproxy(port: int) -> list[int]:
     return stopped
 
 
-def _state(pid: int) -> str:
+def _exited(pid: int) -> bool:
+    """Every thread of `pid` has exited (gone, or a zombie not yet reaped), so its sockets are closed.
+    A zombie main thread is not enough: HAProxy's other threads hold the listener a moment longer
+    (a restart then found the port still taken)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-        return stat[stat.rindex(")") + 2:].split()[0]
+        threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return "X"
+        return True
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2:].split()[0] not in ("Z", "X"):
+            return False
+    return True
 
 
 # Ports for listeners bound again later (HAProxy's side ports; the test suite's appliances): above Ray's

@@ -13,12 +13,7 @@ import time
 import pytest
 
 from appliance.runtime import reap_orphaned_haproxy
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.ports import free_port
 
 
 def _listening(port: int) -> bool:
@@ -46,7 +41,7 @@ def test_an_orphaned_haproxy_on_the_port_is_stopped_and_no_other(tmp_path):
     from ray.serve._private.haproxy import get_haproxy_binary
 
     binary = str(get_haproxy_binary())
-    ours, other = _free_port(), _free_port()
+    ours, other = free_port(), free_port()
     stale = _orphan_haproxy(binary, _config(tmp_path, "stale", ours))
     bystander = _orphan_haproxy(binary, _config(tmp_path, "other", other))
     try:
@@ -69,5 +64,5 @@ def test_an_orphaned_haproxy_on_the_port_is_stopped_and_no_other(tmp_path):
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="Linux only, as Ray's HAProxy")
 def test_nothing_to_stop_is_quick():
     started = time.monotonic()
-    assert reap_orphaned_haproxy(_free_port()) == []
+    assert reap_orphaned_haproxy(free_port()) == []
     assert time.monotonic() - started < 5
