@@ -143,11 +143,11 @@ class Settings(BaseSettings):
         "to drain, then Serve and Ray are stopped.",
     )
     serve_mode: Literal["proxy", "throughput", "haproxy"] = Field(
-        default="proxy",
+        default="haproxy",
         description="How HTTP reaches the ingress (local Ray only; a cluster is started with the matching "
-        "RAY_SERVE_* variables): `proxy` (default) = Ray Serve's Python HTTP proxy (Ray's default); `haproxy` = "
-        "RAY_SERVE_ENABLE_HA_PROXY (HAProxy on the port, the replicas serve HTTP themselves; the binary comes "
-        "with ray[serve]; without it, `proxy`); `throughput` = RAY_SERVE_THROUGHPUT_OPTIMIZED (proxy to replica over gRPC, "
+        "RAY_SERVE_* variables): `haproxy` (default) = RAY_SERVE_ENABLE_HA_PROXY (HAProxy on the port, the "
+        "replicas serve HTTP themselves; the binary comes with ray[serve]; without it, `proxy`); `proxy` = "
+        "Ray Serve's Python HTTP proxy (Ray's default); `throughput` = RAY_SERVE_THROUGHPUT_OPTIMIZED (proxy to replica over gRPC, "
         "user code on the replica's loop). benchmarks/README.md (serve_overhead.py) says what each costs.",
     )
     decoded_cache: bool = Field(

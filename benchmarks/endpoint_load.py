@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--wait-ms", type=float, default=5.0)
     parser.add_argument("--cpus", type=float, default=0.5, help="num_cpus of each replica")
     parser.add_argument("--serve-mode", default="haproxy", choices=["proxy", "haproxy", "throughput"],
-                        help="the ingress, as AISTUDIO_SERVE_MODE sets it (appliance/runtime.py)")
+                        help="the ingress, as AISTUDIO_SERVE_MODE sets it (appliance/runtime.py; default as the appliance)")
     args = parser.parse_args()
     users = [int(u) for u in args.users.split(",")]
 

@@ -85,7 +85,7 @@ def test_the_haproxy_mode_finds_its_haproxy():
     missing, the appliance would fall back to Serve's proxy (with a warning) instead of failing."""
     from appliance.runtime import effective_serve_mode
 
-    assert Settings().serve_mode == "proxy"  # the default: benchmarks/README.md (HAProxy failed one CI run)
+    assert Settings().serve_mode == "haproxy"  # the default: benchmarks/README.md, serve_overhead.py
     assert effective_serve_mode("haproxy") == "haproxy"
     assert effective_serve_mode("throughput") == "throughput"
 
