@@ -45,7 +45,7 @@ def serve_mode_env(mode: str) -> dict[str, str]:
         # HAProxy that way: "cannot bind socket (Address already in use)" for the stats listener).
         for name in ("HAPROXY_STATS_PORT", "HAPROXY_METRICS_PORT", "FALLBACK_PROXY_HTTP_PORT",
                      "FALLBACK_PROXY_GRPC_PORT"):
-            env[f"RAY_SERVE_{name}"] = str(_free_listen_port())
+            env[f"RAY_SERVE_{name}"] = str(free_listen_port())
         # HAProxy's manager actor writes a config and starts HAProxy before it answers ready; on a busy small
         # host that took over Serve's 5 s, three times, and the controller killed it under serve.start.
         env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] = PROXY_READY_CHECK_TIMEOUT_S
@@ -138,7 +138,7 @@ def _exited(pid: int) -> bool:
 LISTEN_PORTS = range(20000, 30000)
 
 
-def _free_listen_port() -> int:
+def free_listen_port() -> int:
     """A port in LISTEN_PORTS that is free now."""
     import random
 

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import random
-import socket
-
 
 def free_port() -> int:
-    """A port that nothing listens on now, in appliance.runtime.LISTEN_PORTS: clear of Ray's worker and
+    """A port that nothing listens on now, from appliance.runtime.LISTEN_PORTS: clear of Ray's worker and
     direct-ingress ports and of the kernel's ephemeral range, so no outgoing connection takes it before
     the server binds it (or binds it again: HAProxy on restart). A server that still finds it taken
     fails clearly (start_appliance raises PortInUse, and the session fixture retries)."""
-    from appliance.runtime import LISTEN_PORTS  # here: a GPU check host runs tests without the appliance
+    from appliance.runtime import free_listen_port  # here: a GPU check host runs tests without the appliance
 
-    while True:
-        port = random.choice(LISTEN_PORTS)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
+    return free_listen_port()
